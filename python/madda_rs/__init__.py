@@ -1,0 +1,167 @@
+"""madda_rs: M-ADDA domain adaptation with a Rust core.
+
+The native functions here (triplet enumeration and exact kNN) need only NumPy; importing this
+package does not import torch. Training lives in :mod:`madda_rs.training` and the CLI in
+:mod:`madda_rs.cli`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import secrets
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["knn_predict", "knn_search", "triplets", "default_threads", "MAX_TRIPLETS", "__version__"]
+__version__ = "0.1.0"
+
+MAX_TRIPLETS: int = _core.MAX_TRIPLETS
+default_threads = _core.default_threads
+
+NegativeMode = Literal["random", "violating", "hardest", "semihard"]
+
+
+def knn_search(
+    src_emb: np.ndarray, tgt_emb: np.ndarray, k: int, *, threads: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest source rows of every target row, under squared Euclidean distance.
+
+    Args:
+        src_emb: (n_src, d) source embeddings, n_src >= 1; any real dtype, any layout.
+        tgt_emb: (n_tgt, d) target embeddings; n_tgt may be 0.
+        k: number of neighbours, 1 <= k <= n_src.
+        threads: worker threads (default: ``MADDA_NUM_THREADS``, else all CPUs).
+
+    Returns:
+        ``(distances, indices)``: float32 and int64 arrays of shape (n_tgt, k). Row i lists the
+        neighbours of target i ordered by (distance, source index), so equal distances go to the
+        smaller index.
+
+    Inputs are converted to float32 (no copy when already float32 and C-contiguous). Distances
+    are exact: candidates found with a tiled float32 GEMM are re-ranked with float64 differences
+    inside a proven rounding-error window, so the neighbours equal a float64 brute-force search of
+    the float32 inputs, except where two distances differ by less than float64 summation error.
+    The full (n_tgt x n_src) distance matrix is never built. Runs without the GIL.
+
+    Raises:
+        TypeError: non-numeric arrays or a non-integer ``k``.
+        ValueError: wrong dimensions, mismatched d, NaN or inf, empty source, k out of range.
+    """
+    src = _matrix("src_emb", src_emb)
+    tgt = _matrix("tgt_emb", tgt_emb)
+    return _core.knn_search(src, tgt, _count("k", k), _threads(threads))
+
+
+def knn_predict(
+    src_emb: np.ndarray, src_y: np.ndarray, tgt_emb: np.ndarray, k: int, *, threads: Optional[int] = None
+) -> np.ndarray:
+    """Label each target row by a vote of its k nearest source rows (M-ADDA, Algorithm 3).
+
+    Neighbours are those of :func:`knn_search` (exact squared Euclidean distance, ordered by
+    (distance, source index)). The prediction is the most frequent label among them; a tie in the
+    vote goes to the smallest label, as in scikit-learn's ``KNeighborsClassifier`` with uniform
+    weights, so both agree given the same neighbours.
+
+    Args:
+        src_emb: (n_src, d) source embeddings.
+        src_y: (n_src,) integer labels of any integer dtype.
+        tgt_emb: (n_tgt, d) target embeddings.
+        k: 1 <= k <= n_src.
+        threads: worker threads (default: ``MADDA_NUM_THREADS``, else all CPUs).
+
+    Returns:
+        int64 array of shape (n_tgt,).
+    """
+    src = _matrix("src_emb", src_emb)
+    labels = _labels("src_y", src_y)
+    if labels.shape[0] != src.shape[0]:
+        raise ValueError(f"src_y: expected one label per row of src_emb ({src.shape[0]}), got {labels.shape[0]}")
+    tgt = _matrix("tgt_emb", tgt_emb)
+    return _core.knn_predict(src, labels, tgt, _count("k", k), _threads(threads))
+
+
+def triplets(
+    labels: np.ndarray,
+    *,
+    seed: Optional[int] = None,
+    negatives: NegativeMode = "random",
+    sq_dists: Optional[np.ndarray] = None,
+    margin: float = 1.0,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """Enumerate a batch's triplets (M-ADDA, Algorithm 1).
+
+    For every label in the batch (ascending) and every pair i < j of batch positions sharing it,
+    one row (anchor i, positive j, negative n). The negative is chosen by ``negatives``:
+
+    * ``"random"``: uniformly among positions whose label differs (the paper).
+    * ``"violating"``: uniformly among negatives with d(a,p) - d(a,n) + margin > 0, the pair
+      being skipped when there is none (the authors' released code).
+    * ``"hardest"``: the violating negative nearest the anchor (smallest index on ties).
+    * ``"semihard"``: uniformly among d(a,p) < d(a,n) < d(a,p) + margin (FaceNet).
+
+    The distance modes need ``sq_dists``, the batch's (B, B) squared distances (used in float64).
+    A label with one member yields nothing; a single-label batch yields a (0, 3) array. The same
+    seed gives the same output, whatever the thread count. At most :data:`MAX_TRIPLETS` rows
+    (50 M) are returned; larger requests raise ValueError before allocating.
+
+    Returns:
+        int64 array of shape (m, 3): batch positions (anchor, positive, negative).
+    """
+    y = _labels("labels", labels)
+    if negatives not in ("random", "violating", "hardest", "semihard"):
+        raise ValueError(f"negatives: expected one of 'random', 'violating', 'hardest', 'semihard', got {negatives!r}")
+    if seed is None:
+        seed = secrets.randbits(64)
+    elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= int(seed) < 2**64:
+        raise TypeError(f"seed: expected None or an integer in [0, 2**64), got {seed!r}")
+    dists = None
+    if sq_dists is not None:
+        dists = _numeric("sq_dists", sq_dists)
+        if dists.shape != (y.shape[0], y.shape[0]):
+            raise ValueError(f"sq_dists: expected shape ({y.shape[0]}, {y.shape[0]}) to match labels, got {dists.shape}")
+        dists = np.ascontiguousarray(dists, dtype=np.float64)
+    if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
+        raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
+    return _core.triplets(y, int(seed), negatives, dists, float(margin), _threads(threads))
+
+
+def _numeric(name: str, x: object) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected a numeric (integer or float) array, got dtype {arr.dtype}")
+    return arr
+
+
+def _matrix(name: str, x: object) -> np.ndarray:
+    arr = _numeric(name, x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n, d), got {arr.ndim}-D with shape {arr.shape}")
+    # float32 C-contiguous input passes through without a copy
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _labels(name: str, x: object) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got {arr.ndim}-D with shape {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected labels that fit in int64, got {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _count(name: str, v: object) -> int:
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        raise TypeError(f"{name}: expected an integer, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {v}")
+    return int(v)
+
+
+def _threads(v: Optional[int]) -> Optional[int]:
+    return None if v is None else _count("threads", v)

@@ -1,0 +1,36 @@
+"""Native core of madda_rs (Rust). Call the wrappers in ``madda_rs``: they coerce dtypes and layout."""
+
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_TRIPLETS: int
+
+def knn_search(
+    src_emb: npt.NDArray[np.float32], tgt_emb: npt.NDArray[np.float32], k: int, threads: Optional[int] = None
+) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """(distances, indices), each (n_tgt, k); neighbours ordered by (squared distance, source index).
+    Inputs must be C-contiguous float32."""
+
+def knn_predict(
+    src_emb: npt.NDArray[np.float32],
+    src_y: npt.NDArray[np.int64],
+    tgt_emb: npt.NDArray[np.float32],
+    k: int,
+    threads: Optional[int] = None,
+) -> npt.NDArray[np.int64]:
+    """Mode of the k nearest source labels per target row; a tied vote goes to the smallest label."""
+
+def triplets(
+    labels: npt.NDArray[np.int64],
+    seed: int,
+    negatives: str,
+    sq_dists: Optional[npt.NDArray[np.float64]],
+    margin: float,
+    threads: Optional[int] = None,
+) -> npt.NDArray[np.int64]:
+    """(m, 3) int64 (anchor, positive, negative); see ``madda_rs.triplets``."""
+
+def default_threads() -> int:
+    """``MADDA_NUM_THREADS`` if set, else the number of CPUs."""

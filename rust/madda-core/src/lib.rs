@@ -1,0 +1,17 @@
+//! madda-core: the non-network hot paths of M-ADDA, in plain Rust.
+//!
+//! * [`triplets`]: Algorithm 1's per-batch triplet enumeration (one triple per same-label pair).
+//! * [`knn`]: exact k-nearest-neighbour search and mode voting (Algorithm 3), tiled so the
+//!   full distance matrix never exists.
+//! * [`pool`]: a rayon pool that is rebuilt after `fork()`.
+//!
+//! Every entry point validates its input and returns [`Error`]; none panics on user data.
+
+mod error;
+pub mod knn;
+pub mod pool;
+pub mod triplets;
+
+pub use error::Error;
+pub use knn::{knn_predict, knn_search, vote, Neighbors};
+pub use triplets::{triplets, NegativeMode, TripletOptions, MAX_TRIPLETS};
