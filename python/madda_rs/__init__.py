@@ -52,7 +52,7 @@ def knn_search(
     """
     src = _matrix("src_emb", src_emb)
     tgt = _matrix("tgt_emb", tgt_emb)
-    return _core.knn_search(src, tgt, _count("k", k), _threads(threads))
+    return _core.knn_search(src, tgt, _k(k, src), _threads(threads))
 
 
 def knn_predict(
@@ -80,7 +80,7 @@ def knn_predict(
     if labels.shape[0] != src.shape[0]:
         raise ValueError(f"src_y: expected one label per row of src_emb ({src.shape[0]}), got {labels.shape[0]}")
     tgt = _matrix("tgt_emb", tgt_emb)
-    return _core.knn_predict(src, labels, tgt, _count("k", k), _threads(threads))
+    return _core.knn_predict(src, labels, tgt, _k(k, src), _threads(threads))
 
 
 def triplets(
@@ -116,8 +116,10 @@ def triplets(
         raise ValueError(f"negatives: expected one of 'random', 'violating', 'hardest', 'semihard', got {negatives!r}")
     if seed is None:
         seed = secrets.randbits(64)
-    elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= int(seed) < 2**64:
-        raise TypeError(f"seed: expected None or an integer in [0, 2**64), got {seed!r}")
+    elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected None or an integer, got {type(seed).__name__}")
+    elif not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed: expected None or an integer in [0, 2**64), got {seed}")
     dists = None
     if sq_dists is not None:
         dists = _numeric("sq_dists", sq_dists)
@@ -163,5 +165,20 @@ def _count(name: str, v: object) -> int:
     return int(v)
 
 
+def _k(k: object, src: np.ndarray) -> int:
+    k = _count("k", k)
+    if src.shape[0] and k > src.shape[0]:
+        raise ValueError(f"k: expected 1 <= k <= n_src = {src.shape[0]}, got {k}")
+    return k
+
+
+MAX_THREADS = 4096
+
+
 def _threads(v: Optional[int]) -> Optional[int]:
-    return None if v is None else _count("threads", v)
+    if v is None:
+        return None
+    v = _count("threads", v)
+    if v > MAX_THREADS:
+        raise ValueError(f"threads: expected at most {MAX_THREADS}, got {v}")
+    return v

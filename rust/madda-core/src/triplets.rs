@@ -96,7 +96,7 @@ pub fn triplets(labels: &[i64], opts: &TripletOptions<'_>) -> Result<Vec<i64>, E
             ),
         });
     }
-    let ctx = Ctx { order: &order, b, opts, dists };
+    let ctx = Ctx { order: &order, b, opts, dists, key: mix(opts.seed) };
     let parallel = pairs >= PARALLEL_MIN_PAIRS;
     if dists.is_none() {
         // Every pair yields exactly one triple: write straight into the output, one slice per anchor.
@@ -160,6 +160,8 @@ struct Ctx<'a> {
     b: usize,
     opts: &'a TripletOptions<'a>,
     dists: Option<&'a [f64]>,
+    /// The seed, mixed once so that nearby seeds give unrelated streams.
+    key: u64,
 }
 
 impl Ctx<'_> {
@@ -173,7 +175,7 @@ impl Ctx<'_> {
         let a = self.order[p] as i64;
         let n_neg = (self.b - (end - start)) as u64;
         for (q, (&pos, row)) in self.order[p + 1..end].iter().zip(out.chunks_exact_mut(3)).enumerate() {
-            let r = uniform_below(self.opts.seed, (first_pair + q) as u64, n_neg) as usize;
+            let r = uniform_below(self.key, (first_pair + q) as u64, n_neg) as usize;
             row.copy_from_slice(&[a, pos as i64, self.negative(start, end, r)]);
         }
     }
@@ -184,36 +186,66 @@ impl Ctx<'_> {
         let a = self.order[p] as usize;
         let row = &dists[a * self.b..(a + 1) * self.b];
         let n_neg = self.b - (end - start);
-        // Negatives sorted by (distance to anchor, index): each mode's set is a contiguous range.
-        let mut negs: Vec<(f64, i64)> = (0..n_neg)
-            .map(|r| {
-                let n = self.negative(start, end, r);
-                (row[n as usize], n)
-            })
-            .collect();
-        negs.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
         let (mode, margin) = (self.opts.mode, self.opts.margin);
+        let by_distance = |x: &(f64, i64), y: &(f64, i64)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
+        let with_distance = |r: usize| {
+            let n = self.negative(start, end, r);
+            (row[n as usize], n)
+        };
+        let positives = self.order[p + 1..end].iter().enumerate();
         let mut out = Vec::new();
-        for (q, &pos) in self.order[p + 1..end].iter().enumerate() {
-            let d_ap = row[pos as usize];
-            // d_ap - d_an + margin > 0 is monotone in d_an (rounding is monotone): a prefix.
-            let hi = negs.partition_point(|&(d_an, _)| d_ap - d_an + margin > 0.0);
-            let lo = match mode {
-                NegativeMode::SemiHard => negs[..hi].partition_point(|&(d_an, _)| d_an <= d_ap),
-                _ => 0,
-            };
-            if lo == hi {
-                continue;
+        if mode == NegativeMode::Hardest {
+            // The nearest negative does not depend on the positive: one scan per anchor.
+            let Some((d_min, n_min)) = (0..n_neg).map(with_distance).min_by(by_distance) else { return out };
+            for (_, &pos) in positives {
+                if row[pos as usize] - d_min + margin > 0.0 {
+                    out.extend_from_slice(&[a as i64, pos as i64, n_min]);
+                }
             }
-            let pick = match mode {
-                NegativeMode::Hardest => lo,
-                _ => lo + uniform_below(self.opts.seed, (first_pair + q) as u64, (hi - lo) as u64) as usize,
-            };
-            out.extend_from_slice(&[a as i64, pos as i64, negs[pick].1]);
+            return out;
+        }
+        let admissible = |d_ap: f64, d_an: f64| {
+            d_ap - d_an + margin > 0.0 && (mode != NegativeMode::SemiHard || d_an > d_ap)
+        };
+        // Built only when rejection sampling fails for some pair of this anchor.
+        let mut sorted: Option<Vec<(f64, i64)>> = None;
+        for (q, &pos) in positives {
+            let d_ap = row[pos as usize];
+            let stream = ((first_pair + q) as u64) * (REJECTION_TRIES + 1);
+            // Rejection sampling is exactly uniform over the admissible set when it succeeds, and
+            // so is the sorted fallback: the mixture of the two is uniform as well.
+            let drawn = (0..REJECTION_TRIES).find_map(|t| {
+                let (d_an, n) = with_distance(uniform_below(self.key, stream + t, n_neg as u64) as usize);
+                admissible(d_ap, d_an).then_some(n)
+            });
+            let pick = drawn.or_else(|| {
+                let negs = sorted.get_or_insert_with(|| {
+                    let mut v: Vec<(f64, i64)> = (0..n_neg).map(with_distance).collect();
+                    v.sort_unstable_by(by_distance);
+                    v
+                });
+                // d_ap - d_an + margin > 0 is monotone in d_an (rounding is monotone): a prefix.
+                let hi = negs.partition_point(|&(d_an, _)| d_ap - d_an + margin > 0.0);
+                let lo = match mode {
+                    NegativeMode::SemiHard => negs[..hi].partition_point(|&(d_an, _)| d_an <= d_ap),
+                    _ => 0,
+                };
+                (lo < hi).then(|| {
+                    negs[lo + uniform_below(self.key, stream + REJECTION_TRIES, (hi - lo) as u64) as usize].1
+                })
+            });
+            if let Some(n) = pick {
+                out.extend_from_slice(&[a as i64, pos as i64, n]);
+            }
         }
         out
     }
 }
+
+/// Uniform draws tried per pair before falling back to sorting the anchor's negatives.
+const REJECTION_TRIES: u64 = 8;
+
+const GOLDEN: u64 = 0x9e3779b97f4a7c15;
 
 /// SplitMix64's finaliser: a bijective mix, good enough for sampling.
 fn mix(mut z: u64) -> u64 {
@@ -222,19 +254,18 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// An exactly uniform integer in [0, n) for draw number `counter` of stream `seed` (Lemire's
-/// multiply-and-reject). `n` must be positive.
-fn uniform_below(seed: u64, counter: u64, n: u64) -> u64 {
-    let base = mix(seed ^ mix(counter.wrapping_add(0x9e3779b97f4a7c15)));
-    let reject_below = n.wrapping_neg() % n; // 2^64 mod n
-    let mut attempt = 0u64;
+/// An exactly uniform integer in [0, n) from position `counter` of the SplitMix64 stream keyed
+/// by `key` (Lemire's multiply-and-reject; the division runs only in the rare rejection zone).
+/// `n` must be positive.
+fn uniform_below(key: u64, counter: u64, n: u64) -> u64 {
+    let mut state = key.wrapping_add(counter.wrapping_mul(GOLDEN));
     loop {
-        let x = mix(base.wrapping_add(attempt.wrapping_mul(0x9e3779b97f4a7c15)));
-        let wide = (x as u128) * (n as u128);
-        if (wide as u64) >= reject_below {
+        state = state.wrapping_add(GOLDEN);
+        let wide = (mix(state) as u128) * (n as u128);
+        let low = wide as u64;
+        if low >= n || low >= n.wrapping_neg() % n {
             return (wide >> 64) as u64;
         }
-        attempt += 1;
     }
 }
 

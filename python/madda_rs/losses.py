@@ -1,0 +1,43 @@
+"""The three losses of M-ADDA: triplet (Eq. 1), adversarial (Eq. 3) and center magnet (Eq. 4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n, m) squared Euclidean distances, via |a|^2 + |b|^2 - 2ab (clamped at 0)."""
+    return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2.0 * a @ b.T).clamp_min_(0.0)
+
+
+def triplet_loss(emb: torch.Tensor, triplets: torch.Tensor, margin: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Eq. 1 averaged over triplets: mean of max(0, |a-p|^2 - |a-n|^2 + margin).
+
+    Args:
+        emb: (B, D) embeddings of the batch.
+        triplets: (m, 3) int64 batch positions (anchor, positive, negative), m >= 1.
+
+    Returns:
+        (loss, number of active triplets, i.e. with positive loss).
+    """
+    a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
+    per_triplet = F.relu((a - p).pow(2).sum(1) - (a - n).pow(2).sum(1) + margin)
+    return per_triplet.mean(), int((per_triplet > 0).sum())
+
+
+def center_magnet_loss(emb: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 averaged over the batch: mean over rows of min_j |emb_i - C_j|^2."""
+    return pairwise_sq_dists(emb, centers).min(dim=1).values.mean()
+
+
+def discriminator_loss(src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 for D: source features labelled 1, target features labelled 0 (binary cross-entropy)."""
+    logits = torch.cat([src_logits, tgt_logits])
+    labels = torch.cat([torch.ones_like(src_logits), torch.zeros_like(tgt_logits)])
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def confusion_loss(tgt_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 for the target encoder with inverted labels: make D call target features source."""
+    return F.binary_cross_entropy_with_logits(tgt_logits, torch.ones_like(tgt_logits))
