@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="a folder written by 'madda-rs train'")
     e.add_argument("--device", choices=DEVICES, default="auto")
     e.add_argument("--data-dir", default=None, help="override the data folder recorded in the run")
+    e.add_argument("--k", type=_positive_int, default=None, help="override the run's k in the kNN vote")
     return parser
 
 
@@ -149,7 +150,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .training import evaluate_run
 
-    scores = evaluate_run(args.run, device=args.device, data_dir=args.data_dir)
+    scores = evaluate_run(args.run, device=args.device, data_dir=args.data_dir, k=args.k)
     print(f"source accuracy {scores['source_accuracy']:.4f}")
     print(f"target accuracy: {scores['target_accuracy']:.4f}")
     return 0

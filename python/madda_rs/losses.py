@@ -11,7 +11,7 @@ def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2.0 * a @ b.T).clamp_min_(0.0)
 
 
-def triplet_loss(emb: torch.Tensor, triplets: torch.Tensor, margin: float = 1.0) -> tuple[torch.Tensor, int]:
+def triplet_loss(emb: torch.Tensor, triplets: torch.Tensor, margin: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1 averaged over triplets: mean of max(0, |a-p|^2 - |a-n|^2 + margin).
 
     Args:
@@ -19,11 +19,11 @@ def triplet_loss(emb: torch.Tensor, triplets: torch.Tensor, margin: float = 1.0)
         triplets: (m, 3) int64 batch positions (anchor, positive, negative), m >= 1.
 
     Returns:
-        (loss, number of active triplets, i.e. with positive loss).
+        (loss, number of active triplets, i.e. with positive loss, as a 0-d tensor).
     """
     a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
     per_triplet = F.relu((a - p).pow(2).sum(1) - (a - n).pow(2).sum(1) + margin)
-    return per_triplet.mean(), int((per_triplet > 0).sum())
+    return per_triplet.mean(), (per_triplet > 0).sum()
 
 
 def center_magnet_loss(emb: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:

@@ -147,7 +147,13 @@ def _zero_grad(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
 
 
 def _adam(params: Any, config: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
+    # fused: one kernel per step instead of ~10 per parameter; Adam was 13% of CPU time unfused
+    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), fused=True)
+
+
+def _mean(values: List[torch.Tensor]) -> float:
+    """Mean of per-step scalars, read back once per epoch (a .item() per step syncs a GPU)."""
+    return float(torch.stack(values).mean()) if values else 0.0
 
 
 def train_source(
@@ -163,7 +169,8 @@ def train_source(
     bar = progress(total=config.epochs_source, desc="source")
     for epoch in range(config.epochs_source):
         start = time.perf_counter()
-        losses, active, steps = [], 0, 0
+        losses: List[torch.Tensor] = []
+        active: List[torch.Tensor] = []
         for idx in _batches(len(src), config.batch_size, gen, device):
             emb = model(src.images[idx])
             y = labels_np[idx.cpu().numpy()]
@@ -181,13 +188,12 @@ def train_source(
             _zero_grad(opt, config)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
-            active += n_active
-            steps += 1
+            losses.append(loss.detach())
+            active.append(n_active.float())
         record = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else 0.0,
-            "active_triplets": active / max(steps, 1),
+            "loss": _mean(losses),
+            "active_triplets": _mean(active),
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
@@ -244,7 +250,9 @@ def train_target(
         start = time.perf_counter()
         rec: Dict[str, Any] = {"epoch": epoch}
         if config.adversarial:
-            d_losses, g_losses, d_correct, d_seen = [], [], 0, 0
+            d_losses: List[torch.Tensor] = []
+            g_losses: List[torch.Tensor] = []
+            d_correct: List[torch.Tensor] = []
             for _ in range(config.adversarial_passes):
                 pairs = zip(
                     _batches(len(src), config.batch_size, gen, device),
@@ -264,18 +272,18 @@ def train_target(
                     _zero_grad(opt_d, config)
                     g_loss.backward()
                     opt_t.step()
-                    d_losses.append(d_loss.item())
-                    g_losses.append(g_loss.item())
-                    d_correct += int((s_logit > 0).sum()) + int((t_logit < 0).sum())
-                    d_seen += len(s_logit) + len(t_logit)
-            rec.update(d_loss=float(np.mean(d_losses)), g_loss=float(np.mean(g_losses)), d_acc=d_correct / d_seen)
+                    d_losses.append(d_loss.detach())
+                    g_losses.append(g_loss.detach())
+                    d_correct.append(torch.cat([s_logit > 0, t_logit < 0]).float().mean())
+            # d_acc near 1 means D wins outright (adaptation stalls); near 0.5, D is fooled
+            rec.update(d_loss=_mean(d_losses), g_loss=_mean(g_losses), d_acc=_mean(d_correct))
         if config.magnet:
             if fixed_centers is not None:
                 centers_np = fixed_centers
             else:
                 centers_np = kmeans_centers(src_emb, n_classes, config.seed * 100_003 + epoch)
             centers = torch.from_numpy(centers_np).to(device)
-            m_losses = []
+            m_losses: List[torch.Tensor] = []
             for ti in _batches(len(tgt), config.target_batch_size, gen, device):
                 x = tgt.images[ti]
                 emb = target(x) if config.magnet_scope == "model" else target.embed_detached_conv(x)
@@ -283,8 +291,8 @@ def train_target(
                 _zero_grad(opt_t, config)
                 loss.backward()
                 opt_t.step()
-                m_losses.append(loss.item())
-            rec["magnet_loss"] = float(np.mean(m_losses))
+                m_losses.append(loss.detach())
+            rec["magnet_loss"] = _mean(m_losses)
         rec["seconds"] = time.perf_counter() - start
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs_target:
             rec["target_accuracy"] = knn_accuracy(src_emb, src_y, target, splits.tgt_test, config.k, config.threads)
@@ -368,8 +376,11 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> EmbeddingNet:
     return model.to(device)
 
 
-def evaluate_run(run_dir: str, device: str = "auto", data_dir: Optional[str] = None) -> Dict[str, float]:
-    """Re-score a saved run: reload its config and checkpoints, rebuild its data, run kNN."""
+def evaluate_run(
+    run_dir: str, device: str = "auto", data_dir: Optional[str] = None, k: Optional[int] = None
+) -> Dict[str, float]:
+    """Re-score a saved run: reload its config and checkpoints, rebuild its data, run kNN
+    (with the run's k unless `k` is given)."""
     run = Path(run_dir)
     for name in ("config.json", "source.pt", "target.pt"):
         if not (run / name).is_file():
@@ -378,6 +389,8 @@ def evaluate_run(run_dir: str, device: str = "auto", data_dir: Optional[str] = N
         values = json.load(f)
     if data_dir is not None:
         values["data_dir"] = data_dir
+    if k is not None:
+        values["k"] = k
     config = TrainConfig.from_dict(values)
     dev = resolve_device(device)
     splits = load_splits(config, dev)
