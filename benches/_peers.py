@@ -1,0 +1,120 @@
+"""What a user would write instead of madda_rs: kNN classifiers and triplet enumerators.
+
+Each kNN peer is a function (src, y, tgt, k) -> int64 labels, written the way a competent user
+would, with the same vote rule as madda_rs (most frequent label, smallest label on ties). A peer
+whose package is missing is None in PEERS, and the benchmark records "not installed".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import random
+from itertools import combinations
+
+import numpy as np
+
+from _bench import THREADS
+
+BLOCK = 1024  # target rows per GEMM block: bounds the distance block to BLOCK x n_src
+
+
+def _optional(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+torch = _optional("torch")
+faiss = _optional("faiss")
+sklearn_neighbors = _optional("sklearn.neighbors")
+
+
+def vote(neigh_labels: np.ndarray) -> np.ndarray:
+    """Row-wise mode of non-negative int labels; argmax takes the first max, i.e. the smallest label."""
+    n, k = neigh_labels.shape
+    c = int(neigh_labels.max()) + 1 if neigh_labels.size else 1
+    counts = np.bincount((np.arange(n)[:, None] * c + neigh_labels).ravel(), minlength=n * c)
+    return counts.reshape(n, c).argmax(axis=1)
+
+
+def numpy_knn(src, y, tgt, k):
+    src_sq = np.einsum("ij,ij->i", src, src)
+    out = np.empty(len(tgt), dtype=np.int64)
+    for t0 in range(0, len(tgt), BLOCK):
+        # |t|^2 is the same for every source row, so it cannot change the ranking.
+        d = tgt[t0 : t0 + BLOCK] @ src.T
+        d *= -2
+        d += src_sq
+        idx = np.argpartition(d, k - 1, axis=1)[:, :k]
+        out[t0 : t0 + BLOCK] = vote(y[idx])
+    return out
+
+
+def torch_knn(src, y, tgt, k):
+    s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+    s_sq, yt = (s * s).sum(1), torch.from_numpy(y)
+    out = []
+    for t0 in range(0, len(t), BLOCK):
+        d = torch.addmm(s_sq, t[t0 : t0 + BLOCK], s.T, alpha=-2)
+        idx = torch.topk(d, k, dim=1, largest=False).indices
+        counts = torch.nn.functional.one_hot(yt[idx]).sum(1)
+        out.append(counts.argmax(1))  # first max: the smallest label on ties
+    return torch.cat(out).numpy()
+
+
+def sklearn_knn(src, y, tgt, k):
+    clf = sklearn_neighbors.KNeighborsClassifier(n_neighbors=k, algorithm="brute")
+    return clf.fit(src, y).predict(tgt)
+
+
+def faiss_knn(src, y, tgt, k):
+    index = faiss.IndexFlatL2(src.shape[1])
+    index.add(src)
+    _, idx = index.search(tgt, k)
+    return vote(y[idx])
+
+
+PEERS = {
+    "NumPy (blocked GEMM + argpartition)": numpy_knn,  # bench_knn.NUMPY
+    "torch (mm + topk)": torch_knn if torch else None,
+    "scikit-learn (brute)": sklearn_knn if sklearn_neighbors else None,
+    "faiss (IndexFlatL2)": faiss_knn if faiss else None,
+}
+
+
+def limit_threads():
+    """Pin every peer to THREADS threads; returns a threadpoolctl context (or a no-op)."""
+    if torch:
+        torch.set_num_threads(THREADS)
+    if faiss:
+        faiss.omp_set_num_threads(THREADS)
+    threadpoolctl = _optional("threadpoolctl")  # BLAS (NumPy) and OpenMP (scikit-learn)
+    return threadpoolctl.threadpool_limits(THREADS) if threadpoolctl else contextlib.nullcontext()
+
+
+def python_triplets(labels, rng: random.Random):
+    """Plain Python: per label, every pair (i < j) with a uniform negative among the other labels."""
+    labels = labels.tolist()
+    out = []
+    for lab in sorted(set(labels)):
+        members = [i for i, v in enumerate(labels) if v == lab]
+        others = [i for i, v in enumerate(labels) if v != lab]  # built once per label, not per pair
+        if others:
+            out.extend((a, p, rng.choice(others)) for a, p in combinations(members, 2))
+    return out  # a list, not an array: flatters Python, so speed-ups against it are conservative
+
+
+def numpy_triplets(labels, rng: np.random.Generator):
+    """Vectorised per label: triu_indices for the pairs, one integers() draw for their negatives."""
+    parts = []
+    for lab in np.unique(labels):
+        members = np.flatnonzero(labels == lab)
+        others = np.flatnonzero(labels != lab)
+        if len(members) < 2 or len(others) == 0:
+            continue
+        a, p = np.triu_indices(len(members), 1)
+        neg = others[rng.integers(0, len(others), len(a))]
+        parts.append(np.stack([members[a], members[p], neg], axis=1))
+    return np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
