@@ -108,3 +108,15 @@ def test_import_does_not_pull_torch():
 
     code = "import sys, madda_rs; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_report_summarises_runs(generated_data_dir, tmp_path, capsys):
+    for seed in (0, 1):
+        main(["train", "--src", "mnist", "--tgt", "usps", "--epochs-source", "1", "--epochs-target", "1", "--seed",
+              str(seed), "--data-dir", generated_data_dir, "--out", str(tmp_path / f"s{seed}"), "--quiet"])
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and "| 0,1 |" in table[2] and "±" in table[2]
+    assert main(["report", "--by-epoch", str(tmp_path / "s0")]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| 1 |")

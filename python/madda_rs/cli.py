@@ -2,6 +2,7 @@
 
     madda-rs train --src mnist --tgt usps [--preset paper|official] [--protocol adda|full] ...
     madda-rs eval --run runs/DIR
+    madda-rs report runs/*
 
 Exit status 0 on success; otherwise one line on stderr saying why, and status 2 (bad
 arguments) or 1 (a failure while running).
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=DEVICES, default="auto")
     e.add_argument("--data-dir", default=None, help="override the data folder recorded in the run")
     e.add_argument("--k", type=_positive_int, default=None, help="override the run's k in the kNN vote")
+    r = sub.add_parser("report", help="summarise saved runs as a markdown table (mean +- std over seeds)")
+    r.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
+    r.add_argument("--by-epoch", action="store_true", help="instead: target accuracy at each recorded epoch, per run")
     return parser
 
 
@@ -156,6 +160,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import accuracy_by_epoch, summarize
+
+    print(accuracy_by_epoch(args.runs) if args.by_epoch else summarize(args.runs))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -164,6 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args, parser)
+        if args.command == "report":
+            return _report(args)
         return _eval(args)
     except KeyboardInterrupt:
         print("madda-rs: interrupted", file=sys.stderr)

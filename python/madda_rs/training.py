@@ -245,6 +245,7 @@ def train_target(
     fixed_centers = class_means(src_emb, src_y) if config.centers == "class_means" else None
 
     history: List[Dict[str, Any]] = []
+    last_accuracy: Optional[float] = None
     bar = progress(total=config.epochs_target, desc="target")
     for epoch in range(config.epochs_target):
         start = time.perf_counter()
@@ -298,9 +299,10 @@ def train_target(
             rec["target_accuracy"] = knn_accuracy(src_emb, src_y, target, splits.tgt_test, config.k, config.threads)
         history.append(rec)
         bar.update(1)
-        bar.set_postfix(
-            {k: f"{rec[k]:.3f}" for k in ("d_loss", "d_acc", "magnet_loss", "target_accuracy") if k in rec}
-        )
+        if "target_accuracy" in rec:
+            last_accuracy = rec["target_accuracy"]
+        shown = {k: f"{rec[k]:.3f}" for k in ("d_loss", "d_acc", "magnet_loss") if k in rec}
+        bar.set_postfix(shown, target_acc="-" if last_accuracy is None else f"{last_accuracy:.4f}")
     bar.close()
     return target, history
 
