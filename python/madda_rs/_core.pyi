@@ -5,6 +5,8 @@ from typing import Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["MAX_TRIPLETS", "default_threads", "knn_predict", "knn_search", "triplets"]
+
 MAX_TRIPLETS: int
 
 def knn_search(
