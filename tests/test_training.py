@@ -120,3 +120,21 @@ def test_report_summarises_runs(generated_data_dir, tmp_path, capsys):
     assert len(table) == 3 and "| 0,1 |" in table[2] and "±" in table[2]
     assert main(["report", "--by-epoch", str(tmp_path / "s0")]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith("| 1 |")
+
+
+def test_discriminator_learning_rate_is_separate(generated_data_dir, monkeypatch):
+    import madda_rs.training as training
+
+    made = []
+    real_adam = training._adam
+
+    def recording_adam(params, config, lr=None):
+        opt = real_adam(params, config, lr)
+        made.append(opt.param_groups[0]["lr"])
+        return opt
+
+    monkeypatch.setattr(training, "_adam", recording_adam)
+    train(_config(generated_data_dir, lr_discriminator=1e-3, epochs_source=1, epochs_target=1))
+    assert made == [1e-4, 1e-4, 1e-3]  # source, target, discriminator
+    with pytest.raises(ValueError, match="lr_discriminator"):
+        _config(generated_data_dir, lr_discriminator=-1.0)

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adversarial-passes", type=_non_negative_int, default=None,
                    help="adversarial passes per target epoch (preset: paper 1, official 3)")
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (all three optimisers)")
+    t.add_argument("--lr-discriminator", type=float, default=None, help="discriminator learning rate (default: --lr)")
     t.add_argument("--eval-every", type=_positive_int, default=10, help="record target accuracy every N target epochs")
     t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch and the native core")
     t.add_argument("--no-magnet", action="store_true", help="ablation: adversarial loss only (Table 3)")
@@ -116,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         magnet_scope=args.magnet_scope,
         adversarial_passes=args.adversarial_passes,
         lr=args.lr,
+        lr_discriminator=args.lr_discriminator,
         eval_every=args.eval_every,
         threads=args.threads,
         magnet=not args.no_magnet,

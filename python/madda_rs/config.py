@@ -55,6 +55,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     download: bool = True
     lr: float = 1e-4
+    lr_discriminator: Optional[float] = None  # None: same as lr (both presets)
     betas: Tuple[float, float] = (0.5, 0.9)
     margin: float = 1.0
     embedding_dim: int = 256
@@ -90,6 +91,8 @@ class TrainConfig:
         _int_at_least("seed", self.seed, 0)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_discriminator is not None and not self.lr_discriminator > 0:
+            raise ValueError(f"lr_discriminator must be > 0, got {self.lr_discriminator}")
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

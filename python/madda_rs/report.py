@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 # Settings that make two runs the same experiment; seeds are what varies within a group.
-GROUP_KEYS = ("src", "tgt", "protocol", "preset", "usps_resize", "epochs_source", "epochs_target", "k",
+GROUP_KEYS = ("src", "tgt", "protocol", "preset", "usps_resize", "epochs_source", "epochs_target", "k", "lr",
+              "lr_discriminator",
               "negatives", "centers", "magnet_scope", "adversarial_passes", "magnet", "adversarial", "source_only")
 
 
@@ -44,7 +45,8 @@ def summarize(run_dirs: Sequence[str]) -> str:
         config = runs[0][0]
         m = [r[1] for r in runs]
         variant = config["preset"] + ("" if config["magnet"] else ", no magnet") + (
-            "" if config["adversarial"] else ", no adversarial") + (", source only" if config["source_only"] else "")
+            "" if config["adversarial"] else ", no adversarial") + (", source only" if config["source_only"] else "") + (
+            f", D lr {config['lr_discriminator']:g}" if config.get("lr_discriminator") else "")
         per_epoch = [
             "-" if any(x[key] is None for x in m) else f"{np.mean([x[key] for x in m]):.2f}"
             for key in ("seconds_per_source_epoch", "seconds_per_target_epoch")

@@ -146,9 +146,9 @@ def _zero_grad(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
     optimizer.zero_grad(set_to_none=not config.zero_grad_momentum)
 
 
-def _adam(params: Any, config: TrainConfig) -> torch.optim.Adam:
+def _adam(params: Any, config: TrainConfig, lr: Optional[float] = None) -> torch.optim.Adam:
     # fused: one kernel per step instead of ~10 per parameter; Adam was 13% of CPU time unfused
-    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), fused=True)
+    return torch.optim.Adam(params, lr=lr or config.lr, betas=tuple(config.betas), fused=True)
 
 
 def _mean(values: List[torch.Tensor]) -> float:
@@ -239,7 +239,7 @@ def train_target(
         p.requires_grad_(True)
     disc = Discriminator().to(device)
     opt_t = _adam(target.parameters(), config)
-    opt_d = _adam(disc.parameters(), config)
+    opt_d = _adam(disc.parameters(), config, config.lr_discriminator)
     gen = torch.Generator().manual_seed(config.seed + 3)
     n_classes = len(np.unique(src_y))
     fixed_centers = class_means(src_emb, src_y) if config.centers == "class_means" else None
