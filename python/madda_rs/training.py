@@ -55,7 +55,7 @@ def _no_progress(**_: Any) -> Bar:
 
 @dataclass
 class Splits:
-    """The four tensors sets of a run, on the training device."""
+    """The four tensor sets of a run, on the training device."""
 
     src_train: Domain
     src_test: Domain
@@ -171,9 +171,11 @@ def train_source(
         start = time.perf_counter()
         losses: List[torch.Tensor] = []
         active: List[torch.Tensor] = []
-        for idx in _batches(len(src), config.batch_size, gen, device):
-            emb = model(src.images[idx])
-            y = labels_np[idx.cpu().numpy()]
+        # Indices stay on the CPU for the labels (triplets are enumerated there); only the
+        # device copy goes to the model, so a GPU run never syncs to read labels back.
+        for idx_cpu in _batches(len(src), config.batch_size, gen, torch.device("cpu")):
+            emb = model(src.images[idx_cpu.to(device)])
+            y = labels_np[idx_cpu.numpy()]
             sq = None
             if config.negatives != "random":
                 with torch.no_grad():
