@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -31,15 +32,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 
 
 import pytest  # noqa: E402
-
 from digits import SHARED_DATA, make_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The real MNIST/USPS in ../shared/data when present, else small generated digits."""
-    if (SHARED_DATA / "usps.t.bz2").is_file():
-        return str(SHARED_DATA)
+    """The real MNIST/USPS ($MADDA_DATA_DIR, else ../shared/data) when present, else small generated digits."""
+    for candidate in (os.environ.get("MADDA_DATA_DIR"), SHARED_DATA):
+        if candidate and (Path(candidate) / "usps.t.bz2").is_file():
+            return str(candidate)
     return str(make_data_dir(tmp_path_factory.mktemp("digits")))
 
 

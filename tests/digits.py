@@ -41,11 +41,23 @@ def _write_usps(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     path.write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
 
 
-def make_data_dir(root: Path, n_train: int = 600, n_test: int = 300) -> Path:
+def make_data_dir(root: Path, n_train: int = 600, n_test: int = 300, n_train_usps: int | None = None) -> Path:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     _write_idx(raw, *_digits(n_train, 28, 0), "train")
     _write_idx(raw, *_digits(n_test, 28, 1), "t10k")
-    _write_usps(root / "usps.bz2", *_digits(n_train, 16, 2))
+    _write_usps(root / "usps.bz2", *_digits(n_train if n_train_usps is None else n_train_usps, 16, 2))
     _write_usps(root / "usps.t.bz2", *_digits(n_test, 16, 3))
     return root
+
+
+def bars(n: int, size: int, seed: int, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A user's own images: (n, channels, size, size) uint8 bars, one place per class, and labels."""
+    images, labels = _digits(n, 28, seed)
+    if size != 28:
+        import torch
+        import torch.nn.functional as F
+
+        images = F.interpolate(torch.from_numpy(images).float()[:, None], size=(size, size), mode="bilinear")
+        images = images[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.repeat(images[:, None], channels, axis=1), labels.astype(np.int64)

@@ -1,34 +1,45 @@
-"""Two-epoch runs of both stages on small data: files, determinism, accuracy above chance."""
+"""Short runs of both stages on small generated digits: files, results, and every setting checked
+where it takes effect (from the command line through the config to the code that uses it)."""
 
 import json
+from collections import defaultdict
 
+import madda_rs
+import madda_rs.stages.madda as madda_stage
+import madda_rs.stages.source as source_stage
 import pytest
 import torch
-
 from madda_rs.cli import main
-from madda_rs.config import TrainConfig
-from madda_rs.training import evaluate_run, load_model, load_splits, train, train_source
+from madda_rs.config import PRESETS, TrainConfig
+from madda_rs.evaluation import evaluate_run, load_model
+from madda_rs.training import train
 
 
 def _config(data_dir, **kw):
     base = dict(src="mnist", tgt="usps", epochs_source=2, epochs_target=2, data_dir=data_dir, download=False,
                 device="cpu", eval_every=1)
-    preset = kw.pop("preset", "paper")
     base.update(kw)
-    return TrainConfig.from_preset(preset, **base)
+    return TrainConfig(**base)
+
+
+def _cli(data_dir, out, *flags):
+    return main(["train", "--src", "mnist", "--tgt", "usps", "--data-dir", data_dir, "--no-download", "--device",
+                 "cpu", "--out", str(out), "--quiet", *flags])
 
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_two_epoch_run_writes_everything_and_beats_chance(generated_data_dir, tmp_path, preset):
     result = train(_config(generated_data_dir, preset=preset), out_dir=str(tmp_path))
-    for name in ("config.json", "metrics.json", "source.pt", "target.pt"):
+    for name in ("config.json", "metrics.json", "checkpoint.pt", "progress.json", "source.pt", "target.pt"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("target_accuracy", "source_accuracy", "wall_seconds", "device", "history"):
-        assert key in metrics
     assert len(metrics["history"]["source"]) == 2 and len(metrics["history"]["target"]) == 2
-    assert json.loads((tmp_path / "config.json").read_text())["preset"] == preset
-    assert result.source_accuracy > 0.5 and result.target_accuracy > 0.2  # chance is 0.1
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["preset"] == preset and config["negatives"] == PRESETS[preset]["negatives"]
+    assert config["overridden"] == ["epochs_source", "epochs_target"]
+    assert result.source_accuracy > 0.5 and result.target_accuracy > 0.5  # chance is 0.1
+    assert metrics["target_accuracy"] == result.target_accuracy
+    assert set(result.label_free) == {"pred_classes", "pred_largest_class_share", "pred_entropy"}
     ckpt = torch.load(tmp_path / "target.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["preset"] == preset
     rescored = evaluate_run(str(tmp_path), device="cpu")
@@ -36,70 +47,150 @@ def test_two_epoch_run_writes_everything_and_beats_chance(generated_data_dir, tm
     assert isinstance(load_model(tmp_path / "source.pt"), torch.nn.Module)
 
 
-def test_same_seed_same_subsets_and_first_epoch_losses(generated_data_dir):
-    cfg = _config(generated_data_dir, epochs_source=1)
-    dev = torch.device("cpu")
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(123)  # noise that the run's own seeding must override
-        splits = load_splits(cfg, dev)
-        from madda_rs.training import seed_everything
+class Spy:
+    """Records what the training code was actually called with."""
 
-        seed_everything(cfg.seed)
-        _, hist = train_source(cfg, splits.src_train, dev)
-        runs.append((splits.src_train.labels, hist[0]["loss"]))
-    # equal up to float summation order (oneDNN may pick different kernels on a warm cache)
-    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == pytest.approx(runs[1][1], rel=1e-5)
+    def __init__(self, monkeypatch):
+        self.calls = defaultdict(list)
+        calls = self.calls
+
+        def wrap(module, name, record):
+            real = getattr(module, name)
+
+            def spy(*args, **kwargs):
+                out = real(*args, **kwargs)
+                calls[name].append(record(args, kwargs, out))
+                return out
+
+            monkeypatch.setattr(module, name, spy)
+
+        wrap(madda_rs, "triplets", lambda a, kw, out: (kw["negatives"], kw["margin"]))
+        wrap(madda_rs, "knn_predict", lambda a, kw, out: a[3])
+        wrap(source_stage, "triplet_loss", lambda a, kw, out: a[2])
+        for module in (source_stage, madda_stage):
+            wrap(module, "epoch_batches", lambda a, kw, out, m=module: (m.__name__.split(".")[-1], a[1]))
+            wrap(module, "adam", lambda a, kw, out: (out.param_groups[0]["lr"], out.param_groups[0]["betas"]))
+            wrap(module, "zero_grad", lambda a, kw, out: not a[1].zero_grad_momentum)
+        wrap(madda_stage, "kmeans_centers", lambda a, kw, out: a[1])
+        wrap(madda_stage, "discriminator_loss", lambda a, kw, out: None)
+        wrap(madda_stage, "center_magnet_loss", lambda a, kw, out: None)
+        real_detached = madda_rs.models.EmbeddingNet.embed_detached_conv
+
+        def detached(model, x):
+            calls["embed_detached_conv"].append(None)
+            return real_detached(model, x)
+
+        monkeypatch.setattr(madda_rs.models.EmbeddingNet, "embed_detached_conv", detached)
 
 
-def test_source_only_and_ablations(generated_data_dir):
-    r = train(_config(generated_data_dir, source_only=True, epochs_source=1))
-    assert r.target_accuracy == r.source_only_accuracy and r.history["target"] == []
-    r = train(_config(generated_data_dir, magnet=False, epochs_source=1, epochs_target=1))
-    assert "magnet_loss" not in r.history["target"][0] and "d_acc" in r.history["target"][0]
-    r = train(_config(generated_data_dir, adversarial=False, epochs_source=1, epochs_target=1))
-    assert "d_acc" not in r.history["target"][0] and "magnet_loss" in r.history["target"][0]
+def test_every_flag_reaches_the_code(generated_data_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    flags = ["--preset", "official", "--epochs-source", "1", "--epochs-target", "3", "--batch-size", "40",
+             "--target-batch-size", "30", "--k", "3", "--lr", "2e-4", "--lr-discriminator", "5e-4",
+             "--betas", "0.6", "0.95", "--margin", "0.5", "--embedding-dim", "32", "--negatives", "semihard",
+             "--centers", "class_means", "--magnet-scope", "model", "--adversarial-passes", "2",
+             "--no-zero-grad-momentum", "--eval-every", "2", "--checkpoint-every", "2", "--threads", "1"]
+    assert _cli(generated_data_dir, tmp_path / "run", *flags) == 0
+    c = spy.calls
+    assert set(c["triplets"]) == {("semihard", 0.5)} and set(c["triplet_loss"]) == {0.5}
+    assert set(c["knn_predict"]) == {3}
+    assert set(c["epoch_batches"]) == {("source", 40), ("madda", 40), ("madda", 30)}
+    assert c["adam"] == [(2e-4, (0.6, 0.95)), (2e-4, (0.6, 0.95)), (5e-4, (0.6, 0.95))]  # source, target, D
+    assert set(c["zero_grad"]) == {True}  # set_to_none: the momentum quirk is off
+    assert c["kmeans_centers"] == [] and c["embed_detached_conv"] == []
+    assert len(c["discriminator_loss"]) == 3 * 2 * min(600 // 40, 600 // 30)  # epochs x passes x batches
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    hist = metrics["history"]["target"]
+    assert [("target_accuracy" in h) for h in hist] == [False, True, True]  # every 2 epochs, and the last
+    assert len(metrics["history"]["source"]) == 1 and metrics["threads"] == 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["preset"] == "official" and "negatives" in config["overridden"] and "k" in config["overridden"]
+    assert load_model(tmp_path / "run" / "target.pt").head[1].out_features == 32
+
+
+def test_official_preset_values_reach_the_code(generated_data_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    assert _cli(generated_data_dir, tmp_path / "run", "--preset", "official", "--epochs-source", "1",
+                "--epochs-target", "2") == 0
+    c = spy.calls
+    assert set(c["triplets"]) == {("violating", 1.0)} and set(c["knn_predict"]) == {2}
+    assert set(c["zero_grad"]) == {False}  # zeroed, not None
+    assert len(c["kmeans_centers"]) == 2 and set(c["kmeans_centers"]) == {10}
+    assert len(c["embed_detached_conv"]) == len(c["center_magnet_loss"]) > 0
+    assert len(c["discriminator_loss"]) == 2 * 3 * min(600 // 64, 600 // 50)  # epochs x passes x batches
+    assert set(c["epoch_batches"]) == {("source", 64), ("madda", 64), ("madda", 50)}
+
+
+def test_paper_preset_values_reach_the_code(generated_data_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    assert _cli(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "1") == 0
+    c = spy.calls
+    assert set(c["triplets"]) == {("random", 1.0)} and set(c["triplet_loss"]) == {1.0}
+    assert c["kmeans_centers"] == [] and c["embed_detached_conv"] == []
+    assert len(c["discriminator_loss"]) == min(600 // 64, 600 // 50)
+    assert c["adam"] == [(1e-4, (0.5, 0.9))] * 3
+
+
+def test_source_only_and_ablations_from_the_command_line(generated_data_dir, tmp_path):
+    def run(name, *flags):
+        assert _cli(generated_data_dir, tmp_path / name, "--epochs-source", "1", "--epochs-target", "1", *flags) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    m = run("source-only", "--source-only")
+    assert m["history"]["target"] == [] and m["target_accuracy"] == m["source_only_accuracy"]
+    m = run("adv", "--no-magnet")
+    assert "magnet_loss" not in m["history"]["target"][0] and "d_acc" in m["history"]["target"][0]
+    m = run("magnet", "--no-adversarial")
+    assert "d_acc" not in m["history"]["target"][0] and "magnet_loss" in m["history"]["target"][0]
+
+
+def test_the_final_epoch_is_reported_not_the_best(generated_data_dir, monkeypatch):
+    import madda_rs.training as training
+
+    scores = iter([0.9, 0.3, 0.6])  # source-only, then target epochs 1 and 2: best is not last
+    real = training.target_scores
+
+    def fake(reference, model, data):
+        out = real(reference, model, data)
+        out["target_accuracy"] = next(scores)
+        return out
+
+    monkeypatch.setattr(training, "target_scores", fake)
+    result = train(_config(generated_data_dir, epochs_source=1))
+    assert result.source_only_accuracy == 0.9 and result.target_accuracy == 0.6
+
+
+def test_seeds_change_the_run(generated_data_dir):
+    a = train(_config(generated_data_dir, epochs_source=1, epochs_target=0, deterministic=True))
+    b = train(_config(generated_data_dir, epochs_source=1, epochs_target=0, deterministic=True, seed=1))
+    assert a.history["source"][0]["loss"] != b.history["source"][0]["loss"]
+
+
+def test_discriminator_learning_rate_must_be_positive(generated_data_dir):
+    with pytest.raises(ValueError, match="lr_discriminator"):
+        _config(generated_data_dir, lr_discriminator=-1.0)
 
 
 def test_cli_train_and_eval(generated_data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--src", "usps", "--tgt", "mnist", "--epochs-source", "1", "--epochs-target", "1",
-                 "--data-dir", generated_data_dir, "--no-download", "--out", str(out), "--quiet", "--device", "cpu"])
-    assert code == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("target accuracy (usps -> mnist):")
-    assert main(["eval", "--run", str(out), "--device", "cpu"]) == 0
+    assert main(["train", "--src", "usps", "--tgt", "mnist", "--epochs-source", "1", "--epochs-target", "1",
+                 "--data-dir", generated_data_dir, "--no-download", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("target accuracy (usps -> mnist):")
+    assert main(["eval", "--run", str(out), "--device", "cpu", "--k", "1"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("target accuracy:")
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--src", "usps", "--tgt", "usps"], "must differ"),
-        (["--src", "mnist", "--tgt", "usps", "--k", "0"], "--k"),
-        (["--src", "mnist", "--tgt", "svhn"], "--tgt"),
-        (["--src", "mnist", "--tgt", "usps", "--epochs-source", "-1"], "--epochs-source"),
-        (["--src", "mnist", "--tgt", "usps", "--no-magnet", "--no-adversarial"], "nothing to train"),
-    ],
-)
-def test_cli_refuses_bad_flags_before_work(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_cli_missing_data_is_one_line_and_nonzero(tmp_path, capsys):
-    code = main(["train", "--src", "mnist", "--tgt", "usps", "--data-dir", str(tmp_path), "--no-download",
-                 "--quiet", "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err
-    assert not (tmp_path / "run").exists()
-
-
-def test_eval_of_missing_run_is_an_error(tmp_path, capsys):
-    assert main(["eval", "--run", str(tmp_path)]) == 1
-    assert "config.json" in capsys.readouterr().err
+def test_report_summarises_runs(generated_data_dir, tmp_path, capsys):
+    for seed in (0, 1):
+        assert _cli(generated_data_dir, tmp_path / f"s{seed}", "--epochs-source", "1", "--epochs-target", "1",
+                    "--seed", str(seed)) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and "| 0,1 |" in table[2] and "±" in table[2]
+    assert main(["report", "--by-epoch", str(tmp_path / "s0")]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| 1 |")
 
 
 def test_import_does_not_pull_torch():
@@ -110,31 +201,7 @@ def test_import_does_not_pull_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_report_summarises_runs(generated_data_dir, tmp_path, capsys):
-    for seed in (0, 1):
-        main(["train", "--src", "mnist", "--tgt", "usps", "--epochs-source", "1", "--epochs-target", "1", "--seed",
-              str(seed), "--data-dir", generated_data_dir, "--out", str(tmp_path / f"s{seed}"), "--quiet"])
-    capsys.readouterr()
-    assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert len(table) == 3 and "| 0,1 |" in table[2] and "±" in table[2]
-    assert main(["report", "--by-epoch", str(tmp_path / "s0")]) == 0
-    assert capsys.readouterr().out.splitlines()[2].startswith("| 1 |")
+def test_version_is_the_packages():
+    from importlib.metadata import version
 
-
-def test_discriminator_learning_rate_is_separate(generated_data_dir, monkeypatch):
-    import madda_rs.training as training
-
-    made = []
-    real_adam = training._adam
-
-    def recording_adam(params, config, lr=None):
-        opt = real_adam(params, config, lr)
-        made.append(opt.param_groups[0]["lr"])
-        return opt
-
-    monkeypatch.setattr(training, "_adam", recording_adam)
-    train(_config(generated_data_dir, lr_discriminator=1e-3, epochs_source=1, epochs_target=1))
-    assert made == [1e-4, 1e-4, 1e-3]  # source, target, discriminator
-    with pytest.raises(ValueError, match="lr_discriminator"):
-        _config(generated_data_dir, lr_discriminator=-1.0)
+    assert madda_rs.__version__ == version("madda-rs")

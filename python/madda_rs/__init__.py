@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import secrets
+from importlib.metadata import version as _version
 from typing import Literal, Optional, Tuple
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from . import _core
 
 __all__ = ["knn_predict", "knn_search", "triplets", "default_threads", "MAX_TRIPLETS", "__version__"]
-__version__ = "0.1.0"
+__version__ = _version("madda-rs")  # written once, in Cargo.toml; maturin copies it to the metadata
 
 MAX_TRIPLETS: int = _core.MAX_TRIPLETS
 default_threads = _core.default_threads

@@ -1,24 +1,33 @@
-"""`madda-rs`: train M-ADDA and re-score saved runs.
+"""`madda-rs`: train M-ADDA, resume and re-score saved runs, summarise them.
 
     madda-rs train --src mnist --tgt usps [--preset paper|official] [--protocol adda|full] ...
-    madda-rs eval --run runs/DIR
+    madda-rs train --resume runs/DIR
+    madda-rs eval --run runs/DIR [--k K]
     madda-rs report runs/*
 
-Exit status 0 on success; otherwise one line on stderr saying why, and status 2 (bad
-arguments) or 1 (a failure while running).
+The train flags are generated from :class:`madda_rs.config.TrainConfig`'s fields: a flag left
+out takes the preset's value (or the config's default), and ``--help`` shows both presets'
+values. Exit status 0 on success; otherwise one line on stderr saying why, and status 2 (bad
+arguments, refused before any work) or 1 (a failure while running).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from .config import CENTERS, DEVICES, DOMAINS, MAGNET_SCOPES, NEGATIVES, PRESETS, PROTOCOLS, USPS_RESIZES, TrainConfig
+from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
+
+# Flags of `train` that are not settings of the run.
+_RUN_FLAGS = ("out", "resume", "overwrite", "quiet")
+# Settings a resumed run may change: where the data are, nothing that alters the computation.
+_RESUMABLE = ("data_dir",)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -37,128 +46,145 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_setting(parser: argparse.ArgumentParser, f: "dataclasses.Field[Any]") -> None:
+    """One flag for one TrainConfig field; absent from the namespace unless given."""
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-")
+    if f.name in PRESET_FIELDS:
+        default = "; ".join(f"{name}: {_show(values[f.name])}" for name, values in PRESETS.items())
+    else:
+        default = "" if f.default is None else f"default: {_show(f.default)}"
+    shown = f"{meta['help']} [{default}]" if default else meta["help"]
+    kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=shown)
+    if meta["choices"]:
+        kw["choices"] = meta["choices"]
+    elif meta["type"] is None:  # a switch: --x / --no-x
+        kw["action"] = argparse.BooleanOptionalAction
+    elif meta["type"] is int:
+        kw["type"] = _int_at_least(meta["minimum"])
+    else:
+        kw["type"] = meta["type"]
+    if meta["nargs"]:
+        kw["nargs"] = meta["nargs"]
+    if f.name in ("src", "tgt"):
+        kw["required"] = False  # checked in _train: --resume needs neither
+    parser.add_argument(flag, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="madda-rs", description="M-ADDA: metric-learning domain adaptation on digits.")
+    parser = argparse.ArgumentParser(prog="madda-rs", description="M-ADDA: metric-learning domain adaptation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
         "train",
         help="train source and target models and report target accuracy",
-        description="Run M-ADDA end to end. Flags left out take the preset's value.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run M-ADDA end to end. Each setting left out takes the preset's value, shown in brackets.",
     )
-    t.add_argument("--src", choices=DOMAINS, required=True, help="labelled source domain")
-    t.add_argument("--tgt", choices=DOMAINS, required=True, help="unlabelled target domain")
-    t.add_argument("--protocol", choices=PROTOCOLS, default="adda",
-                   help="'adda': 2,000 MNIST / 1,800 USPS training images (paper Table 1); 'full': all (Table 2)")
-    t.add_argument("--preset", choices=tuple(PRESETS), default="paper",
-                   help="'paper': the method as written; 'official': the authors' released code")
-    t.add_argument("--usps-resize", choices=USPS_RESIZES, default="box20",
-                   help="USPS 16x16 -> 28x28: 'box20' resizes to 20x20 and centres it (like MNIST); 'stretch' fills the frame")
-    t.add_argument("--epochs-source", type=_non_negative_int, default=200, help="stage 1 epochs (Algorithm 1)")
-    t.add_argument("--epochs-target", type=_non_negative_int, default=200, help="stage 2 epochs (Algorithm 2)")
-    t.add_argument("--batch-size", type=_positive_int, default=64, help="source batch size")
-    t.add_argument("--target-batch-size", type=_positive_int, default=50, help="target batch size")
-    t.add_argument("--k", type=_positive_int, default=2, help="neighbours in the kNN vote (Algorithm 3)")
-    t.add_argument("--seed", type=_non_negative_int, default=0, help="one seed for Python, NumPy, torch and data subsets")
-    t.add_argument("--device", choices=DEVICES, default="auto", help="'auto' uses CUDA when present")
-    t.add_argument("--data-dir", default=None,
-                   help="folder in torchvision's layout (default: $MADDA_DATA_DIR, else ~/.cache/madda_rs)")
-    t.add_argument("--no-download", action="store_true", help="never fetch missing data; fail with a message instead")
+    for f in dataclasses.fields(TrainConfig):
+        _add_setting(t, f)
     t.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
-    t.add_argument("--negatives", choices=NEGATIVES, default=None, help="triplet negatives (preset: paper random, official violating)")
-    t.add_argument("--centers", choices=CENTERS, default=None, help="magnet centers (preset: paper class_means, official kmeans)")
-    t.add_argument("--magnet-scope", choices=MAGNET_SCOPES, default=None,
-                   help="what the magnet trains: 'model' (paper) or 'fc' layers only (official)")
-    t.add_argument("--adversarial-passes", type=_non_negative_int, default=None,
-                   help="adversarial passes per target epoch (preset: paper 1, official 3)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (all three optimisers)")
-    t.add_argument("--lr-discriminator", type=float, default=None, help="discriminator learning rate (default: --lr)")
-    t.add_argument("--eval-every", type=_positive_int, default=10, help="record target accuracy every N target epochs")
-    t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch and the native core")
-    t.add_argument("--no-magnet", action="store_true", help="ablation: adversarial loss only (Table 3)")
-    t.add_argument("--no-adversarial", action="store_true", help="ablation: center magnet only (Table 3)")
-    t.add_argument("--source-only", action="store_true", help="baseline: kNN on the source model, no adaptation")
+    t.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR from its last checkpoint, with the config saved there")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars or log lines; only the final line")
 
-    e = sub.add_parser("eval", help="re-score a saved run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e = sub.add_parser("eval", help="re-score a saved run")
     e.add_argument("--run", required=True, help="a folder written by 'madda-rs train'")
-    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
     e.add_argument("--data-dir", default=None, help="override the data folder recorded in the run")
-    e.add_argument("--k", type=_positive_int, default=None, help="override the run's k in the kNN vote")
+    e.add_argument("--k", type=_int_at_least(1), default=None, help="override the run's k in the kNN vote")
     r = sub.add_parser("report", help="summarise saved runs as a markdown table (mean +- std over seeds)")
     r.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
     r.add_argument("--by-epoch", action="store_true", help="instead: target accuracy at each recorded epoch, per run")
     return parser
 
 
+def _settings_given(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in _RUN_FLAGS and k != "command"}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_preset(
-        args.preset,
-        src=args.src,
-        tgt=args.tgt,
-        protocol=args.protocol,
-        usps_resize=args.usps_resize,
-        epochs_source=args.epochs_source,
-        epochs_target=args.epochs_target,
-        batch_size=args.batch_size,
-        target_batch_size=args.target_batch_size,
-        k=args.k,
-        seed=args.seed,
-        device=args.device,
-        data_dir=args.data_dir,
-        download=not args.no_download,
-        negatives=args.negatives,
-        centers=args.centers,
-        magnet_scope=args.magnet_scope,
-        adversarial_passes=args.adversarial_passes,
-        lr=args.lr,
-        lr_discriminator=args.lr_discriminator,
-        eval_every=args.eval_every,
-        threads=args.threads,
-        magnet=not args.no_magnet,
-        adversarial=not args.no_adversarial,
-        source_only=args.source_only,
-    )
+    """The flags given, over the preset's values; refuses unknown domains."""
+    from .domains import check_domain_name
+
+    given = _settings_given(args)
+    for side in ("src", "tgt"):
+        if side not in given:
+            raise ValueError(f"--{side} is required (a registered domain or an .npz file)")
+        try:
+            check_domain_name(given[side])
+        except ValueError as exc:
+            raise ValueError(f"--{side}: {exc}") from None
+    return TrainConfig(**given)
 
 
 def _default_out(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{config.src}2{config.tgt}-{config.protocol}-{config.preset}-seed{config.seed}-{stamp}"
-    return Path("runs") / name
+    src, tgt = (Path(name).stem for name in (config.src, config.tgt))
+    return Path("runs") / f"{src}2{tgt}-{config.protocol}-{config.preset}-seed{config.seed}-{stamp}"
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runtime import CONFIG_FILE, RunFolder
+
     try:
-        config = config_from_args(args)
-    except ValueError as exc:  # e.g. --src usps --tgt usps: refused before any work
+        if args.resume is not None:
+            if args.out is not None or args.overwrite:
+                raise ValueError("--resume continues the run in its own folder; drop --out and --overwrite")
+            extra = sorted(set(_settings_given(args)) - set(_RESUMABLE))
+            if extra:
+                flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+                raise ValueError(f"--resume takes the settings saved with the run; drop {flags}")
+            RunFolder(args.resume).check_usable(resume=True, overwrite=False)
+            config = TrainConfig.load(str(Path(args.resume) / CONFIG_FILE)).replace(**_settings_given(args))
+            out = Path(args.resume)
+        else:
+            config = config_from_args(args)
+            out = Path(args.out) if args.out else _default_out(config)
+            RunFolder(out).check_usable(resume=False, overwrite=args.overwrite)
+    except ValueError as exc:  # refused before any work
         parser.error(str(exc))
     from tqdm import tqdm
 
+    from .loop import Interrupted
     from .training import train
 
-    out = Path(args.out) if args.out else _default_out(config)
     progress = None if args.quiet else partial(tqdm, dynamic_ncols=True, leave=True)
-    result = train(config, out_dir=str(out), progress=progress)
+    try:
+        result = train(config, out_dir=str(out), progress=progress, resume=args.resume is not None,
+                       overwrite=args.overwrite)
+    except Interrupted as exc:
+        print(f"madda-rs: {exc}; checkpoint saved. Resume with: madda-rs train --resume {out}", file=sys.stderr)
+        return 130
     if not args.quiet:
-        print(
-            f"source accuracy {result.source_accuracy:.4f} | source-only target accuracy "
-            f"{result.source_only_accuracy:.4f} | {result.wall_seconds:.0f} s on {result.device} | saved to {out}"
-        )
-    print(f"target accuracy ({config.src} -> {config.tgt}): {result.target_accuracy:.4f}")
+        acc = "-" if result.source_accuracy is None else f"{result.source_accuracy:.4f}"
+        only = "-" if result.source_only_accuracy is None else f"{result.source_only_accuracy:.4f}"
+        print(f"source accuracy {acc} | source-only target accuracy {only} | {result.wall_seconds:.0f} s on "
+              f"{result.device} | saved to {out}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+    if result.target_accuracy is None:
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in result.label_free.items())
+        print(f"no labelled target test set; label-free figures ({config.src} -> {config.tgt}): {figures}")
+    else:
+        print(f"target accuracy ({config.src} -> {config.tgt}): {result.target_accuracy:.4f}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .training import evaluate_run
+    from .evaluation import evaluate_run
 
     scores = evaluate_run(args.run, device=args.device, data_dir=args.data_dir, k=args.k)
-    print(f"source accuracy {scores['source_accuracy']:.4f}")
-    print(f"target accuracy: {scores['target_accuracy']:.4f}")
+    if "source_accuracy" in scores:
+        print(f"source accuracy {scores['source_accuracy']:.4f}")
+    if "target_accuracy" in scores:
+        print(f"target accuracy: {scores['target_accuracy']:.4f}")
+    else:
+        print("label-free figures: " + ", ".join(f"{k} {v:.3g}" for k, v in scores.items()))
     return 0
 
 
@@ -183,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("madda-rs: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"madda-rs: error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,13 +1,20 @@
-"""Training settings: one frozen dataclass, two named presets, saved as JSON with every run."""
+"""Training settings: one frozen dataclass and its named presets, saved as JSON with every run.
+
+This module is the one home of every default. A setting is one field here; its metadata (help,
+choices, minimum) drives both validation and the command line, which is generated from the
+fields (:mod:`madda_rs.cli`). Settings that a preset controls default to ``None``, meaning "the
+preset's value", and are filled in from :data:`PRESETS` on construction, so
+``TrainConfig(preset="official")`` holds the official values. A config records which preset
+settings were overridden, so ``config.json`` never claims a preset whose values it does not hold.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-DOMAINS = ("mnist", "usps")
 PROTOCOLS = ("adda", "full")
 USPS_RESIZES = ("box20", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -15,17 +22,30 @@ NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
 
-# Where the two presets differ. 'paper' follows the text of Laradji & Babanezhad (2018);
-# 'official' follows the authors' released code (see README, "Presets").
+# Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
+# the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
+# 'official' follows the released code (README, "Presets").
+_PAPER: Dict[str, Any] = dict(
+    epochs_source=200,
+    epochs_target=200,
+    batch_size=64,  # source batch (triplets and the adversarial source side)
+    target_batch_size=50,
+    k=2,
+    lr=1e-4,
+    lr_discriminator=1e-4,
+    betas=(0.5, 0.9),
+    margin=1.0,
+    embedding_dim=256,
+    negatives="random",  # Alg. 1: "a random sample whose label is not y_i"
+    centers="class_means",  # Alg. 2 line 8: Euclidean mean of each class
+    magnet_scope="model",  # Eq. 4 is minimised w.r.t. all of theta_T
+    adversarial_passes=1,  # Alg. 2: one loop over the batches per epoch
+    zero_grad_momentum=False,
+)
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": dict(
-        negatives="random",  # Alg. 1: "a random sample whose label is not y_i"
-        centers="class_means",  # Alg. 2 line 8: Euclidean mean of each class
-        magnet_scope="model",  # Eq. 4 is minimised w.r.t. all of theta_T
-        adversarial_passes=1,  # Alg. 2: one loop over the batches per epoch
-        zero_grad_momentum=False,
-    ),
+    "paper": _PAPER,
     "official": dict(
+        _PAPER,
         negatives="violating",  # uniform among margin violators
         centers="kmeans",  # KMeans(10) of source embeddings, refit every epoch
         magnet_scope="fc",  # conv output detached: the magnet trains the fully connected layers only
@@ -33,103 +53,161 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         zero_grad_momentum=True,  # PyTorch 0.4 zeroed grads, so Adam kept moving params via momentum
     ),
 }
+PRESET_FIELDS = tuple(_PAPER)
+
+
+def _setting(default: Any, help: str, *, type: Any = None, choices: Tuple[str, ...] = (), minimum: Any = None,
+             nargs: Optional[int] = None) -> Any:
+    """A dataclass field whose metadata validates it and describes its command-line flag."""
+    meta = dict(help=help, type=type, choices=choices, minimum=minimum, nargs=nargs)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of one M-ADDA run. Defaults are the 'paper' preset with the official
-    code's values where the paper is silent (k, optimiser, batch sizes)."""
+    """Every setting of one run. Fields left at ``None`` among :data:`PRESET_FIELDS` take the
+    preset's value; see each field's help (``madda-rs train --help``)."""
 
-    src: str = "mnist"
-    tgt: str = "usps"
-    protocol: str = "adda"  # 'adda': 2,000 MNIST / 1,800 USPS training images; 'full': all
-    preset: str = "paper"
-    usps_resize: str = "box20"
-    epochs_source: int = 200
-    epochs_target: int = 200
-    batch_size: int = 64  # source batch (triplets and adversarial source side)
-    target_batch_size: int = 50
-    k: int = 2
-    seed: int = 0
-    device: str = "auto"
-    data_dir: Optional[str] = None
-    download: bool = True
-    lr: float = 1e-4
-    lr_discriminator: Optional[float] = None  # None: same as lr (both presets)
-    betas: Tuple[float, float] = (0.5, 0.9)
-    margin: float = 1.0
-    embedding_dim: int = 256
-    negatives: str = "random"
-    centers: str = "class_means"
-    magnet_scope: str = "model"
-    adversarial_passes: int = 1
-    zero_grad_momentum: bool = False
-    magnet: bool = True  # --no-magnet: Table 3 "adversarial only"
-    adversarial: bool = True  # --no-adversarial: Table 3 "center magnet only"
-    source_only: bool = False  # baseline: kNN on the source model, no adaptation
-    eval_every: int = 10  # target-test accuracy in the history every N target epochs (and the last)
-    threads: Optional[int] = None  # torch and native threads; None: all cores
+    # What to adapt, and how the data are drawn (no preset controls these).
+    src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps) or an .npz file",
+                        type=str)
+    tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps) or an .npz file",
+                        type=str)
+    preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code",
+                           choices=tuple(PRESETS))
+    protocol: str = _setting("adda", "'adda': seeded subsets of 2,000 MNIST / 1,800 USPS training images "
+                             "(Table 1); 'full': all of them (Table 2). Other domains always use all",
+                             choices=PROTOCOLS)
+    usps_resize: str = _setting("box20", "USPS 16x16 -> 28x28: 'box20' resizes to 20x20 and centres it where "
+                                "MNIST digits sit; 'stretch' fills the frame", choices=USPS_RESIZES)
+    resize_to_source: bool = _setting(False, "resize target images (and channels) to the source's shape; "
+                                      "without it, a shape mismatch is an error")
+    seed: int = _setting(0, "seed of every training random stream (runtime.SEED_STREAMS)", type=int, minimum=0)
+    subset_seed: Optional[int] = _setting(None, "seed of the data subset alone (default: --seed)", type=int,
+                                          minimum=0)
+    # Where and how it runs.
+    device: str = _setting("auto", "'auto' uses CUDA when present", choices=DEVICES)
+    data_dir: Optional[str] = _setting(None, "folder in torchvision's layout (default: $MADDA_DATA_DIR, "
+                                       "else ~/.cache/madda_rs)", type=str)
+    download: bool = _setting(True, "fetch missing MNIST/USPS files through torchvision")
+    threads: Optional[int] = _setting(None, "CPU threads for torch and the native core (default: all cores)",
+                                      type=int, minimum=1)
+    deterministic: bool = _setting(False, "deterministic algorithms and a fixed thread count: two runs of one "
+                                   "command on one machine give identical metrics and checkpoints")
+    eval_every: int = _setting(10, "record label-free figures and target accuracy every N target epochs "
+                               "(and at the last)", type=int, minimum=1)
+    checkpoint_every: int = _setting(10, "save a resumable checkpoint every N epochs (and at each stage's end)",
+                                     type=int, minimum=1)
+    # Variants of the method (Table 3 ablations and the baseline).
+    magnet: bool = _setting(True, "the center-magnet loss (--no-magnet: Table 3 'adversarial only')")
+    adversarial: bool = _setting(True, "the adversarial loss (--no-adversarial: Table 3 'center magnet only')")
+    source_only: bool = _setting(False, "baseline: kNN on the source model, no adaptation")
+    # The preset's settings: None means the preset's value.
+    epochs_source: Optional[int] = _setting(None, "stage 1 epochs (Algorithm 1)", type=int, minimum=0)
+    epochs_target: Optional[int] = _setting(None, "stage 2 epochs (Algorithm 2)", type=int, minimum=0)
+    batch_size: Optional[int] = _setting(None, "source batch size", type=int, minimum=1)
+    target_batch_size: Optional[int] = _setting(None, "target batch size", type=int, minimum=1)
+    k: Optional[int] = _setting(None, "neighbours in the kNN vote (Algorithm 3)", type=int, minimum=1)
+    lr: Optional[float] = _setting(None, "Adam learning rate of the source and target models", type=float)
+    lr_discriminator: Optional[float] = _setting(None, "Adam learning rate of the discriminator", type=float)
+    betas: Optional[Tuple[float, float]] = _setting(None, "Adam betas", type=float, nargs=2)
+    margin: Optional[float] = _setting(None, "triplet margin on squared distances (Eq. 1)", type=float)
+    embedding_dim: Optional[int] = _setting(None, "embedding size", type=int, minimum=1)
+    negatives: Optional[str] = _setting(None, "triplet negatives", choices=NEGATIVES)
+    centers: Optional[str] = _setting(None, "magnet centres: per-class means or KMeans of source embeddings",
+                                      choices=CENTERS)
+    magnet_scope: Optional[str] = _setting(None, "what the magnet trains: the whole model, or the fully "
+                                           "connected layers only", choices=MAGNET_SCOPES)
+    adversarial_passes: Optional[int] = _setting(None, "adversarial passes over the batches per target epoch",
+                                                 type=int, minimum=0)
+    zero_grad_momentum: Optional[bool] = _setting(None, "zero (not None) grads, so Adam keeps moving idle "
+                                                  "parameters by momentum as PyTorch 0.4 did")
 
     def __post_init__(self) -> None:
-        _choice("src", self.src, DOMAINS)
-        _choice("tgt", self.tgt, DOMAINS)
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        for name in PRESET_FIELDS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, PRESETS[self.preset][name])
+        object.__setattr__(self, "betas", tuple(self.betas))  # JSON gives a list
+        for f in dataclasses.fields(self):
+            _validate(f, getattr(self, f.name))
+        if not self.src or not self.tgt:
+            raise ValueError("src and tgt must be non-empty domain names or .npz paths")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
-        _choice("protocol", self.protocol, PROTOCOLS)
-        _choice("preset", self.preset, tuple(PRESETS))
-        _choice("usps_resize", self.usps_resize, USPS_RESIZES)
-        _choice("device", self.device, DEVICES)
-        _choice("negatives", self.negatives, NEGATIVES)
-        _choice("centers", self.centers, CENTERS)
-        _choice("magnet_scope", self.magnet_scope, MAGNET_SCOPES)
-        for name in ("epochs_source", "epochs_target", "adversarial_passes"):
-            _int_at_least(name, getattr(self, name), 0)
-        for name in ("batch_size", "target_batch_size", "k", "embedding_dim", "eval_every"):
-            _int_at_least(name, getattr(self, name), 1)
-        if self.threads is not None:
-            _int_at_least("threads", self.threads, 1)
-        _int_at_least("seed", self.seed, 0)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.lr_discriminator is not None and not self.lr_discriminator > 0:
-            raise ValueError(f"lr_discriminator must be > 0, got {self.lr_discriminator}")
-        if not self.margin > 0:
-            raise ValueError(f"margin must be > 0, got {self.margin}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        for name in ("lr", "lr_discriminator", "margin"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not self.source_only and not (self.magnet or self.adversarial):
             raise ValueError("--no-magnet and --no-adversarial together leave nothing to train; use --source-only")
 
+    @property
+    def overridden(self) -> Tuple[str, ...]:
+        """The preset settings whose value differs from the preset's."""
+        return tuple(n for n in PRESET_FIELDS if getattr(self, n) != PRESETS[self.preset][n])
+
+    @property
+    def effective_subset_seed(self) -> int:
+        return self.seed if self.subset_seed is None else self.subset_seed
+
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides: Any) -> "TrainConfig":
         """The preset's values, then `overrides` (those that are None are ignored)."""
-        _choice("preset", preset, tuple(PRESETS))
-        values = dict(PRESETS[preset], preset=preset)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(preset=preset, **{k: v for k, v in overrides.items() if v is not None})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["betas"] = list(self.betas)
+        values["overridden"] = list(self.overridden)
+        return values
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: (tuple(v) if k == "betas" else v) for k, v in values.items() if k in known}
+        """Inverse of :meth:`to_dict`; unknown keys (e.g. from a newer version) are refused."""
+        values = {k: v for k, v in values.items() if k != "overridden"}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config settings: {', '.join(sorted(unknown))}")
         return cls(**values)
 
-    def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
 
 
-def _choice(name: str, value: Any, allowed: Tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        if f.default is None and f.name not in PRESET_FIELDS:
+            return  # optional run setting left unset
+        raise ValueError(f"{f.name} must be set, got None")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    kind = meta["type"]
+    if kind is None and not meta["choices"]:  # a switch
+        if not isinstance(value, bool):
+            raise TypeError(f"{f.name} must be True or False, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
+    elif kind is float:
+        values = value if meta["nargs"] else (value,)
+        if (meta["nargs"] and len(values) != meta["nargs"]) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            what = f"{meta['nargs']} numbers" if meta["nargs"] else "a number"
+            raise ValueError(f"{f.name} must be {what}, got {value!r}")
+    elif kind is str and not isinstance(value, str):
+        raise ValueError(f"{f.name} must be a string, got {value!r}")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
 
 
-def _int_at_least(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-__all__ = ["TrainConfig", "PRESETS"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS"]

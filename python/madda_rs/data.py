@@ -1,8 +1,7 @@
-"""MNIST and USPS as whole tensors in [-1, 1], read through torchvision.
+"""MNIST and USPS files, read through torchvision: where they live, and clear errors when they
+are missing or corrupt. Turning them into training tensors is :mod:`madda_rs.domains`' job.
 
-Both domains end up as float32 (N, 1, 28, 28) tensors scaled the same way (pixel / 255 * 2 - 1):
-a scale mismatch between domains is the classic failure of ADDA ports. USPS is 16x16 with the
-digit filling the frame; `usps_resize` chooses how it reaches 28x28:
+USPS is 16x16 with the digit filling the frame; `usps_resize` chooses how it reaches 28x28:
 
 * ``box20``: resize to 20x20 and centre in a 28x28 frame, the box MNIST digits occupy;
 * ``stretch``: resize straight to 28x28.
@@ -10,12 +9,12 @@ digit filling the frame; `usps_resize` chooses how it reaches 28x28:
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,18 +36,6 @@ class DataError(RuntimeError):
     """A data file is missing, unreadable or corrupt; the message says which and how to get it."""
 
 
-@dataclass(frozen=True)
-class Domain:
-    """One split of one domain, on its device: images (N, 1, 28, 28) in [-1, 1], labels (N,) int64."""
-
-    name: str
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
 def default_data_dir() -> Path:
     """``MADDA_DATA_DIR``, else the per-user cache (``$XDG_CACHE_HOME/madda_rs`` or ``~/.cache/madda_rs``)."""
     env = os.environ.get(DATA_DIR_ENV)
@@ -56,45 +43,6 @@ def default_data_dir() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "madda_rs"
-
-
-def load_domain(
-    name: str,
-    train: bool,
-    data_dir: Optional[os.PathLike] = None,
-    *,
-    download: bool = True,
-    usps_resize: str = "box20",
-    subset: Optional[int] = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> Domain:
-    """Load a split as tensors on `device`.
-
-    Args:
-        name: 'mnist' or 'usps'.
-        train: training split (else test).
-        data_dir: folder in torchvision's layout (default: :func:`default_data_dir`).
-        download: fetch missing files through torchvision; if False, a missing file is an error.
-        usps_resize: 'box20' or 'stretch' (USPS only).
-        subset: keep this many images, drawn without replacement by a generator seeded with `seed`.
-        device: where the tensors live.
-
-    Raises:
-        DataError: a file is missing and cannot be fetched, or cannot be read.
-    """
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    images, labels = _read_uint8(name, train, root, download)
-    x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
-    if name == "usps":
-        x = resize_usps(x, usps_resize)
-    x = x.mul_(2.0).sub_(1.0)
-    y = torch.from_numpy(labels.astype(np.int64))
-    if subset is not None and subset < len(y):
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(y), generator=gen)[:subset].sort().values
-        x, y = x[keep], y[keep]
-    return Domain(name, x.contiguous().to(device), y.to(device))
 
 
 def resize_usps(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -108,11 +56,29 @@ def resize_usps(x: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"usps_resize must be 'box20' or 'stretch', got {how!r}")
 
 
-def _read_uint8(name: str, train: bool, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    import torchvision.datasets as tvd
+def read_uint8(
+    name: str, train: bool, data_dir: Optional[os.PathLike | str], download: bool
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) uint8 images and (N,) int64 labels of one split ('mnist' or 'usps').
 
+    Read once per process and file version: runs in one process (tests, ``reproduce``) share it.
+    The arrays are shared, so callers must not write to them.
+
+    Raises:
+        DataError: a file is missing and cannot be fetched, or cannot be read.
+    """
     if name not in ("mnist", "usps"):
         raise ValueError(f"domain must be 'mnist' or 'usps', got {name!r}")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    files = [root / f for f in REQUIRED_FILES[(name, train)]]
+    stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in files)
+    return _read_cached(name, train, root, download, stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(name: str, train: bool, root: Path, download: bool, _stamps: tuple) -> Tuple[np.ndarray, np.ndarray]:
+    import torchvision.datasets as tvd
+
     missing = [f for f in REQUIRED_FILES[(name, train)] if not (root / f).is_file()]
     if missing and not download:
         raise DataError(_missing_message(name, root, missing, "downloading is off (--no-download)"))
@@ -130,7 +96,10 @@ def _read_uint8(name: str, train: bool, root: Path, download: bool) -> tuple[np.
         ) from exc
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
     targets = np.asarray(ds.targets, dtype=np.int64)
-    return data.astype(np.uint8, copy=False), targets
+    data, targets = data.astype(np.uint8, copy=False), targets
+    data.flags.writeable = False
+    targets.flags.writeable = False
+    return data, targets
 
 
 def _missing_message(name: str, root: Path, missing: list[str], why: str) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Settings that make two runs the same experiment; seeds are what varies within a group.
-GROUP_KEYS = ("src", "tgt", "protocol", "preset", "usps_resize", "epochs_source", "epochs_target", "k", "lr",
-              "lr_discriminator",
-              "negatives", "centers", "magnet_scope", "adversarial_passes", "magnet", "adversarial", "source_only")
+# Settings that do not make two runs different experiments: seeds vary within a group, and the
+# rest say where and how a run executed, not what it computed.
+NOT_GROUPED = {"seed", "subset_seed", "device", "data_dir", "download", "threads", "deterministic", "eval_every",
+               "checkpoint_every", "overridden"}
 
 
 def load_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -23,10 +23,16 @@ def load_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return json.loads((run / "config.json").read_text()), json.loads((run / "metrics.json").read_text())
 
 
-def _mean_std(values: Sequence[float], digits: int = 3) -> str:
+def _mean_std(values: Sequence[Optional[float]], digits: int = 3) -> str:
+    if any(v is None for v in values):
+        return "-"  # no labelled test set
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _domain(name: str) -> str:
+    return Path(name).stem if name.endswith(".npz") else name.upper()
 
 
 def summarize(run_dirs: Sequence[str]) -> str:
@@ -35,7 +41,8 @@ def summarize(run_dirs: Sequence[str]) -> str:
     groups: Dict[Tuple[Any, ...], List[Tuple[Dict[str, Any], Dict[str, Any]]]] = defaultdict(list)
     for d in run_dirs:
         config, metrics = load_run(d)
-        groups[tuple(config.get(k) for k in GROUP_KEYS)].append((config, metrics))
+        key = tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_GROUPED))
+        groups[key].append((config, metrics))
     lines = [
         "| task | preset | USPS resize | epochs (src+tgt) | seeds | target accuracy | source-only | source test | "
         "wall s / run | s / source epoch | s / target epoch | device |",
@@ -44,15 +51,19 @@ def summarize(run_dirs: Sequence[str]) -> str:
     for runs in groups.values():
         config = runs[0][0]
         m = [r[1] for r in runs]
-        variant = config["preset"] + ("" if config["magnet"] else ", no magnet") + (
-            "" if config["adversarial"] else ", no adversarial") + (", source only" if config["source_only"] else "") + (
-            f", D lr {config['lr_discriminator']:g}" if config.get("lr_discriminator") else "")
+        variant = ", ".join(
+            [config["preset"]]
+            + ([] if config["magnet"] else ["no magnet"])
+            + ([] if config["adversarial"] else ["no adversarial"])
+            + (["source only"] if config["source_only"] else [])
+            + [f"{k}={config[k]}" for k in config.get("overridden", []) if k not in ("epochs_source", "epochs_target")]
+        )
         per_epoch = [
             "-" if any(x[key] is None for x in m) else f"{np.mean([x[key] for x in m]):.2f}"
             for key in ("seconds_per_source_epoch", "seconds_per_target_epoch")
         ]
         lines.append(
-            f"| {config['src'].upper()} → {config['tgt'].upper()} ({config['protocol']}) | {variant} | "
+            f"| {_domain(config['src'])} → {_domain(config['tgt'])} ({config['protocol']}) | {variant} | "
             f"{config['usps_resize']} | {config['epochs_source']}+{config['epochs_target']} | "
             f"{','.join(str(r[0]['seed']) for r in runs)} | {_mean_std([x['target_accuracy'] for x in m])} | "
             f"{_mean_std([x['source_only_accuracy'] for x in m])} | {_mean_std([x['source_accuracy'] for x in m])} | "

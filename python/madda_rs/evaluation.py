@@ -1,0 +1,113 @@
+"""Scoring: embeddings, kNN prediction (Algorithm 3), accuracy, label-free figures, and
+re-scoring a saved run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+import madda_rs
+
+from .config import TrainConfig
+from .domains import ImageSet, RunData, prepare_data
+from .models import EmbeddingNet
+from .runtime import CONFIG_FILE, RunFolder, resolve_device
+
+
+@torch.no_grad()
+def embed(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
+    """(N, D) float32 embeddings in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out.float().cpu().numpy()
+
+
+class SourceReference:
+    """The labelled source embeddings that Algorithm 3 votes over (computed once per source model)."""
+
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int]) -> None:
+        assert source.labels is not None
+        self.emb = embed(model, source.images)
+        self.labels = source.labels.cpu().numpy()
+        self.k, self.threads = k, threads
+
+    def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
+        return madda_rs.knn_predict(self.emb, self.labels, embed(model, images), self.k, threads=self.threads)
+
+    def accuracy(self, model: EmbeddingNet, test: ImageSet) -> float:
+        assert test.labels is not None
+        return float((self.predict(model, test.images) == test.labels.cpu().numpy()).mean())
+
+
+def label_free_figures(pred: np.ndarray, n_classes: int) -> Dict[str, Any]:
+    """What the predictions on unlabelled target images say without labels: how many classes
+    occur, the share of the largest, and the entropy of the class histogram over log(n_classes)
+    (1: balanced; 0: all one class, the way adaptation fails)."""
+    _, counts = np.unique(pred, return_counts=True)
+    p = counts / counts.sum()
+    entropy = float(-(p * np.log(p)).sum() / np.log(n_classes)) if n_classes > 1 else 0.0
+    return {"pred_classes": int(len(counts)), "pred_largest_class_share": float(p.max()), "pred_entropy": entropy}
+
+
+def target_scores(reference: SourceReference, model: EmbeddingNet, data: RunData) -> Dict[str, Any]:
+    """Label-free figures on the target training images, plus accuracy when the target test set
+    has labels."""
+    n_classes = len(np.unique(reference.labels))
+    scores = label_free_figures(reference.predict(model, data.tgt_train.images), n_classes)
+    if data.tgt_test is not None:
+        scores["target_accuracy"] = reference.accuracy(model, data.tgt_test)
+    return scores
+
+
+def save_model(folder: RunFolder, name: str, model: EmbeddingNet, config: TrainConfig, epoch: int) -> None:
+    folder.save(name, {
+        "state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
+        "in_shape": list(model.encoder.in_shape),
+    })
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> EmbeddingNet:
+    """Rebuild an EmbeddingNet from a model file of a run (source.pt, target.pt), any device to any."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = EmbeddingNet(int(ckpt["config"]["embedding_dim"]), tuple(ckpt.get("in_shape", (1, 28, 28))))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device)
+
+
+def evaluate_run(
+    run_dir: str,
+    device: str = "auto",
+    data_dir: Optional[str] = None,
+    k: Optional[int] = None,
+    *,
+    source: Any = None,
+    target: Any = None,
+    target_test: Any = None,
+    source_test: Any = None,
+) -> Dict[str, Any]:
+    """Re-score a saved run: its config and models, its data rebuilt (or given, for a run trained
+    on in-memory images), kNN with the run's k unless `k` is given."""
+    folder = RunFolder(run_dir)
+    for name in (CONFIG_FILE, "source.pt", "target.pt"):
+        if not (folder.path / name).is_file():
+            raise FileNotFoundError(f"{folder.path / name} is missing: is {run_dir} a finished 'madda-rs train' run?")
+    config = TrainConfig.load(str(folder.path / CONFIG_FILE))
+    changes: Dict[str, Any] = {"device": device}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if k is not None:
+        changes["k"] = k
+    config = config.replace(**changes)
+    dev = resolve_device(config.device)
+    data = prepare_data(config, dev, source=source, target=target, target_test=target_test, source_test=source_test)
+    source_model, target_model = load_model(folder.path / "source.pt", dev), load_model(folder.path / "target.pt", dev)
+    reference = SourceReference(source_model, data.src_train, config.k, config.threads)
+    scores = target_scores(reference, target_model, data)
+    if data.src_test is not None:
+        scores["source_accuracy"] = reference.accuracy(source_model, data.src_test)
+    return scores

@@ -1,0 +1,165 @@
+"""The run loop: drives any stage (:class:`madda_rs.stages.Stage`) epoch by epoch, with the
+evaluation schedule, checkpoints, resume, progress, health warnings, a clean stop on a NaN loss,
+and Ctrl-C that finishes the epoch and saves before stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
+
+from .stages import Stage
+
+log = logging.getLogger("madda_rs")
+
+# The discriminator "wins outright" when it classifies this share of features right ...
+D_WINS_ACCURACY = 0.99
+# ... for this many epochs in a row: adaptation has stalled.
+D_WINS_EPOCHS = 3
+
+
+class Bar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix(self, ordered_dict: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any: ...
+    def close(self) -> Any: ...
+
+
+ProgressFactory = Callable[..., Bar]  # called as factory(total=..., initial=..., desc=...), like tqdm
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, ordered_dict: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def no_progress(**_: Any) -> Bar:
+    return _NoBar()
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the run stopped, keeping its last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the epoch in progress was finished and a checkpoint saved."""
+
+
+@dataclass
+class LoopSettings:
+    eval_every: int
+    checkpoint_every: int
+    progress: ProgressFactory = no_progress
+    evaluate: Optional[Callable[[], Dict[str, Any]]] = None  # scores recorded every eval_every epochs
+    checkpoint: Optional[Callable[[], None]] = None  # saves the whole run's state
+    where: str = ""  # the run folder, for messages
+    warnings: List[str] = field(default_factory=list)
+
+
+def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSettings) -> None:
+    """Run `stage` from epoch len(history) to stage.epochs, appending one record per epoch.
+
+    Raises:
+        TrainingDiverged: a loss of the epoch is NaN or infinite (nothing of that epoch is saved).
+        Interrupted: Ctrl-C was pressed; the checkpoint holds every finished epoch.
+    """
+    start = len(history)
+    if start >= stage.epochs:
+        return
+    bar = settings.progress(total=stage.epochs, initial=start, desc=stage.name)
+    saved_epoch = start if start else None
+    d_wins = _trailing_d_wins(history)
+    try:
+        with _finish_epoch_on_interrupt() as stop:
+            for epoch in range(start, stage.epochs):
+                began = time.perf_counter()
+                rec: Dict[str, Any] = {"epoch": epoch, **stage.run_epoch(epoch)}
+                rec["seconds"] = time.perf_counter() - began
+                bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+                if bad:
+                    kept = (f"the last good checkpoint (after epoch {saved_epoch}) is kept in {settings.where}"
+                            if saved_epoch and settings.checkpoint else "no checkpoint was saved")
+                    raise TrainingDiverged(f"stage {stage.name}, epoch {epoch + 1}: {bad[0]} is {rec[bad[0]]}; {kept}")
+                last = epoch + 1 == stage.epochs
+                if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+                    rec.update(settings.evaluate())
+                d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
+                warning = _health_warning(rec, d_wins)
+                if warning:
+                    rec["warning"] = warning
+                    if not settings.warnings or not settings.warnings[-1].endswith(warning):
+                        settings.warnings.append(f"{stage.name} epoch {epoch + 1}: {warning}")
+                        log.warning("%s epoch %d: %s", stage.name, epoch + 1, warning)
+                history.append(rec)
+                bar.update(1)
+                bar.set_postfix(_postfix(history))
+                if settings.checkpoint is not None and (
+                    last or (epoch + 1) % settings.checkpoint_every == 0 or stop.is_set()
+                ):
+                    settings.checkpoint()
+                    saved_epoch = epoch + 1
+                if stop.is_set():
+                    raise Interrupted(f"interrupted in stage {stage.name} after epoch {epoch + 1}")
+    finally:
+        bar.close()
+
+
+def _health_warning(rec: Dict[str, Any], d_wins: int) -> Optional[str]:
+    if rec.get("pred_classes") == 1:
+        return "collapse: every target prediction is one class"
+    if d_wins >= D_WINS_EPOCHS:
+        return f"the discriminator wins outright (accuracy >= {D_WINS_ACCURACY} for {D_WINS_EPOCHS}+ epochs in a row)"
+    return None
+
+
+def _trailing_d_wins(history: List[Dict[str, Any]]) -> int:
+    n = 0
+    for rec in reversed(history):
+        if rec.get("d_acc", 0.0) < D_WINS_ACCURACY:
+            break
+        n += 1
+    return n
+
+
+_SHOWN = ("loss", "active_triplets", "d_loss", "d_acc", "magnet_loss")
+
+
+def _postfix(history: List[Dict[str, Any]]) -> Dict[str, str]:
+    rec = history[-1]
+    shown = {k: f"{rec[k]:.3f}" for k in _SHOWN if k in rec}
+    scored = [h for h in history if "pred_classes" in h]
+    if scored:
+        last = scored[-1]
+        if "target_accuracy" in last:
+            shown["target_acc"] = f"{last['target_accuracy']:.4f}"
+        shown["classes"] = str(last["pred_classes"])
+    if "warning" in rec:
+        shown["WARNING"] = rec["warning"].split(":")[0]
+    return shown
+
+
+@contextmanager
+def _finish_epoch_on_interrupt() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (the loop finishes the epoch, saves and stops); a second
+    one interrupts at once. Only the main thread can own SIGINT; elsewhere Ctrl-C is untouched."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("Ctrl-C: finishing this epoch, then saving a checkpoint (press Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,131 @@
+"""Stage 2 of M-ADDA (Algorithm 2): the target model, initialised from the source model, trained
+adversarially against a discriminator on encoder features (Eq. 3) and pulled by the center
+magnet toward the nearest source class centre (Eq. 4)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..domains import RunData
+from ..evaluation import SourceReference
+from ..losses import center_magnet_loss, confusion_loss, discriminator_loss
+from ..models import Discriminator, EmbeddingNet
+from ..runtime import seeded_init, stream_seed
+from . import adam, epoch_batches, mean, zero_grad
+
+
+def class_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class mean embeddings (paper, Algorithm 2 line 8), rows in ascending label order."""
+    return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
+
+
+def kmeans_centers(emb: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """KMeans centroids of the source embeddings (the official code's centres; labels unused)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: scikit-learn's parallel Lloyd step sums its chunks in finishing order,
+    # so the centres (and the whole run) would change from run to run; 2,000 x 256 is fast anyway
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed % 2**32).fit(emb)
+    return km.cluster_centers_.astype(np.float32)
+
+
+class MaddaTargetStage:
+    name = "target"
+
+    def __init__(
+        self, config: TrainConfig, source_model: EmbeddingNet, reference: SourceReference, data: RunData,
+        device: torch.device,
+    ) -> None:
+        self.config, self.data, self.device, self.reference = config, data, device, reference
+        self.epochs = config.epochs_target
+        self.source_model = source_model.eval().requires_grad_(False)  # frozen: M_S in Eq. 3
+        self.target = copy.deepcopy(source_model).train().requires_grad_(True)
+        with seeded_init(config.seed, "init_discriminator"):
+            self.disc = Discriminator().to(device)
+        self.opt_t = adam(self.target.parameters(), config, config.lr)
+        self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
+        self.n_classes = len(np.unique(reference.labels))
+        self.fixed_centers = (
+            class_means(reference.emb, reference.labels) if config.centers == "class_means" else None
+        )
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        config = self.config
+        gen = torch.Generator().manual_seed(stream_seed(config.seed, "batches_target", epoch))
+        rec: Dict[str, Any] = {}
+        if config.adversarial:
+            rec.update(self._adversarial(gen))
+        if config.magnet:
+            rec["magnet_loss"] = self._magnet(gen, epoch)
+        return rec
+
+    def _adversarial(self, gen: torch.Generator) -> Dict[str, float]:
+        config, src, tgt = self.config, self.data.src_train, self.data.tgt_train
+        d_losses: List[torch.Tensor] = []
+        g_losses: List[torch.Tensor] = []
+        d_correct: List[torch.Tensor] = []
+        for _ in range(config.adversarial_passes):
+            pairs = zip(epoch_batches(len(src), config.batch_size, gen),
+                        epoch_batches(len(tgt), config.target_batch_size, gen))
+            for si, ti in pairs:
+                with torch.no_grad():
+                    f_src = self.source_model.encoder(src.images[si.to(self.device)])
+                f_tgt = self.target.encoder(tgt.images[ti.to(self.device)])
+                s_logit, t_logit = self.disc(f_src), self.disc(f_tgt.detach())
+                d_loss = discriminator_loss(s_logit, t_logit)
+                zero_grad(self.opt_d, config)
+                d_loss.backward()
+                self.opt_d.step()
+                # D is frozen for the encoder's step: its gradients would only be cleared unused
+                self.disc.requires_grad_(False)
+                g_loss = confusion_loss(self.disc(f_tgt))
+                zero_grad(self.opt_t, config)
+                g_loss.backward()
+                self.opt_t.step()
+                self.disc.requires_grad_(True)
+                d_losses.append(d_loss.detach())
+                g_losses.append(g_loss.detach())
+                d_correct.append(torch.cat([s_logit > 0, t_logit < 0]).float().mean())
+        # d_acc near 1 means D wins outright (adaptation stalls); near 0.5, D is fooled
+        return {"d_loss": mean(d_losses), "g_loss": mean(g_losses), "d_acc": mean(d_correct)}
+
+    def centers(self, epoch: int) -> np.ndarray:
+        if self.fixed_centers is not None:
+            return self.fixed_centers
+        return kmeans_centers(self.reference.emb, self.n_classes, stream_seed(self.config.seed, "centers", epoch))
+
+    def _magnet(self, gen: torch.Generator, epoch: int) -> float:
+        config, tgt = self.config, self.data.tgt_train
+        centers = torch.from_numpy(self.centers(epoch)).to(self.device)
+        losses: List[torch.Tensor] = []
+        for ti in epoch_batches(len(tgt), config.target_batch_size, gen):
+            x = tgt.images[ti.to(self.device)]
+            emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_conv(x)
+            loss = center_magnet_loss(emb, centers)
+            zero_grad(self.opt_t, config)
+            loss.backward()
+            self.opt_t.step()
+            losses.append(loss.detach())
+        return mean(losses)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "target": self.target.state_dict(), "discriminator": self.disc.state_dict(),
+            "opt_target": self.opt_t.state_dict(), "opt_discriminator": self.opt_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.target.load_state_dict(state["target"])
+        self.disc.load_state_dict(state["discriminator"])
+        self.opt_t.load_state_dict(state["opt_target"])
+        self.opt_d.load_state_dict(state["opt_discriminator"])
+
+
+__all__ = ["MaddaTargetStage", "class_means", "kmeans_centers"]

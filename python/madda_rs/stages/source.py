@@ -1,0 +1,67 @@
+"""Stage 1 (Algorithm 1): the source model trained with the triplet loss on labelled source images.
+
+Triplets are enumerated per batch by the native core (:func:`madda_rs.triplets`): one per
+same-label pair, with negatives drawn as the config says."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+import madda_rs
+
+from ..config import TrainConfig
+from ..domains import ImageSet
+from ..losses import pairwise_sq_dists, triplet_loss
+from ..models import EmbeddingNet
+from ..runtime import seeded_init, stream_seed
+from . import adam, epoch_batches, mean, zero_grad
+
+
+class TripletSourceStage:
+    name = "source"
+
+    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device) -> None:
+        assert source.labels is not None
+        self.config, self.source, self.device = config, source, device
+        self.epochs = config.epochs_source
+        self.labels = source.labels.cpu().numpy()
+        with seeded_init(config.seed, "init_source"):
+            self.model = EmbeddingNet(config.embedding_dim, source.shape).to(device)
+        self.optimizer = adam(self.model.parameters(), config, config.lr)
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        config, model = self.config, self.model
+        model.train()
+        losses: List[torch.Tensor] = []
+        active: List[torch.Tensor] = []
+        gen = torch.Generator().manual_seed(stream_seed(config.seed, "batches_source", epoch))
+        # Indices stay on the CPU for the labels (triplets are enumerated there); only the
+        # device copy goes to the model, so a GPU run never syncs to read labels back.
+        for step, idx in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
+            emb = model(self.source.images[idx.to(self.device)])
+            sq = None
+            if config.negatives != "random":
+                with torch.no_grad():
+                    sq = pairwise_sq_dists(emb, emb).double().cpu().numpy()
+            trip = madda_rs.triplets(
+                self.labels[idx.numpy()], seed=stream_seed(config.seed, "triplets", epoch, step),
+                negatives=config.negatives, sq_dists=sq, margin=config.margin, threads=config.threads,
+            )
+            if len(trip) == 0:
+                continue
+            loss, n_active = triplet_loss(emb, torch.from_numpy(trip).to(self.device), config.margin)
+            zero_grad(self.optimizer, config)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            active.append(n_active.float())
+        return {"loss": mean(losses), "active_triplets": mean(active)}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,186 @@
+"""Runs that stop: resume after SIGKILL and Ctrl-C, determinism, NaN losses, run folders, warnings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import madda_rs
+import madda_rs.stages.madda as madda_stage
+import pytest
+import torch
+from madda_rs.cli import main
+
+TIMING = {"seconds", "wall_seconds", "seconds_per_source_epoch", "seconds_per_target_epoch", "out_dir"}
+
+
+def _untimed(value):
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def _metrics(run):
+    return _untimed(json.loads((run / "metrics.json").read_text()))
+
+
+def _same_tensors(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def _checkpoint(run):
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return ckpt["stages"], _untimed(ckpt["history"])
+
+
+def _argv(data_dir, out, *flags):
+    return ["train", "--src", "mnist", "--tgt", "usps", "--data-dir", data_dir, "--no-download", "--device", "cpu",
+            "--out", str(out), "--quiet", "--deterministic", "--eval-every", "2", "--checkpoint-every", "1", *flags]
+
+
+def _cli_process(*argv):
+    return subprocess.Popen([sys.executable, "-m", "madda_rs", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_resume_after_sigkill_in_stage_2_equals_an_uninterrupted_run(generated_data_dir, tmp_path):
+    # official: its zeroed-grad Adam state is the easiest to lose in a checkpoint
+    flags = ("--preset", "official", "--adversarial-passes", "1", "--epochs-source", "1", "--epochs-target", "6")
+    whole = _cli_process(*_argv(generated_data_dir, tmp_path / "whole", *flags))
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+
+    killed = _cli_process(*_argv(generated_data_dir, tmp_path / "killed", *flags))
+    progress = tmp_path / "killed" / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and killed.poll() is None:
+        if progress.is_file():
+            state = json.loads(progress.read_text())  # written atomically: never half a file
+            if state["stage"] == "target" and state["epoch"] >= 2:
+                break
+        time.sleep(0.02)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    at_kill = json.loads(progress.read_text())
+    assert at_kill["stage"] == "target" and 2 <= at_kill["epoch"] < 6
+
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--quiet"]) == 0
+    assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "whole")
+    assert _same_tensors(_checkpoint(tmp_path / "killed"), _checkpoint(tmp_path / "whole"))
+
+
+def test_deterministic_runs_are_identical(generated_data_dir, tmp_path):
+    for name in ("a", "b"):
+        assert main(_argv(generated_data_dir, tmp_path / name, "--epochs-source", "2", "--epochs-target", "2")) == 0
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert _same_tensors(_checkpoint(tmp_path / "a"), _checkpoint(tmp_path / "b"))
+    for model in ("source.pt", "target.pt"):
+        a = torch.load(tmp_path / "a" / model, weights_only=True)["state_dict"]
+        assert _same_tensors(a, torch.load(tmp_path / "b" / model, weights_only=True)["state_dict"])
+
+
+def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_path, monkeypatch, capsys):
+    flags = ("--epochs-source", "1", "--epochs-target", "4")
+    assert main(_argv(generated_data_dir, tmp_path / "whole", *flags)) == 0
+    real = madda_stage.MaddaTargetStage.run_epoch
+
+    def interrupted_in_epoch_2(stage, epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-epoch
+        return real(stage, epoch)
+
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", interrupted_in_epoch_2)
+    assert main(_argv(generated_data_dir, tmp_path / "cut", *flags)) == 130
+    err = capsys.readouterr().err
+    assert f"madda-rs train --resume {tmp_path / 'cut'}" in err and "after epoch 2" in err
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", real)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(generated_data_dir, tmp_path, monkeypatch,
+                                                                    capsys):
+    real = madda_stage.center_magnet_loss
+    calls = []
+
+    def nan_in_epoch_2(emb, centers):
+        calls.append(None)
+        loss = real(emb, centers)
+        return loss * float("nan") if len(calls) > 12 else loss  # 12 magnet batches per epoch
+
+    monkeypatch.setattr(madda_stage, "center_magnet_loss", nan_in_epoch_2)
+    code = main(_argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "3"))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "stage target, epoch 2: magnet_loss is nan" in err and "after epoch 1" in err
+    assert json.loads((tmp_path / "run" / "progress.json").read_text()) == {"stage": "target", "epoch": 1, "epochs": 3}
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_run_folders_are_checked_before_any_work(generated_data_dir, tmp_path, capsys):
+    argv = _argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "1")
+    assert main(argv) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(generated_data_dir, tmp_path / "file" / "run"))
+    assert exc.value.code == 2 and "cannot write the run folder" in capsys.readouterr().err
+    for bad in (["--resume", str(tmp_path / "none")], ["--resume", str(tmp_path / "run"), "--k", "3"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", *bad])
+        assert exc.value.code == 2
+    assert "drop --k" in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    code = main(["train", "--src", "mnist", "--tgt", "usps", "--data-dir", str(tmp_path), "--no-download",
+                 "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--src", "usps", "--tgt", "usps"], "must differ"),
+        (["--src", "mnist", "--tgt", "usps", "--k", "0"], "--k"),
+        (["--src", "mnist", "--tgt", "svhn"], "--tgt"),
+        (["--tgt", "usps"], "--src is required"),
+        (["--src", "mnist", "--tgt", "usps", "--epochs-source", "-1"], "--epochs-source"),
+        (["--src", "mnist", "--tgt", "usps", "--no-magnet", "--no-adversarial"], "nothing to train"),
+    ],
+)
+def test_cli_refuses_bad_flags_before_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_collapse_and_a_winning_discriminator_are_reported(generated_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(madda_rs, "knn_predict", lambda src, y, tgt, k, threads=None: y[:1].repeat(len(tgt)))
+    real = madda_stage.MaddaTargetStage._adversarial
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "_adversarial",
+                        lambda self, gen: {**real(self, gen), "d_acc": 1.0})
+    argv = _argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "4")
+    assert main([a for a in argv if a != "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: target epoch 2: collapse: every target prediction is one class" in out
+    warnings = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
+    assert any("discriminator wins outright" in w for w in warnings)
