@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from functools import partial
@@ -131,6 +132,7 @@ def _default_out(config: TrainConfig) -> Path:
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .runtime import CONFIG_FILE, RunFolder
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone checks, prints and writes
     try:
         if args.resume is not None:
             if args.out is not None or args.overwrite:
@@ -139,13 +141,15 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if extra:
                 flags = ", ".join("--" + name.replace("_", "-") for name in extra)
                 raise ValueError(f"--resume takes the settings saved with the run; drop {flags}")
-            RunFolder(args.resume).check_usable(resume=True, overwrite=False)
+            if main_rank:
+                RunFolder(args.resume).check_usable(resume=True, overwrite=False)
             config = TrainConfig.load(str(Path(args.resume) / CONFIG_FILE)).replace(**_settings_given(args))
             out = Path(args.resume)
         else:
             config = config_from_args(args)
             out = Path(args.out) if args.out else _default_out(config)
-            RunFolder(out).check_usable(resume=False, overwrite=args.overwrite)
+            if main_rank:
+                RunFolder(out).check_usable(resume=False, overwrite=args.overwrite)
     except ValueError as exc:  # refused before any work
         parser.error(str(exc))
     from tqdm import tqdm
@@ -154,12 +158,17 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .training import train
 
     progress = None if args.quiet else partial(tqdm, dynamic_ncols=True, leave=True)
+    if args.out is None and args.resume is None and "WORLD_SIZE" in os.environ:
+        raise ValueError("under torchrun, give --out: each process would otherwise name its own folder")
     try:
         result = train(config, out_dir=str(out), progress=progress, resume=args.resume is not None,
                        overwrite=args.overwrite)
     except Interrupted as exc:
-        print(f"madda-rs: {exc}; checkpoint saved. Resume with: madda-rs train --resume {out}", file=sys.stderr)
+        if main_rank:
+            print(f"madda-rs: {exc}; checkpoint saved. Resume with: madda-rs train --resume {out}", file=sys.stderr)
         return 130
+    if not main_rank:
+        return 0
     if not args.quiet:
         acc = "-" if result.source_accuracy is None else f"{result.source_accuracy:.4f}"
         only = "-" if result.source_only_accuracy is None else f"{result.source_only_accuracy:.4f}"

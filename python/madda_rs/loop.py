@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
+from .runtime import Parallel
 from .stages import Stage
 
 log = logging.getLogger("madda_rs")
@@ -59,6 +60,7 @@ class LoopSettings:
     checkpoint: Optional[Callable[[], None]] = None  # saves the whole run's state
     where: str = ""  # the run folder, for messages
     warnings: List[str] = field(default_factory=list)
+    parallel: Parallel = field(default_factory=Parallel)  # evaluation and checkpoints on rank 0 only
 
 
 def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSettings) -> None:
@@ -71,7 +73,8 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
     start = len(history)
     if start >= stage.epochs:
         return
-    bar = settings.progress(total=stage.epochs, initial=start, desc=stage.name)
+    main = settings.parallel.is_main
+    bar = (settings.progress if main else no_progress)(total=stage.epochs, initial=start, desc=stage.name)
     saved_epoch = start if start else None
     d_wins = _trailing_d_wins(history)
     try:
@@ -86,7 +89,7 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                             if saved_epoch and settings.checkpoint else "no checkpoint was saved")
                     raise TrainingDiverged(f"stage {stage.name}, epoch {epoch + 1}: {bad[0]} is {rec[bad[0]]}; {kept}")
                 last = epoch + 1 == stage.epochs
-                if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+                if main and settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
                     rec.update(settings.evaluate())
                 d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
                 warning = _health_warning(rec, d_wins)
@@ -98,12 +101,13 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                 history.append(rec)
                 bar.update(1)
                 bar.set_postfix(_postfix(history))
-                if settings.checkpoint is not None and (
-                    last or (epoch + 1) % settings.checkpoint_every == 0 or stop.is_set()
-                ):
-                    settings.checkpoint()
+                stopping = settings.parallel.any(stop.is_set())  # every rank stops after the same epoch
+                due = last or (epoch + 1) % settings.checkpoint_every == 0 or stopping
+                if settings.checkpoint is not None and due:
+                    if main:
+                        settings.checkpoint()
                     saved_epoch = epoch + 1
-                if stop.is_set():
+                if stopping:
                     raise Interrupted(f"interrupted in stage {stage.name} after epoch {epoch + 1}")
     finally:
         bar.close()

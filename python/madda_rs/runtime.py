@@ -62,14 +62,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_threads(config: TrainConfig) -> int:
+def configure_threads(config: TrainConfig, processes: int = 1) -> int:
     """Set torch's thread count and determinism for this process; return the thread count used.
 
     Deterministic mode turns on torch's deterministic algorithms (on the CPU this mostly makes
     the scatter-add in the backward of indexing serial-order) and pins the thread count, so two
     runs of one command on one machine agree bit for bit. The native core is deterministic at any
     thread count."""
-    threads = config.threads or madda_rs.default_threads()
+    threads = config.threads or max(madda_rs.default_threads() // processes, 1)  # processes share the cores
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(config.deterministic, warn_only=False)
     if config.deterministic:
@@ -134,3 +134,87 @@ class RunFolder:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+
+
+class Parallel:
+    """Data parallelism over the processes of a torchrun job (one process: every method is a no-op).
+
+    Every rank draws the same batches from the same seed streams and takes its shard of each
+    batch, so the effective batch and the learning rate are the single process's. Gradients are
+    averaged over ranks (weighted by shard size) before each optimiser step: the arithmetic of
+    DDP, done per parameter because stage 2 runs the encoder, the head and the discriminator in
+    separate passes with parameters frozen in between, which DDP's reducer does not follow.
+    Rank 0 alone evaluates, prints and writes the run folder."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: torch.device) -> "Parallel":
+        """Join the torchrun job described by the environment (WORLD_SIZE > 1), else one process."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def shard(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's part of a batch of indices, and its share of the batch's rows."""
+        if self.world == 1:
+            return batch, 1.0
+        part = torch.tensor_split(batch, self.world)[self.rank]
+        return part, len(part) / len(batch)
+
+    def sync_grads(self, params: Any, share: float) -> None:
+        """Replace each gradient by the share-weighted sum over ranks: the whole batch's gradient."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(share)
+                dist.all_reduce(p.grad)
+
+    def broadcast(self, module: torch.nn.Module) -> None:
+        """Start every rank from rank 0's weights."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for t in module.state_dict().values():
+            dist.broadcast(t, 0)
+
+    def mean(self, record: Dict[str, float]) -> Dict[str, float]:
+        """Average an epoch's figures over ranks, so every rank holds (and checks) the same record."""
+        if self.world == 1 or not record:
+            return record
+        import torch.distributed as dist
+
+        keys = sorted(record)
+        values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(values)
+        return {k: float(v) / self.world for k, v in zip(keys, values.tolist())}
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (a stop request must stop all ranks together)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()

@@ -14,12 +14,14 @@ Functions here neither parse arguments nor print: progress goes through the opti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from .config import TrainConfig
 from .domains import prepare_data
@@ -30,6 +32,7 @@ from .runtime import (
     CONFIG_FILE,
     METRICS_FILE,
     PROGRESS_FILE,
+    Parallel,
     RunFolder,
     configure_threads,
     resolve_device,
@@ -95,10 +98,16 @@ def train(
     """
     progress = progress or no_progress
     wall = time.perf_counter()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    parallel = Parallel.from_environment(device)
     folder = RunFolder(out_dir) if out_dir is not None else None
     saved: Optional[Dict[str, Any]] = None
     if folder is not None:
-        folder.check_usable(resume=resume, overwrite=overwrite)
+        if parallel.is_main:
+            folder.check_usable(resume=resume, overwrite=overwrite)
         if resume:
             saved = folder.load(CHECKPOINT_FILE)
             if saved["config"] != config.to_dict():
@@ -106,15 +115,15 @@ def train(
                                  f"madda_rs.training.resume({str(folder.path)!r})")
     elif resume:
         raise ValueError("resume=True needs the out_dir of the run to continue")
-    threads = configure_threads(config)
-    device = resolve_device(config.device)
+    threads = configure_threads(config, parallel.world)
     data = prepare_data(config, device, source=source, target=target, target_test=target_test,
                         source_test=source_test)  # first: a data error must not leave an empty run folder
     log.info("data: %s train %d, %s train %d, %s test %s", config.src, len(data.src_train), config.tgt,
              len(data.tgt_train), config.tgt, len(data.tgt_test) if data.tgt_test is not None else "none")
-    if folder is not None and saved is None:
+    if folder is not None and saved is None and parallel.is_main:
         folder.create(overwrite)
         folder.write_json(CONFIG_FILE, config.to_dict())
+    writer = folder if parallel.is_main else None  # rank 0 alone writes
 
     history: Dict[str, List[Dict[str, Any]]] = saved["history"] if saved else {"source": [], "target": []}
     warnings: List[str] = saved["warnings"] if saved else []
@@ -131,23 +140,23 @@ def train(
                                           "epochs": stages[current].epochs})
 
     settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
-                            checkpoint if folder is not None else None, str(out_dir), warnings)
+                            checkpoint if folder is not None else None, str(out_dir), warnings, parallel)
 
-    source_stage = TripletSourceStage(config, data.src_train, device)
+    source_stage = TripletSourceStage(config, data.src_train, device, parallel)
     stages["source"] = source_stage
     if saved:
         source_stage.load_state_dict(saved["stages"]["source"])
     run_stage(source_stage, history["source"], settings)
     source_model = source_stage.model
-    if folder is not None:
-        save_model(folder, "source.pt", source_model, config, config.epochs_source)
+    if writer is not None:
+        save_model(writer, "source.pt", source_model, config, config.epochs_source)
     reference = SourceReference(source_model, data.src_train, config.k, config.threads)
     source_acc = reference.accuracy(source_model, data.src_test) if data.src_test is not None else None
     source_only = target_scores(reference, source_model, data)
     final = source_only
 
     if not config.source_only:
-        target_stage = MaddaTargetStage(config, source_model, reference, data, device)
+        target_stage = MaddaTargetStage(config, source_model, reference, data, device, parallel)
         stages["target"] = target_stage
         if saved and "target" in saved["stages"]:
             target_stage.load_state_dict(saved["stages"]["target"])
@@ -158,8 +167,8 @@ def train(
         target_model = target_stage.target
     else:
         target_model = source_model
-    if folder is not None:
-        save_model(folder, "target.pt", target_model, config, config.epochs_target)
+    if writer is not None:
+        save_model(writer, "target.pt", target_model, config, config.epochs_target)
 
     result = RunResult(
         config=config,
@@ -176,8 +185,9 @@ def train(
         history=history,
         out_dir=str(folder.path) if folder is not None else None,
     )
-    if folder is not None:
-        folder.write_json(METRICS_FILE, result.metrics())
+    if writer is not None:
+        writer.write_json(METRICS_FILE, result.metrics())
+    parallel.barrier()  # no rank leaves before the run folder is complete
     return result
 
 

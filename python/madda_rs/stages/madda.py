@@ -15,7 +15,7 @@ from ..domains import RunData
 from ..evaluation import SourceReference
 from ..losses import center_magnet_loss, confusion_loss, discriminator_loss
 from ..models import Discriminator, EmbeddingNet
-from ..runtime import seeded_init, stream_seed
+from ..runtime import Parallel, seeded_init, stream_seed
 from . import adam, epoch_batches, mean, zero_grad
 
 
@@ -41,14 +41,16 @@ class MaddaTargetStage:
 
     def __init__(
         self, config: TrainConfig, source_model: EmbeddingNet, reference: SourceReference, data: RunData,
-        device: torch.device,
+        device: torch.device, parallel: Parallel = Parallel(),
     ) -> None:
         self.config, self.data, self.device, self.reference = config, data, device, reference
+        self.parallel = parallel
         self.epochs = config.epochs_target
         self.source_model = source_model.eval().requires_grad_(False)  # frozen: M_S in Eq. 3
         self.target = copy.deepcopy(source_model).train().requires_grad_(True)
         with seeded_init(config.seed, "init_discriminator"):
             self.disc = Discriminator().to(device)
+        parallel.broadcast(self.disc)
         self.opt_t = adam(self.target.parameters(), config, config.lr)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
         self.n_classes = len(np.unique(reference.labels))
@@ -64,17 +66,19 @@ class MaddaTargetStage:
             rec.update(self._adversarial(gen))
         if config.magnet:
             rec["magnet_loss"] = self._magnet(gen, epoch)
-        return rec
+        return self.parallel.mean(rec)
 
     def _adversarial(self, gen: torch.Generator) -> Dict[str, float]:
-        config, src, tgt = self.config, self.data.src_train, self.data.tgt_train
+        config, src, tgt, parallel = self.config, self.data.src_train, self.data.tgt_train, self.parallel
         d_losses: List[torch.Tensor] = []
         g_losses: List[torch.Tensor] = []
         d_correct: List[torch.Tensor] = []
         for _ in range(config.adversarial_passes):
             pairs = zip(epoch_batches(len(src), config.batch_size, gen),
                         epoch_batches(len(tgt), config.target_batch_size, gen))
-            for si, ti in pairs:
+            for src_batch, tgt_batch in pairs:
+                (si, _), (ti, t_share) = parallel.shard(src_batch), parallel.shard(tgt_batch)
+                d_share = (len(si) + len(ti)) / (len(src_batch) + len(tgt_batch))
                 with torch.no_grad():
                     f_src = self.source_model.encoder(src.images[si.to(self.device)])
                 f_tgt = self.target.encoder(tgt.images[ti.to(self.device)])
@@ -82,12 +86,14 @@ class MaddaTargetStage:
                 d_loss = discriminator_loss(s_logit, t_logit)
                 zero_grad(self.opt_d, config)
                 d_loss.backward()
+                parallel.sync_grads(self.disc.parameters(), d_share)
                 self.opt_d.step()
                 # D is frozen for the encoder's step: its gradients would only be cleared unused
                 self.disc.requires_grad_(False)
                 g_loss = confusion_loss(self.disc(f_tgt))
                 zero_grad(self.opt_t, config)
                 g_loss.backward()
+                parallel.sync_grads(self.target.parameters(), t_share)
                 self.opt_t.step()
                 self.disc.requires_grad_(True)
                 d_losses.append(d_loss.detach())
@@ -105,12 +111,14 @@ class MaddaTargetStage:
         config, tgt = self.config, self.data.tgt_train
         centers = torch.from_numpy(self.centers(epoch)).to(self.device)
         losses: List[torch.Tensor] = []
-        for ti in epoch_batches(len(tgt), config.target_batch_size, gen):
+        for batch in epoch_batches(len(tgt), config.target_batch_size, gen):
+            ti, share = self.parallel.shard(batch)
             x = tgt.images[ti.to(self.device)]
             emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_conv(x)
             loss = center_magnet_loss(emb, centers)
             zero_grad(self.opt_t, config)
             loss.backward()
+            self.parallel.sync_grads(self.target.parameters(), share)
             self.opt_t.step()
             losses.append(loss.detach())
         return mean(losses)

@@ -15,20 +15,22 @@ from ..config import TrainConfig
 from ..domains import ImageSet
 from ..losses import pairwise_sq_dists, triplet_loss
 from ..models import EmbeddingNet
-from ..runtime import seeded_init, stream_seed
+from ..runtime import Parallel, seeded_init, stream_seed
 from . import adam, epoch_batches, mean, zero_grad
 
 
 class TripletSourceStage:
     name = "source"
 
-    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
+                 parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
-        self.config, self.source, self.device = config, source, device
+        self.config, self.source, self.device, self.parallel = config, source, device, parallel
         self.epochs = config.epochs_source
         self.labels = source.labels.cpu().numpy()
         with seeded_init(config.seed, "init_source"):
             self.model = EmbeddingNet(config.embedding_dim, source.shape).to(device)
+        parallel.broadcast(self.model)
         self.optimizer = adam(self.model.parameters(), config, config.lr)
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -39,25 +41,33 @@ class TripletSourceStage:
         gen = torch.Generator().manual_seed(stream_seed(config.seed, "batches_source", epoch))
         # Indices stay on the CPU for the labels (triplets are enumerated there); only the
         # device copy goes to the model, so a GPU run never syncs to read labels back.
-        for step, idx in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
+        parallel = self.parallel
+        # the rank goes into the triplet stream only when there are ranks, so one process draws as before
+        rank = (parallel.rank,) if parallel.world > 1 else ()
+        for step, batch in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
+            idx, share = parallel.shard(batch)
             emb = model(self.source.images[idx.to(self.device)])
             sq = None
             if config.negatives != "random":
                 with torch.no_grad():
                     sq = pairwise_sq_dists(emb, emb).double().cpu().numpy()
             trip = madda_rs.triplets(
-                self.labels[idx.numpy()], seed=stream_seed(config.seed, "triplets", epoch, step),
+                self.labels[idx.numpy()], seed=stream_seed(config.seed, "triplets", epoch, step, *rank),
                 negatives=config.negatives, sq_dists=sq, margin=config.margin, threads=config.threads,
             )
-            if len(trip) == 0:
-                continue
-            loss, n_active = triplet_loss(emb, torch.from_numpy(trip).to(self.device), config.margin)
+            if not parallel.any(len(trip) > 0):
+                continue  # no same-label pair anywhere in the batch
+            if len(trip):
+                loss, n_active = triplet_loss(emb, torch.from_numpy(trip).to(self.device), config.margin)
+            else:  # other ranks have triplets: take part in the step with a zero gradient
+                loss, n_active = emb.sum() * 0.0, torch.zeros((), dtype=torch.int64)
             zero_grad(self.optimizer, config)
             loss.backward()
+            parallel.sync_grads(model.parameters(), share)
             self.optimizer.step()
             losses.append(loss.detach())
             active.append(n_active.float())
-        return {"loss": mean(losses), "active_triplets": mean(active)}
+        return parallel.mean({"loss": mean(losses), "active_triplets": mean(active)})
 
     def state_dict(self) -> Dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -1,0 +1,25 @@
+"""torchrun with two CPU processes (gloo) on a tiny run: both ranks finish, rank 0 alone writes
+one run folder, and the result beats chance."""
+
+import json
+import subprocess
+import sys
+
+from digits import make_data_dir
+
+
+def test_two_gloo_processes_train_one_run(tmp_path):
+    data = make_data_dir(tmp_path / "data", n_train=400, n_test=200)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "madda_rs",
+           "train", "--src", "mnist", "--tgt", "usps", "--data-dir", str(data), "--no-download", "--device", "cpu",
+           "--epochs-source", "2", "--epochs-target", "2", "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("target accuracy")]
+    assert len(lines) == 1  # rank 0 alone prints
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # one run folder
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target_accuracy"] > 0.3 and metrics["source_accuracy"] > 0.5  # chance is 0.1
+    assert metrics["threads"] == 1  # two processes share the two cores
+    assert len(metrics["history"]["target"]) == 2
