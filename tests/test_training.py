@@ -205,3 +205,18 @@ def test_version_is_the_packages():
     from importlib.metadata import version
 
     assert madda_rs.__version__ == version("madda-rs")
+
+
+def test_adda_is_a_method_of_the_same_framework(generated_data_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    assert _cli(generated_data_dir, tmp_path / "run", "--method", "adda", "--epochs-source", "2",
+                "--epochs-target", "2") == 0
+    c = spy.calls
+    assert c["triplets"] == [] and c["center_magnet_loss"] == [] and c["knn_predict"] == []  # softmax, no magnet
+    assert len(c["discriminator_loss"]) == 2 * min(600 // 64, 600 // 50)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["source_accuracy"] > 0.5 and metrics["target_accuracy"] > 0.2  # chance is 0.1
+    assert "train_accuracy" in metrics["history"]["source"][0]
+    assert load_model(tmp_path / "run" / "target.pt").head[1].out_features == 10  # one logit per class
+    rescored = evaluate_run(str(tmp_path / "run"), device="cpu")
+    assert rescored["target_accuracy"] == pytest.approx(metrics["target_accuracy"])

@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
+METHODS = ("madda", "adda")
 
 # Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
 # the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
@@ -73,6 +74,9 @@ class TrainConfig:
                         type=str)
     tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps) or an .npz file",
                         type=str)
+    method: str = _setting("madda", "'madda': triplet source model, adversarial + center magnet, kNN vote; 'adda': "
+                           "softmax source classifier, adversarial only (Tzeng et al. 2017, the paper's baseline)",
+                           choices=METHODS)
     preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code",
                            choices=tuple(PRESETS))
     protocol: str = _setting("adda", "'adda': seeded subsets of 2,000 MNIST / 1,800 USPS training images "

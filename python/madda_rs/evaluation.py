@@ -44,6 +44,18 @@ class SourceReference:
         return float((self.predict(model, test.images) == test.labels.cpu().numpy()).mean())
 
 
+class ClassifierScorer(SourceReference):
+    """ADDA's prediction: the source classifier's label (the model's head gives one logit per
+    class), not a kNN vote. `emb` holds the source logits, unused by ADDA's stages."""
+
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int]) -> None:
+        super().__init__(model, source, k, threads)
+        self.classes = np.unique(self.labels)
+
+    def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
+        return self.classes[embed(model, images).argmax(axis=1)]
+
+
 def label_free_figures(pred: np.ndarray, n_classes: int) -> Dict[str, Any]:
     """What the predictions on unlabelled target images say without labels: how many classes
     occur, the share of the largest, and the entropy of the class histogram over log(n_classes)
@@ -64,17 +76,22 @@ def target_scores(reference: SourceReference, model: EmbeddingNet, data: RunData
     return scores
 
 
+# How each training method labels a target image (madda_rs.training.METHODS has its stages).
+SCORERS = {"madda": SourceReference, "adda": ClassifierScorer}
+
+
 def save_model(folder: RunFolder, name: str, model: EmbeddingNet, config: TrainConfig, epoch: int) -> None:
     folder.save(name, {
         "state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
-        "in_shape": list(model.encoder.in_shape),
+        "in_shape": list(model.encoder.in_shape), "out_dim": model.head[1].out_features,
     })
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> EmbeddingNet:
     """Rebuild an EmbeddingNet from a model file of a run (source.pt, target.pt), any device to any."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = EmbeddingNet(int(ckpt["config"]["embedding_dim"]), tuple(ckpt.get("in_shape", (1, 28, 28))))
+    out_dim = int(ckpt.get("out_dim", ckpt["config"]["embedding_dim"]))
+    model = EmbeddingNet(out_dim, tuple(ckpt.get("in_shape", (1, 28, 28))))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device)
 
@@ -106,7 +123,7 @@ def evaluate_run(
     dev = resolve_device(config.device)
     data = prepare_data(config, dev, source=source, target=target, target_test=target_test, source_test=source_test)
     source_model, target_model = load_model(folder.path / "source.pt", dev), load_model(folder.path / "target.pt", dev)
-    reference = SourceReference(source_model, data.src_train, config.k, config.threads)
+    reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads)
     scores = target_scores(reference, target_model, data)
     if data.src_test is not None:
         scores["source_accuracy"] = reference.accuracy(source_model, data.src_test)

@@ -52,7 +52,8 @@ def summarize(run_dirs: Sequence[str]) -> str:
         config = runs[0][0]
         m = [r[1] for r in runs]
         variant = ", ".join(
-            [config["preset"]]
+            ([f"{config['method'].upper()} {config['preset']}"] if config.get("method", "madda") != "madda"
+             else [config["preset"]])
             + ([] if config["magnet"] else ["no magnet"])
             + ([] if config["adversarial"] else ["no adversarial"])
             + (["source only"] if config["source_only"] else [])

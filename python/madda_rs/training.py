@@ -25,7 +25,7 @@ import torch
 
 from .config import TrainConfig
 from .domains import prepare_data
-from .evaluation import SourceReference, save_model, target_scores
+from .evaluation import SCORERS, save_model, target_scores
 from .loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
 from .runtime import (
     CHECKPOINT_FILE,
@@ -37,12 +37,19 @@ from .runtime import (
     configure_threads,
     resolve_device,
 )
+from .stages.adda import AddaTargetStage, SoftmaxSourceStage
 from .stages.madda import MaddaTargetStage
 from .stages.source import TripletSourceStage
 
 log = logging.getLogger("madda_rs")
 
 CHECKPOINT_FORMAT = 1
+# Each training method's stages (its scorer is evaluation.SCORERS[method]); a new method is a
+# stage module in madda_rs.stages, a line here and one there, and its name in config.METHODS.
+METHODS = {
+    "madda": (TripletSourceStage, MaddaTargetStage),
+    "adda": (SoftmaxSourceStage, AddaTargetStage),
+}
 
 
 @dataclass
@@ -142,7 +149,8 @@ def train(
     settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
                             checkpoint if folder is not None else None, str(out_dir), warnings, parallel)
 
-    source_stage = TripletSourceStage(config, data.src_train, device, parallel)
+    source_cls, target_cls = METHODS[config.method]
+    source_stage = source_cls(config, data.src_train, device, parallel)
     stages["source"] = source_stage
     if saved:
         source_stage.load_state_dict(saved["stages"]["source"])
@@ -150,13 +158,13 @@ def train(
     source_model = source_stage.model
     if writer is not None:
         save_model(writer, "source.pt", source_model, config, config.epochs_source)
-    reference = SourceReference(source_model, data.src_train, config.k, config.threads)
+    reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads)
     source_acc = reference.accuracy(source_model, data.src_test) if data.src_test is not None else None
     source_only = target_scores(reference, source_model, data)
     final = source_only
 
     if not config.source_only:
-        target_stage = MaddaTargetStage(config, source_model, reference, data, device, parallel)
+        target_stage = target_cls(config, source_model, reference, data, device, parallel)
         stages["target"] = target_stage
         if saved and "target" in saved["stages"]:
             target_stage.load_state_dict(saved["stages"]["target"])

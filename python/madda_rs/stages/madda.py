@@ -54,9 +54,7 @@ class MaddaTargetStage:
         self.opt_t = adam(self.target.parameters(), config, config.lr)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
         self.n_classes = len(np.unique(reference.labels))
-        self.fixed_centers = (
-            class_means(reference.emb, reference.labels) if config.centers == "class_means" else None
-        )
+        self._class_means: np.ndarray | None = None
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
         config = self.config
@@ -103,8 +101,10 @@ class MaddaTargetStage:
         return {"d_loss": mean(d_losses), "g_loss": mean(g_losses), "d_acc": mean(d_correct)}
 
     def centers(self, epoch: int) -> np.ndarray:
-        if self.fixed_centers is not None:
-            return self.fixed_centers
+        if self.config.centers == "class_means":
+            if self._class_means is None:  # the source model is frozen: once per run
+                self._class_means = class_means(self.reference.emb, self.reference.labels)
+            return self._class_means
         return kmeans_centers(self.reference.emb, self.n_classes, stream_seed(self.config.seed, "centers", epoch))
 
     def _magnet(self, gen: torch.Generator, epoch: int) -> float:
