@@ -281,18 +281,15 @@ def prepare_data(
 
     Raises ValueError (or DataError for files) before any training: missing labels on the
     source, shapes that disagree without ``resize_to_source``, unknown names."""
-    if source is not None:
-        src_train, src_test = as_image_set(source, config.src, what="source"), None
-    else:
-        src_train, src_test = load_named(config.src, config)
-    if source_test is not None:
-        src_test = as_image_set(source_test, config.src, what="source_test")
-    if target is not None:
-        tgt_train, tgt_test = as_image_set(target, config.tgt, what="target"), None
-    else:
-        tgt_train, tgt_test = load_named(config.tgt, config)
-    if target_test is not None:
-        tgt_test = as_image_set(target_test, config.tgt, what="target_test")
+
+    def side(name: str, given: Any, given_test: Any, what: str) -> Tuple[ImageSet, Optional[ImageSet]]:
+        train, test = (as_image_set(given, name, what=what), None) if given is not None else load_named(name, config)
+        if given_test is not None:
+            test = as_image_set(given_test, name, what=f"{what}_test")
+        return train, test
+
+    src_train, src_test = side(config.src, source, source_test, "source")
+    tgt_train, tgt_test = side(config.tgt, target, target_test, "target")
 
     if src_train.labels is None:
         raise ValueError(f"the source domain {config.src!r} has no labels; the source must be labelled")

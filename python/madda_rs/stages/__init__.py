@@ -29,6 +29,21 @@ class Stage(Protocol):
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
 
 
+class SourceStageBase:
+    """What both source stages share: one model and its optimiser on the labelled source."""
+
+    name = "source"
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
     """A shuffled epoch of CPU index batches; the last partial batch is dropped unless it is the only one."""
     perm = torch.randperm(n, generator=gen)

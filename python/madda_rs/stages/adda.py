@@ -17,14 +17,12 @@ from ..config import TrainConfig
 from ..domains import ImageSet
 from ..models import EmbeddingNet
 from ..runtime import Parallel, seeded_init, stream_seed
-from . import adam, epoch_batches, mean, zero_grad
+from . import SourceStageBase, adam, epoch_batches, mean, zero_grad
 from .madda import MaddaTargetStage
 
 
-class SoftmaxSourceStage:
+class SoftmaxSourceStage(SourceStageBase):
     """The source encoder and classifier: EmbeddingNet's head outputs one logit per class."""
-
-    name = "source"
 
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
                  parallel: Parallel = Parallel()) -> None:
@@ -56,13 +54,6 @@ class SoftmaxSourceStage:
             losses.append(loss.detach())
             correct.append((logits.argmax(1) == self.targets[idx]).float().mean())
         return parallel.mean({"loss": mean(losses), "train_accuracy": mean(correct)})
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class AddaTargetStage(MaddaTargetStage):

@@ -16,12 +16,10 @@ from ..domains import ImageSet
 from ..losses import pairwise_sq_dists, triplet_loss
 from ..models import EmbeddingNet
 from ..runtime import Parallel, seeded_init, stream_seed
-from . import adam, epoch_batches, mean, zero_grad
+from . import SourceStageBase, adam, epoch_batches, mean, zero_grad
 
 
-class TripletSourceStage:
-    name = "source"
-
+class TripletSourceStage(SourceStageBase):
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
                  parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
@@ -68,10 +66,3 @@ class TripletSourceStage:
             losses.append(loss.detach())
             active.append(n_active.float())
         return parallel.mean({"loss": mean(losses), "active_triplets": mean(active)})
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
