@@ -31,6 +31,8 @@ def test_real_split_sizes(data_dir):
     assert len(read_uint8("usps", False, data_dir, False)[1]) == 2007
     assert len(read_uint8("mnist", False, data_dir, False)[1]) == 10000
     assert len(read_uint8("usps", True, data_dir, False)[1]) == 7291
+    pooled = _config(data_dir, usps_split="pooled", protocol="full")
+    assert [len(s) for s in load_named("usps", pooled)] == [7438, 1860]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,21 @@ def test_reads_are_cached_and_read_only(generated_data_dir):
     with pytest.raises(ValueError):
         a[0][0, 0, 0] = 1
     assert isinstance(a[1], np.ndarray)
+
+
+def test_pooled_usps_split_is_seeded_disjoint_and_whole(generated_data_dir):
+    from madda_rs.domains import POOLED_USPS_TRAIN, pooled_usps
+
+    config = _config(generated_data_dir, usps_split="pooled")
+    train_x, _ = pooled_usps(True, config)
+    test_x, _ = pooled_usps(False, config)
+    assert len(train_x) + len(test_x) == 600 + 300 and len(train_x) == min(POOLED_USPS_TRAIN, 900)
+    again = pooled_usps(True, config.replace(seed=7))[0]  # the training seed does not move the split
+    assert np.array_equal(train_x, again)
+    assert not np.array_equal(train_x, pooled_usps(True, config.replace(usps_split_seed=1))[0])
+
+
+def test_pad3_resize_pads_three_pixels_of_16():
+    out = resize_usps(torch.ones(1, 1, 16, 16), "pad3")
+    assert out.shape == (1, 1, 28, 28)
+    assert out[..., 0, :].max() < 0.05 and out[..., 14, 14] > 0.99  # a 28 * 3/22 ~ 4 pixel border

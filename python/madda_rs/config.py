@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 PROTOCOLS = ("adda", "full")
-USPS_RESIZES = ("box20", "stretch")
+USPS_RESIZES = ("box20", "stretch", "pad3")
+USPS_SPLITS = ("standard", "pooled")
 DEVICES = ("auto", "cpu", "cuda")
 NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
@@ -83,7 +84,12 @@ class TrainConfig:
                              "(Table 1); 'full': all of them (Table 2). Other domains always use all",
                              choices=PROTOCOLS)
     usps_resize: str = _setting("box20", "USPS 16x16 -> 28x28: 'box20' resizes to 20x20 and centres it where "
-                                "MNIST digits sit; 'stretch' fills the frame", choices=USPS_RESIZES)
+                                "MNIST digits sit; 'stretch' fills the frame; 'pad3' pads 3 pixels a side, then "
+                                "resizes (CoGAN's file, used by the paper's code)", choices=USPS_RESIZES)
+    usps_split: str = _setting("standard", "'standard': torchvision's USPS (7,291 train / 2,007 test); 'pooled': "
+                               "the paper's seeded 7,438 / 1,860 re-split of all 9,298 digits", choices=USPS_SPLITS)
+    usps_split_seed: int = _setting(0, "seed of the pooled USPS re-split (apart from --seed, so every run of a "
+                                    "table scores on one test set)", type=int, minimum=0)
     resize_to_source: bool = _setting(False, "resize target images (and channels) to the source's shape; "
                                       "without it, a shape mismatch is an error")
     seed: int = _setting(0, "seed of every training random stream (runtime.SEED_STREAMS)", type=int, minimum=0)

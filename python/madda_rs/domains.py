@@ -96,9 +96,26 @@ def _mnist(train: bool, config: TrainConfig) -> ImageSet:
     return as_image_set((images, labels), "mnist")
 
 
+# The paper's code read CoGAN's USPS file: all 9,298 digits re-split 80/20 (7,438 / 1,860).
+POOLED_USPS_TRAIN = 7438
+
+
+def pooled_usps(train: bool, config: TrainConfig) -> Tuple[np.ndarray, np.ndarray]:
+    """The 'pooled' split: torchvision's train and test USPS together, permuted by
+    ``usps_split_seed``; the first 7,438 train, the other 1,860 test."""
+    parts = [read_uint8("usps", split, config.data_dir, config.download) for split in (True, False)]
+    images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    order = np.random.default_rng(config.usps_split_seed).permutation(len(labels))
+    keep = order[:POOLED_USPS_TRAIN] if train else order[POOLED_USPS_TRAIN:]
+    return images[keep], labels[keep]
+
+
 @register_domain("usps", adda_subset=1800)
 def _usps(train: bool, config: TrainConfig) -> ImageSet:
-    images, labels = read_uint8("usps", train, config.data_dir, config.download)
+    if config.usps_split == "pooled":
+        images, labels = pooled_usps(train, config)
+    else:
+        images, labels = read_uint8("usps", train, config.data_dir, config.download)
     x = resize_usps(torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1), config.usps_resize)
     return ImageSet(x.mul_(2.0).sub_(1.0), torch.from_numpy(labels.astype(np.int64)), "usps")
 
