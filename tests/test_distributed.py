@@ -23,3 +23,22 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     assert metrics["target_accuracy"] > 0.3 and metrics["source_accuracy"] > 0.5  # chance is 0.1
     assert metrics["threads"] == 1  # two processes share the two cores
     assert len(metrics["history"]["target"]) == 2
+
+
+def test_two_processes_take_the_single_process_gradient_steps_in_stage_2(tmp_path):
+    """From one (untrained) source model, a 2-process stage 2 equals the 1-process one up to float
+    summation order: shards of every batch, share-weighted gradient averages, same batches."""
+    data = make_data_dir(tmp_path / "data", n_train=300, n_test=100)
+    common = ["train", "--src", "mnist", "--tgt", "usps", "--data-dir", str(data), "--no-download", "--device", "cpu",
+              "--epochs-source", "0", "--epochs-target", "2", "--quiet", "--deterministic"]
+    one = subprocess.run([sys.executable, "-m", "madda_rs", *common, "--out", str(tmp_path / "one"), "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                          "madda_rs", *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-4000:]
+    runs = [json.loads((tmp_path / name / "metrics.json").read_text())["history"]["target"] for name in ("one", "two")]
+    for a, b in zip(*runs):
+        for key in ("d_loss", "g_loss", "d_acc", "magnet_loss"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, a[key], b[key])
