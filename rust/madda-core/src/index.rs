@@ -108,18 +108,7 @@ impl Candidates {
     /// Each row's vote as [`knn::knn_predict`] takes it (a tie goes to the smallest label);
     /// `None` without labels.
     pub fn votes(&self) -> Option<Vec<i64>> {
-        let labels = self.labels.as_ref()?;
-        let mut row = Vec::with_capacity(self.k);
-        Some(
-            labels
-                .chunks(self.k.max(1))
-                .map(|chunk| {
-                    row.clear();
-                    row.extend_from_slice(chunk);
-                    knn::vote(&mut row)
-                })
-                .collect(),
-        )
+        vote_rows(self.labels.as_ref()?, self.k).ok()
     }
 
     fn from_rows(k: usize, rows: &[Candidate], with_labels: bool) -> Self {
@@ -130,6 +119,29 @@ impl Candidates {
             labels: with_labels.then(|| rows.iter().map(|c| c.2).collect()),
         }
     }
+}
+
+/// The vote of [`knn::knn_predict`] on each row of the row-major `(n, k)` labels: the most
+/// frequent label, a tie going to the smallest.
+pub fn vote_rows(labels: &[i64], k: usize) -> Result<Vec<i64>, Error> {
+    if k == 0 || labels.len() % k != 0 {
+        return Err(Error::arg(
+            "labels",
+            format!(
+                "expected rows of k >= 1 labels, got {} labels in rows of {k}",
+                labels.len()
+            ),
+        ));
+    }
+    let mut row = Vec::with_capacity(k);
+    Ok(labels
+        .chunks(k)
+        .map(|chunk| {
+            row.clear();
+            row.extend_from_slice(chunk);
+            knn::vote(&mut row)
+        })
+        .collect())
 }
 
 /// An exact kNN index over source rows added in pieces; see the module doc for the contract.
