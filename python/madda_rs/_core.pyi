@@ -1,20 +1,12 @@
 """Native core of madda_rs (Rust). Call the wrappers in ``madda_rs``: they coerce dtypes and layout."""
 
-from typing import List, Optional, Tuple, final
+from typing import Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import final
 
-__all__ = [
-    "MAX_TRIPLETS",
-    "KnnIndex",
-    "default_threads",
-    "knn_predict",
-    "knn_search",
-    "knn_vote",
-    "merge_knn",
-    "triplets",
-]
+__all__ = ["MAX_TRIPLETS", "default_threads", "knn_predict", "knn_search", "triplets"]
 
 MAX_TRIPLETS: int
 
@@ -32,19 +24,6 @@ def knn_predict(
     threads: Optional[int] = None,
 ) -> npt.NDArray[np.int64]:
     """Mode of the k nearest source labels per target row; a tied vote goes to the smallest label."""
-
-def triplets(
-    labels: npt.NDArray[np.int64],
-    seed: int,
-    negatives: str,
-    sq_dists: Optional[npt.NDArray[np.float64]],
-    margin: float,
-    threads: Optional[int] = None,
-) -> npt.NDArray[np.int64]:
-    """(m, 3) int64 (anchor, positive, negative); see ``madda_rs.triplets``."""
-
-def default_threads() -> int:
-    """``MADDA_NUM_THREADS`` if set, else the number of CPUs."""
 
 @final
 class KnnIndex:
@@ -73,10 +52,10 @@ class KnnIndex:
         """(float64 exact distances, int64 indices, int64 labels), each (n_tgt, k): what ``merge_knn`` takes."""
 
 def merge_knn(
-    distances: List[npt.NDArray[np.float64]],
-    indices: List[npt.NDArray[np.int64]],
-    labels: Optional[List[npt.NDArray[np.int64]]],
-    offsets: List[int],
+    distances: list[npt.NDArray[np.float64]],
+    indices: list[npt.NDArray[np.int64]],
+    labels: Optional[list[npt.NDArray[np.int64]]],
+    offsets: list[int],
     k: int,
     threads: Optional[int] = None,
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], Optional[npt.NDArray[np.int64]]]:
@@ -84,3 +63,18 @@ def merge_knn(
 
 def knn_vote(labels: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each row's most frequent label, a tie going to the smallest."""
+
+__all__ += ["KnnIndex", "knn_vote", "merge_knn"]
+
+def triplets(
+    labels: npt.NDArray[np.int64],
+    seed: int,
+    negatives: str,
+    sq_dists: Optional[npt.NDArray[np.float64]],
+    margin: float,
+    threads: Optional[int] = None,
+) -> npt.NDArray[np.int64]:
+    """(m, 3) int64 (anchor, positive, negative); see ``madda_rs.triplets``."""
+
+def default_threads() -> int:
+    """``MADDA_NUM_THREADS`` if set, else the number of CPUs."""

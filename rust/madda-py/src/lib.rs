@@ -101,9 +101,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(knn_predict, m)?)?;
     m.add_function(wrap_pyfunction!(triplets, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
+    m.add("MAX_TRIPLETS", madda_core::MAX_TRIPLETS)?;
     m.add_class::<index::KnnIndex>()?;
     m.add_function(wrap_pyfunction!(index::merge_knn, m)?)?;
     m.add_function(wrap_pyfunction!(index::knn_vote, m)?)?;
-    m.add("MAX_TRIPLETS", madda_core::MAX_TRIPLETS)?;
     Ok(())
 }
