@@ -124,7 +124,7 @@ impl Candidates {
 /// The vote of [`knn::knn_predict`] on each row of the row-major `(n, k)` labels: the most
 /// frequent label, a tie going to the smallest.
 pub fn vote_rows(labels: &[i64], k: usize) -> Result<Vec<i64>, Error> {
-    if k == 0 || labels.len() % k != 0 {
+    if k == 0 || !labels.chunks_exact(k).remainder().is_empty() {
         return Err(Error::arg(
             "labels",
             format!(
