@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import final
 
 __all__ = ["MAX_TRIPLETS", "default_threads", "knn_predict", "knn_search", "triplets"]
 
@@ -23,6 +24,47 @@ def knn_predict(
     threads: Optional[int] = None,
 ) -> npt.NDArray[np.int64]:
     """Mode of the k nearest source labels per target row; a tied vote goes to the smallest label."""
+
+@final
+class KnnIndex:
+    """Exact kNN over source rows added in pieces, kept by reference; see ``madda_rs.KnnIndex``."""
+
+    def __new__(cls, dim: int) -> "KnnIndex": ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def ntotal(self) -> int: ...
+    def __len__(self) -> int: ...
+    def add(self, emb: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> None:
+        """Append C-contiguous float32 (n, dim) rows and (n,) int64 labels, by reference."""
+
+    def search(
+        self, tgt: npt.NDArray[np.float32], k: int, threads: Optional[int] = None
+    ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """As ``knn_search`` on the concatenated pieces."""
+
+    def predict(self, tgt: npt.NDArray[np.float32], k: int, threads: Optional[int] = None) -> npt.NDArray[np.int64]:
+        """As ``knn_predict`` on the concatenated pieces."""
+
+    def candidates(
+        self, tgt: npt.NDArray[np.float32], k: int, threads: Optional[int] = None
+    ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(float64 exact distances, int64 indices, int64 labels), each (n_tgt, k): what ``merge_knn`` takes."""
+
+def merge_knn(
+    distances: list[npt.NDArray[np.float64]],
+    indices: list[npt.NDArray[np.int64]],
+    labels: Optional[list[npt.NDArray[np.int64]]],
+    offsets: list[int],
+    k: int,
+    threads: Optional[int] = None,
+) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], Optional[npt.NDArray[np.int64]]]:
+    """The k nearest of the parts' candidates by (distance, index + offset); see ``madda_rs.merge_knn``."""
+
+def knn_vote(labels: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each row's most frequent label, a tie going to the smallest."""
+
+__all__ += ["KnnIndex", "knn_vote", "merge_knn"]
 
 def triplets(
     labels: npt.NDArray[np.int64],

@@ -275,6 +275,14 @@ fn exact_sq_dist(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
+/// The exact key neighbours are ranked by (ahead of the source index): the float64 sum, in column
+/// order, of the squared float64 differences; returned distances are this value rounded to
+/// float32. Public so that separate searches (shards of one source set) can be merged by the
+/// very same bits; see [`crate::index`].
+pub fn exact_distance(a: &[f32], b: &[f32]) -> f64 {
+    exact_sq_dist(a, b)
+}
+
 /// Candidate bookkeeping for one block of target rows.
 struct BlockSearch {
     k: usize,

@@ -10,6 +10,8 @@ use numpy::{IntoPyArray, PyUntypedArrayMethods, PyArray1, PyArray2, PyReadonlyAr
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+mod index;
+
 /// The one way to run native work: without the GIL, core errors mapped to Python exceptions.
 fn run_detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
     py.detach(work).map_err(|e| PyValueError::new_err(e.to_string()))
@@ -100,5 +102,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(triplets, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add("MAX_TRIPLETS", madda_core::MAX_TRIPLETS)?;
+    m.add_class::<index::KnnIndex>()?;
+    m.add_function(wrap_pyfunction!(index::merge_knn, m)?)?;
+    m.add_function(wrap_pyfunction!(index::knn_vote, m)?)?;
     Ok(())
 }
