@@ -32,6 +32,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 
 
 import pytest  # noqa: E402
+
 from digits import SHARED_DATA, make_data_dir  # noqa: E402
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from madda_rs.cli import build_parser, config_from_args
 from madda_rs.config import PRESET_FIELDS, PRESETS, TrainConfig
 

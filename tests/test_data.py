@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
 from madda_rs.config import TrainConfig
 from madda_rs.data import DataError, read_uint8, resize_usps
 from madda_rs.domains import REGISTRY, load_named

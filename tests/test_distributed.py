@@ -5,6 +5,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import torch
+
+import madda_rs
+from madda_rs.domains import ImageSet
+from madda_rs.evaluation import SourceReference, embed
+from madda_rs.models import EmbeddingNet
+from madda_rs.runtime import Parallel
+
 from digits import make_data_dir
 
 
@@ -42,3 +51,21 @@ def test_two_processes_take_the_single_process_gradient_steps_in_stage_2(tmp_pat
     for a, b in zip(*runs):
         for key in ("d_loss", "g_loss", "d_acc", "magnet_loss"):
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, a[key], b[key])
+
+
+def test_sharded_evaluation_votes_like_one_process():
+    """Each rank searches its shard of the source rows; the merged candidates vote exactly as
+    knn_predict over all rows (ranks simulated in one process)."""
+    torch.manual_seed(0)
+    model = EmbeddingNet(8)
+    source = ImageSet(torch.rand(103, 1, 28, 28) * 2 - 1, torch.randint(0, 4, (103,)))
+    targets = torch.rand(37, 1, 28, 28) * 2 - 1
+    for world in (2, 3):
+        refs = [SourceReference(model, source, 5, 1, Parallel(rank, world)) for rank in range(world)]
+        bounds = np.linspace(0, 103, world + 1).astype(int)
+        tgt = embed(model, targets)
+        everyone = [ref._candidates(bounds[r], bounds[r + 1], tgt) for r, ref in enumerate(refs)]
+        for ref in refs:
+            ref.parallel.gather = lambda obj: everyone
+            expected = madda_rs.knn_predict(ref.emb, ref.labels, tgt, 5)
+            assert np.array_equal(ref.predict(model, targets), expected)

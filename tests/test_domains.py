@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from digits import bars
+
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
 from madda_rs.domains import REGISTRY, ImageSet, as_image_set, load_npz, prepare_data, register_domain
 from madda_rs.models import EmbeddingNet
 from madda_rs.training import train
+
+from digits import bars
 
 CPU = torch.device("cpu")
 

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
-import madda_rs
-import madda_rs.stages.madda as madda_stage
 import pytest
 import torch
+
+import madda_rs
+import madda_rs.stages.madda as madda_stage
 from madda_rs.cli import main
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_source_epoch", "seconds_per_target_epoch", "out_dir"}

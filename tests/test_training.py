@@ -4,11 +4,12 @@ where it takes effect (from the command line through the config to the code that
 import json
 from collections import defaultdict
 
+import pytest
+import torch
+
 import madda_rs
 import madda_rs.stages.madda as madda_stage
 import madda_rs.stages.source as source_stage
-import pytest
-import torch
 from madda_rs.cli import main
 from madda_rs.config import PRESETS, TrainConfig
 from madda_rs.evaluation import evaluate_run, load_model

@@ -14,7 +14,7 @@ import madda_rs
 from .config import TrainConfig
 from .domains import ImageSet, RunData, prepare_data
 from .models import EmbeddingNet
-from .runtime import CONFIG_FILE, RunFolder, resolve_device
+from .runtime import CONFIG_FILE, Parallel, RunFolder, resolve_device
 
 
 @torch.no_grad()
@@ -28,16 +28,37 @@ def embed(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 2048) -> 
 
 
 class SourceReference:
-    """The labelled source embeddings that Algorithm 3 votes over (computed once per source model)."""
+    """The labelled source embeddings that Algorithm 3 votes over (computed once per source model).
 
-    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int]) -> None:
+    In a torchrun job every rank searches its shard of the source rows and the ranks' exact
+    candidates are merged (:func:`madda_rs.merge_knn`): the votes equal one process's, and each
+    rank does 1/N of the search. Every rank must then call :meth:`predict` together."""
+
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
+                 parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
-        self.emb = embed(model, source.images)
+        self.emb = embed(model, source.images)  # all rows on every rank: the magnet's centres need them
         self.labels = source.labels.cpu().numpy()
-        self.k, self.threads = k, threads
+        self.k, self.threads, self.parallel = k, threads, parallel
 
     def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
-        return madda_rs.knn_predict(self.emb, self.labels, embed(model, images), self.k, threads=self.threads)
+        tgt = embed(model, images)
+        if self.parallel.world == 1:
+            return madda_rs.knn_predict(self.emb, self.labels, tgt, self.k, threads=self.threads)
+        bounds = np.linspace(0, len(self.labels), self.parallel.world + 1).astype(int)
+        lo, hi = bounds[self.parallel.rank], bounds[self.parallel.rank + 1]
+        parts = self.parallel.gather(self._candidates(lo, hi, tgt))
+        offsets = [int(b) for b, part in zip(bounds[:-1], parts) if part is not None]
+        _, _, labels = madda_rs.merge_knn([p for p in parts if p is not None], self.k, offsets=offsets,
+                                          threads=self.threads)
+        return madda_rs.knn_vote(labels)
+
+    def _candidates(self, lo: int, hi: int, tgt: np.ndarray) -> Optional[tuple]:
+        if hi == lo:
+            return None  # more ranks than source rows
+        index = madda_rs.KnnIndex(self.emb.shape[1])
+        index.add(self.emb[lo:hi], self.labels[lo:hi])
+        return index.candidates(tgt, min(self.k, hi - lo), threads=self.threads)
 
     def accuracy(self, model: EmbeddingNet, test: ImageSet) -> float:
         assert test.labels is not None
@@ -48,8 +69,9 @@ class ClassifierScorer(SourceReference):
     """ADDA's prediction: the source classifier's label (the model's head gives one logit per
     class), not a kNN vote. `emb` holds the source logits, unused by ADDA's stages."""
 
-    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int]) -> None:
-        super().__init__(model, source, k, threads)
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
+                 parallel: Parallel = Parallel()) -> None:
+        super().__init__(model, source, k, threads, parallel)
         self.classes = np.unique(self.labels)
 
     def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:

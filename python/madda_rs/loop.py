@@ -56,11 +56,11 @@ class LoopSettings:
     eval_every: int
     checkpoint_every: int
     progress: ProgressFactory = no_progress
-    evaluate: Optional[Callable[[], Dict[str, Any]]] = None  # scores recorded every eval_every epochs
+    evaluate: Optional[Callable[[], Dict[str, Any]]] = None  # scores every eval_every epochs (all ranks call it)
     checkpoint: Optional[Callable[[], None]] = None  # saves the whole run's state
     where: str = ""  # the run folder, for messages
     warnings: List[str] = field(default_factory=list)
-    parallel: Parallel = field(default_factory=Parallel)  # evaluation and checkpoints on rank 0 only
+    parallel: Parallel = field(default_factory=Parallel)  # progress and checkpoints on rank 0 only
 
 
 def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSettings) -> None:
@@ -89,7 +89,8 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                             if saved_epoch and settings.checkpoint else "no checkpoint was saved")
                     raise TrainingDiverged(f"stage {stage.name}, epoch {epoch + 1}: {bad[0]} is {rec[bad[0]]}; {kept}")
                 last = epoch + 1 == stage.epochs
-                if main and settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+                # every rank scores (a sharded kNN search is collective); rank 0 reports
+                if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
                     rec.update(settings.evaluate())
                 d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
                 warning = _health_warning(rec, d_wins)
@@ -97,7 +98,8 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                     rec["warning"] = warning
                     if not settings.warnings or not settings.warnings[-1].endswith(warning):
                         settings.warnings.append(f"{stage.name} epoch {epoch + 1}: {warning}")
-                        log.warning("%s epoch %d: %s", stage.name, epoch + 1, warning)
+                        if main:
+                            log.warning("%s epoch %d: %s", stage.name, epoch + 1, warning)
                 history.append(rec)
                 bar.update(1)
                 bar.set_postfix(_postfix(history))

@@ -158,7 +158,7 @@ def train(
     source_model = source_stage.model
     if writer is not None:
         save_model(writer, "source.pt", source_model, config, config.epochs_source)
-    reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads)
+    reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads, parallel)
     source_acc = reference.accuracy(source_model, data.src_test) if data.src_test is not None else None
     source_only = target_scores(reference, source_model, data)
     final = source_only
