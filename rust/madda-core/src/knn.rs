@@ -48,11 +48,14 @@ impl<'a> Rows<'a> {
     /// Views `data` as `rows x cols`, checking the length and that every value is finite.
     pub fn new(arg: &'static str, data: &'a [f32], rows: usize, cols: usize) -> Result<Self, Error> {
         if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(Error::arg(arg, format!("expected {rows} x {cols} = {} values, got {}", rows * cols, data.len())));
+            return Err(Error::arg(
+                arg,
+                format!("expected {rows} x {cols} = {} values, got {}", rows * cols, data.len()),
+            ));
         }
         // Past this magnitude a float32 squared distance (up to 4 d x^2) could overflow.
         let limit = (f32::MAX as f64 / (8.0 * cols.max(1) as f64)).sqrt() as f32;
-        if let Some(pos) = data.iter().position(|v| !(v.abs() <= limit)) {
+        if let Some(pos) = data.iter().position(|v| !v.is_finite() || v.abs() > limit) {
             let (value, row, col) = (data[pos], pos / cols.max(1), pos % cols.max(1));
             let message = if value.is_finite() {
                 format!("expected |values| <= {limit:.3e} (squared distances must fit in float32), got {value:e} at row {row}, column {col}; rescale the embeddings")
@@ -122,11 +125,8 @@ fn search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>, use_si
         block = balanced_block(n_tgt, block, pool.current_num_threads());
     }
     pool.install(|| {
-        distances
-            .par_chunks_mut(block * k)
-            .zip(indices.par_chunks_mut(block * k))
-            .enumerate()
-            .for_each(|(b, (dist_out, idx_out))| {
+        distances.par_chunks_mut(block * k).zip(indices.par_chunks_mut(block * k)).enumerate().for_each(
+            |(b, (dist_out, idx_out))| {
                 let t0 = b * block;
                 let rows = dist_out.len() / k;
                 let mut finder =
@@ -139,7 +139,8 @@ fn search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>, use_si
                         idx_out[r * k + slot] = j as i64;
                     }
                 }
-            });
+            },
+        );
     });
     Ok(Neighbors { k, distances, indices })
 }
@@ -397,10 +398,8 @@ impl BlockSearch {
     /// The k nearest by exact distance among the surviving candidates, ordered by (distance, index).
     fn exact_top_k(&mut self, r: usize, t: &[f32], src: &Rows<'_>) -> Vec<(f64, usize)> {
         self.prune(r);
-        let mut exact: Vec<(f64, usize)> = self.candidates[r]
-            .iter()
-            .map(|&(_, j)| (exact_sq_dist(t, src.row(j as usize)), j as usize))
-            .collect();
+        let mut exact: Vec<(f64, usize)> =
+            self.candidates[r].iter().map(|&(_, j)| (exact_sq_dist(t, src.row(j as usize)), j as usize)).collect();
         exact.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         exact.truncate(self.k);
         exact
@@ -758,8 +757,9 @@ mod tests {
         let src = [0.0f32, 1.0, 2.0, 10.0, 11.0];
         let labels = [4i64, 4, 9, 1, 1];
         let tgt = [0.4f32, 10.6];
-        let pred = knn_predict(Rows::new("s", &src, 5, 1).unwrap(), &labels, Rows::new("t", &tgt, 2, 1).unwrap(), 3, None)
-            .unwrap();
+        let pred =
+            knn_predict(Rows::new("s", &src, 5, 1).unwrap(), &labels, Rows::new("t", &tgt, 2, 1).unwrap(), 3, None)
+                .unwrap();
         assert_eq!(pred, vec![4, 1]);
     }
 

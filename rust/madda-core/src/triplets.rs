@@ -139,7 +139,9 @@ fn check<'a>(b: usize, opts: &TripletOptions<'a>) -> Result<Option<&'a [f64]>, E
             "sq_dists",
             "is only used by negatives='violating', 'hardest' or 'semihard'; got it with negatives='random'",
         )),
-        (_, None) => Err(Error::arg("sq_dists", "expected the batch's (B x B) squared distances for this mode, got None")),
+        (_, None) => {
+            Err(Error::arg("sq_dists", "expected the batch's (B x B) squared distances for this mode, got None"))
+        }
         (_, Some(d)) => {
             if d.len() != b * b {
                 return Err(Error::arg("sq_dists", format!("expected {b} x {b} = {} values, got {}", b * b, d.len())));
@@ -192,24 +194,23 @@ impl Ctx<'_> {
             let n = self.negative(start, end, r);
             (row[n as usize], n)
         };
-        let positives = self.order[p + 1..end].iter().enumerate();
+        let positives = &self.order[p + 1..end];
         let mut out = Vec::new();
         if mode == NegativeMode::Hardest {
             // The nearest negative does not depend on the positive: one scan per anchor.
             let Some((d_min, n_min)) = (0..n_neg).map(with_distance).min_by(by_distance) else { return out };
-            for (_, &pos) in positives {
+            for &pos in positives {
                 if row[pos as usize] - d_min + margin > 0.0 {
                     out.extend_from_slice(&[a as i64, pos as i64, n_min]);
                 }
             }
             return out;
         }
-        let admissible = |d_ap: f64, d_an: f64| {
-            d_ap - d_an + margin > 0.0 && (mode != NegativeMode::SemiHard || d_an > d_ap)
-        };
+        let admissible =
+            |d_ap: f64, d_an: f64| d_ap - d_an + margin > 0.0 && (mode != NegativeMode::SemiHard || d_an > d_ap);
         // Built only when rejection sampling fails for some pair of this anchor.
         let mut sorted: Option<Vec<(f64, i64)>> = None;
-        for (q, &pos) in positives {
+        for (q, &pos) in positives.iter().enumerate() {
             let d_ap = row[pos as usize];
             let stream = ((first_pair + q) as u64) * (REJECTION_TRIES + 1);
             // Rejection sampling is exactly uniform over the admissible set when it succeeds, and
@@ -230,9 +231,8 @@ impl Ctx<'_> {
                     NegativeMode::SemiHard => negs[..hi].partition_point(|&(d_an, _)| d_an <= d_ap),
                     _ => 0,
                 };
-                (lo < hi).then(|| {
-                    negs[lo + uniform_below(self.key, stream + REJECTION_TRIES, (hi - lo) as u64) as usize].1
-                })
+                (lo < hi)
+                    .then(|| negs[lo + uniform_below(self.key, stream + REJECTION_TRIES, (hi - lo) as u64) as usize].1)
             });
             if let Some(n) = pick {
                 out.extend_from_slice(&[a as i64, pos as i64, n]);

@@ -6,7 +6,7 @@
 
 use madda_core::knn::Rows;
 use madda_core::{Error, NegativeMode, TripletOptions};
-use numpy::{IntoPyArray, PyUntypedArrayMethods, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -29,6 +29,9 @@ fn rows<'a>(arg: &'static str, array: &'a PyReadonlyArray2<'_, f32>) -> PyResult
     Rows::new(arg, contiguous(arg, array)?, n, d).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// `knn_search`'s result: (distances, indices), each (n_tgt, k).
+type DistancesIndices<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+
 #[pyfunction]
 #[pyo3(signature = (src_emb, tgt_emb, k, threads=None))]
 fn knn_search<'py>(
@@ -37,11 +40,12 @@ fn knn_search<'py>(
     tgt_emb: PyReadonlyArray2<'py, f32>,
     k: usize,
     threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+) -> PyResult<DistancesIndices<'py>> {
     let (src, tgt) = (rows("src_emb", &src_emb)?, rows("tgt_emb", &tgt_emb)?);
     let nn = run_detached(py, || madda_core::knn_search(src, tgt, k, threads))?;
     let n_tgt = nn.indices.len() / k.max(1);
-    let dist = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.distances).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let dist = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.distances)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     let idx = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.indices)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((dist.into_pyarray(py), idx.into_pyarray(py)))
