@@ -482,3 +482,75 @@ def test_usable_after_fork():
     assert os.WEXITSTATUS(status) == 0, "child got a different answer after fork()"
     # and the parent still works
     np.testing.assert_array_equal(madda_rs.knn_predict(src, y, tgt, 5, threads=2), want)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels: every inner loop this CPU runs gives the reference's answer
+# ----------------------------------------------------------------------------------------------
+
+KERNELS = madda_rs._core.knn_kernels()
+
+
+def _search_with(src, tgt, k, kernel, threads=2):
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    return madda_rs._core.knn_search(f32(src), f32(tgt), k, threads, kernel)
+
+
+def test_kernel_list_and_default():
+    assert KERNELS[-1] == "portable"
+    assert set(KERNELS) <= {"avx512", "avx2", "portable"}
+    assert madda_rs.knn_kernel() == KERNELS[0]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@given(int_problems())
+def test_every_kernel_matches_reference_on_integer_data(kernel, problem):
+    src, tgt, k = problem
+    dist, idx = _search_with(src, tgt, k, kernel)
+    assert_exact_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@given(real_problems(max_src=800))
+def test_every_kernel_gives_the_default_kernels_answer_on_real_data(kernel, problem):
+    src, tgt, k = problem
+    dist, idx = _search_with(src, tgt, k, kernel)
+    assert_real_match(src, tgt, k, dist, idx)
+    want_d, want_i = madda_rs.knn_search(src, tgt, k, threads=2)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist, want_d)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_kernel_at_panel_and_micro_tile_edges(kernel):
+    """Around the AVX-512 kernel's 32-row panels and 14-row source groups, and AVX2's 16 and 6."""
+    rng = np.random.default_rng(5)
+    for d in (1, 3, 16, 33):
+        for n_tgt in (1, 15, 16, 17, 31, 32, 33, 65):
+            for n_src in (1, 6, 7, 13, 14, 15, 28, 29, 515):
+                src = rng.integers(0, 3, (n_src, d)).astype(np.float32)
+                tgt = rng.integers(0, 3, (n_tgt, d)).astype(np.float32)
+                for k in sorted({1, min(3, n_src), n_src}):
+                    dist, idx = _search_with(src, tgt, k, kernel)
+                    assert_exact_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_kernel_exact_far_from_the_origin(kernel):
+    rng = np.random.default_rng(6)
+    src = (1000 + 0.01 * rng.standard_normal((777, 40))).astype(np.float32)
+    tgt = (1000 + 0.01 * rng.standard_normal((70, 40))).astype(np.float32)
+    for k in (1, 4, 777):
+        dist, idx = _search_with(src, tgt, k, kernel)
+        assert_real_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_environment_variable_forces_the_kernel(kernel, monkeypatch):
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 3, (300, 5)).astype(np.float32)
+    tgt = rng.integers(0, 3, (40, 5)).astype(np.float32)
+    monkeypatch.setenv("MADDA_KNN_KERNEL", kernel)
+    assert madda_rs.knn_kernel() == kernel
+    dist, idx = madda_rs.knn_search(src, tgt, 6)
+    assert_exact_match(src, tgt, 6, dist, idx)

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 MAX_TRIPLETS: int = _core.MAX_TRIPLETS
 default_threads = _core.default_threads
+knn_kernel = _core.knn_kernel  # "avx512", "avx2" or "portable": the kNN inner loop this CPU runs
 
 NegativeMode = Literal["random", "violating", "hardest", "semihard"]
 
