@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -554,3 +556,50 @@ def test_environment_variable_forces_the_kernel(kernel, monkeypatch):
     assert madda_rs.knn_kernel() == kernel
     dist, idx = madda_rs.knn_search(src, tgt, 6)
     assert_exact_match(src, tgt, 6, dist, idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch tensors: CPU tensors are viewed, not copied, and answer as NumPy arrays do
+# ----------------------------------------------------------------------------------------------
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, madda_rs; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@given(int_problems(max_small=20, large=(60, 400), max_tgt=20))
+def test_cpu_tensors_give_the_numpy_answer(problem):
+    torch = pytest.importorskip("torch")
+    src, tgt, k = problem
+    y = np.arange(len(src)) % 3
+    want_d, want_i = madda_rs.knn_search(src, tgt, k)
+    want_p = madda_rs.knn_predict(src, y, tgt, k)
+    s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+    forms = {
+        "float32": (s, t),
+        "requires_grad": (s.clone().requires_grad_(), t.clone().requires_grad_()),
+        "float64": (s.double(), t.double()),
+        "bfloat16": (s.bfloat16(), t.bfloat16()),  # integer values 0..3 are exact in bfloat16
+        "transposed view": (s.T.contiguous().T, t.T.contiguous().T),
+        "parameter": (torch.nn.Parameter(s.clone()), t),
+    }
+    for name, (ss, tt) in forms.items():
+        d, i = madda_rs.knn_search(ss, tt, k)
+        np.testing.assert_array_equal(i, want_i, err_msg=name)
+        np.testing.assert_array_equal(d, want_d, err_msg=name)
+        pred = madda_rs.knn_predict(ss, torch.from_numpy(y), tt, k)
+        np.testing.assert_array_equal(pred, want_p, err_msg=name)
+        assert_fresh(pred, np.int64, (len(tgt),))
+
+
+def test_cpu_tensors_are_not_copied():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(50, 8)
+    for form in (x, x.clone().requires_grad_(), torch.nn.Parameter(x.clone())):
+        arr = madda_rs._matrix("src_emb", form)
+        assert arr.__array_interface__["data"][0] == form.data_ptr()
+    labels = torch.arange(10) % 3
+    assert madda_rs._labels("labels", labels).__array_interface__["data"][0] == labels.data_ptr()
+    # A view with a row stride other than d is copied, exactly as for NumPy.
+    assert madda_rs._matrix("src_emb", x[::2]).__array_interface__["data"][0] != x.data_ptr()
