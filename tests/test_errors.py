@@ -520,3 +520,16 @@ def test_tensors_numpy_cannot_view():
         predict(y=torch.from_numpy(Y).float())
     with pytest.raises(TypeError, match=r"src_emb: expected a numeric .* got dtype complex64"):
         search(src=torch.from_numpy(SRC).to(torch.complex64).conj())
+
+
+@BOTH
+def test_float64_beyond_float32_range(fn):
+    src = SRC.astype(np.float64)
+    src[2, 1] = 1e300
+    with pytest.raises(ValueError, match=r"src_emb: expected values that fit in float32, got 1e\+300 at row 2, column 1"):
+        call(fn, src=src)
+
+
+def test_triplets_margin_too_large_for_a_float():
+    with pytest.raises(ValueError, match=r"margin: expected a finite number, got an integer of 1329 bits"):
+        madda_rs.triplets(LABELS, seed=0, margin=10**400)

@@ -136,7 +136,11 @@ def triplets(
         dists = np.ascontiguousarray(dists, dtype=np.float64)
     if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
-    return _core.triplets(y, int(seed), negatives, dists, float(margin), _threads(threads))
+    try:
+        margin = float(margin)
+    except OverflowError:
+        raise ValueError(f"margin: expected a finite number, got an integer of {int(margin).bit_length()} bits") from None
+    return _core.triplets(y, int(seed), negatives, dists, margin, _threads(threads))
 
 
 def _is_tensor(x: object) -> bool:
@@ -178,7 +182,19 @@ def _matrix(name: str, x: object) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array of shape (n, d), got {arr.ndim}-D with shape {arr.shape}")
     # float32 C-contiguous input passes through without a copy
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float32:
+        return np.ascontiguousarray(arr)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        overflow = np.isinf(out) & np.isfinite(arr)
+        if overflow.any():
+            row, col = np.argwhere(overflow)[0]
+            raise ValueError(
+                f"{name}: expected values that fit in float32, got {float(arr[row, col])!r} at row {row}, column {col}; "
+                "rescale the embeddings"
+            )
+    return out
 
 
 def _labels(name: str, x: object) -> np.ndarray:
