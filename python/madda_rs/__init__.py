@@ -145,11 +145,14 @@ def triplets(
 
 def _is_tensor(x: object) -> bool:
     """A torch.Tensor (or subclass, e.g. nn.Parameter), recognised without importing torch."""
-    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
+    return not isinstance(x, np.ndarray) and any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
 
 
 def _tensor_as_numpy(name: str, t) -> np.ndarray:
-    """A NumPy view of CPU tensor ``t``'s memory (no copy; bfloat16, which NumPy lacks, is widened)."""
+    """A NumPy view of CPU tensor ``t``'s memory (no copy; bfloat16, which NumPy lacks, is widened).
+
+    Each test is a cheap attribute read, so a CPU tensor costs a few microseconds more than an array.
+    """
     if t.device.type != "cpu":
         raise TypeError(
             f"{name}: expected a NumPy array or a CPU tensor, got a tensor on {t.device}; "
@@ -157,11 +160,14 @@ def _tensor_as_numpy(name: str, t) -> np.ndarray:
         )
     if str(t.layout) != "torch.strided":
         raise TypeError(f"{name}: expected a dense tensor, got layout {t.layout}; call .to_dense() first")
-    t = t.detach()  # the result is not differentiated; detach shares memory
+    if t.requires_grad:
+        t = t.detach()  # the result is not differentiated; detach shares memory
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
     if str(t.dtype) == "torch.bfloat16":
         t = t.float()
     try:
-        return t.resolve_conj().resolve_neg().numpy()
+        return t.numpy()
     except (RuntimeError, TypeError) as e:  # quantized tensors, dtypes NumPy has no match for, ...
         raise TypeError(f"{name}: expected a tensor NumPy can view, got dtype {t.dtype} ({e})") from None
 
