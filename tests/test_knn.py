@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -603,3 +604,27 @@ def test_cpu_tensors_are_not_copied():
     assert madda_rs._labels("labels", labels).__array_interface__["data"][0] == labels.data_ptr()
     # A view with a row stride other than d is copied, exactly as for NumPy.
     assert madda_rs._matrix("src_emb", x[::2]).__array_interface__["data"][0] != x.data_ptr()
+
+
+def test_readme_pytorch_metric_learning_knn_func():
+    """The README's knn_func recipe, run as written, against a brute-force search."""
+    torch = pytest.importorskip("torch")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("def madda_knn(", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec("import torch, madda_rs\n\ndef madda_knn(" + code, namespace)
+    madda_knn = namespace["madda_knn"]
+    rng = np.random.default_rng(8)
+    ref = torch.from_numpy(rng.integers(0, 4, (60, 3)).astype(np.float32))
+    ref[10] = ref[3]  # a duplicate of a query: distance 0 to another row, so its own row may come second
+    query = ref[:20]
+    for k in (1, 4):
+        dist, idx = madda_knn(query, k, ref, True)
+        assert dist.shape == idx.shape == (20, k)
+        _, full = knn_search_ref(ref.numpy(), query.numpy(), k + 1)
+        for i in range(20):
+            want = [j for j in full[i] if j != i][:k]
+            assert idx[i].tolist() == want, (i, idx[i], want)
+        np.testing.assert_allclose(dist.numpy() ** 2, sq_dists_ref(ref.numpy(), query.numpy())[np.arange(20)[:, None], idx.numpy()], rtol=1e-6)
+        dist, idx = madda_knn(query, k, ref, False)
+        np.testing.assert_array_equal(idx.numpy(), knn_search_ref(ref.numpy(), query.numpy(), k)[1])
