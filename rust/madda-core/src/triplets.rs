@@ -315,12 +315,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Uniform draws tried per pair before falling back to the sorted negatives. A pair whose
-/// admissible negatives are a fraction f of all falls back with probability (1 - f)^tries, and
-/// the fallback gathers and sorts the negatives that the widest such pair admits, which costs
-/// far more than a draw. Violators are usually a large fraction (64 tries leave about 1.5% of
-/// pairs over, each with few violators); semi-hard negatives a small one, where more tries cost
-/// more than they save.
 /// Asks the CPU to bring `row` into cache. The draws below read it at random positions, and a
 /// row of a large batch (32 KiB at B = 4096) is usually in memory, not cache: streaming it in
 /// once is far cheaper than a cache miss on every draw.
@@ -334,12 +328,19 @@ fn prefetch(row: &[f64]) {
     let _ = row;
 }
 
-/// Must divide both tries counts below.
+/// Draws evaluated together; must divide both counts of `rejection_tries`.
 const DRAWS_AT_ONCE: u64 = 8;
 
+/// Uniform draws tried per pair before falling back to the sorted negatives. A pair whose
+/// admissible negatives are a fraction f of all falls back with probability (1 - f)^tries, and
+/// an anchor with any such pair gathers and sorts the negatives the widest of them admits, which
+/// costs far more than a draw. Violators are usually a large fraction: with 128 draws a pair
+/// whose violator fraction is uniformly spread falls back about 1 time in 129, and the pairs that
+/// do have few violators, so the gathered prefix is short. Semi-hard negatives are a small
+/// fraction, where more draws cost more than they save (8 also keeps their output as before).
 fn rejection_tries(mode: NegativeMode) -> u64 {
     match mode {
-        NegativeMode::Violating => 64,
+        NegativeMode::Violating => 128,
         _ => 8,
     }
 }
