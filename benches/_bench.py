@@ -56,15 +56,20 @@ def machine() -> str:
 
 
 def write_table(
-    name: str, title: str, headers: Sequence[str], rows: Iterable[Sequence[object]], notes: Sequence[str] = ()
+    name: str,
+    title: str,
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    notes: Sequence[str] = (),
+    setting: str = "",
 ) -> Path:
     """Write (and print) a markdown table to benches/results/<name>.md (<name>-quick.md in quick mode)."""
     command = ("MADDA_BENCH_QUICK=1 " if QUICK else "") + "pytest " + " ".join(sys.argv[1:])
     lines = [
         f"# {title}",
         "",
-        f"Machine: {machine()}; date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
-        f"command: `{command.strip()}`",
+        f"Machine: {machine()}{'; ' + setting if setting else ''}; "
+        f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; command: `{command.strip()}`",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),

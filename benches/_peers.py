@@ -76,6 +76,48 @@ def faiss_knn(src, y, tgt, k):
     return vote(y[idx])
 
 
+def numpy_gemm(src, tgt):
+    """The sgemm floor: every dot product, in the blocks numpy_knn uses, and no selection."""
+    for t0 in range(0, len(tgt), BLOCK):
+        tgt[t0 : t0 + BLOCK] @ src.T
+
+
+def torch_gemm(src, tgt):
+    s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+    for t0 in range(0, len(t), BLOCK):
+        torch.mm(t[t0 : t0 + BLOCK], s.T)
+
+
+GEMMS = {"NumPy": numpy_gemm, "torch": torch_gemm if torch else None}
+
+
+def blas_cores() -> dict[str, str]:
+    """The OpenBLAS core type each loaded OpenBLAS picked (threadpoolctl), keyed by its file."""
+    threadpoolctl = _optional("threadpoolctl")
+    if threadpoolctl is None:
+        return {}
+    return {
+        info["filepath"]: info.get("architecture") or "?"
+        for info in threadpoolctl.threadpool_info()
+        if info.get("internal_api") == "openblas"
+    }
+
+
+def cpu_coretype() -> str:
+    """The OpenBLAS core type matching this CPU's vector units, for OPENBLAS_CORETYPE."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read(1 << 16)
+    except OSError:
+        return "Prescott"
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    if "avx512f" in flags:
+        return "SkylakeX"
+    if "avx2" in flags:
+        return "Haswell" if "GenuineIntel" in info else "Zen"
+    return "Sandybridge" if "avx" in flags else "Prescott"
+
+
 PEERS = {
     "NumPy (blocked GEMM + argpartition)": numpy_knn,  # bench_knn.NUMPY
     "torch (mm + topk)": torch_knn if torch else None,

@@ -436,3 +436,100 @@ def test_triplets_never_panic(labels, mode, sq_shape, poison, margin, seed):
         assert any(name in str(e) for name in ("labels", "sq_dists", "negatives", "seed", "margin")), str(e)
     else:
         assert out.dtype == np.int64 and out.ndim == 2 and out.shape[1] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels and tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [madda_rs._core.knn_search, madda_rs._core.knn_predict])
+def test_unknown_kernel(fn):
+    args = (SRC, TGT) if fn is madda_rs._core.knn_search else (SRC, Y.astype(np.int64), TGT)
+    with pytest.raises(ValueError, match=r"kernel: expected one of 'avx512', 'avx2', 'portable', got \"sse2\""):
+        fn(*args, 2, None, "sse2")
+
+
+def test_kernel_this_cpu_lacks():
+    missing = [k for k in ("avx512", "avx2") if k not in madda_rs._core.knn_kernels()]
+    if not missing:
+        pytest.skip("this CPU runs every kernel")
+    with pytest.raises(ValueError, match=rf"kernel: this CPU cannot run the \"{missing[0]}\" kernel"):
+        madda_rs._core.knn_search(SRC, TGT, 2, None, missing[0])
+
+
+@BOTH
+def test_unknown_kernel_in_environment(fn, monkeypatch):
+    monkeypatch.setenv("MADDA_KNN_KERNEL", "fastest")
+    with pytest.raises(ValueError, match=r"MADDA_KNN_KERNEL: expected one of 'avx512', 'avx2', 'portable'"):
+        call(fn)
+    with pytest.raises(ValueError, match=r"MADDA_KNN_KERNEL"):
+        madda_rs.knn_kernel()
+
+
+class _Device:
+    def __init__(self, name):
+        self.type = name.split(":")[0]
+        self.name = name
+
+    def __str__(self):
+        return self.name
+
+
+# Stands in for a CUDA tensor on machines without a GPU: recognised by its type's name and module.
+FakeCudaTensor = type("Tensor", (), {"__module__": "torch", "device": _Device("cuda:0")})
+
+
+@BOTH
+@pytest.mark.parametrize("arg", ["src", "tgt"])
+def test_cuda_tensor_says_call_cpu(fn, arg):
+    name = {"src": "src_emb", "tgt": "tgt_emb"}[arg]
+    with pytest.raises(TypeError, match=rf"{name}: expected a NumPy array or a CPU tensor, got a tensor on cuda:0; .*\.cpu\(\)"):
+        call(fn, **{arg: FakeCudaTensor()})
+
+
+def test_cuda_tensor_labels_and_sq_dists_say_call_cpu():
+    with pytest.raises(TypeError, match=r"src_y: .*got a tensor on cuda:0; .*\.cpu\(\)"):
+        predict(y=FakeCudaTensor())
+    with pytest.raises(TypeError, match=r"labels: .*got a tensor on cuda:0; .*\.cpu\(\)"):
+        madda_rs.triplets(FakeCudaTensor(), seed=0)
+    with pytest.raises(TypeError, match=r"sq_dists: .*got a tensor on cuda:0; .*\.cpu\(\)"):
+        madda_rs.triplets(LABELS, seed=0, negatives="violating", sq_dists=FakeCudaTensor())
+
+
+def test_real_cuda_tensor_says_call_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    with pytest.raises(TypeError, match=r"src_emb: .*got a tensor on cuda:0; .*\.cpu\(\)"):
+        search(src=torch.from_numpy(SRC).cuda())
+
+
+def test_tensors_numpy_cannot_view():
+    torch = pytest.importorskip("torch")
+    src = torch.from_numpy(SRC)
+    with pytest.raises(TypeError, match=r"src_emb: expected a NumPy array or a CPU tensor, got a tensor on meta"):
+        search(src=src.to("meta"))
+    with pytest.raises(TypeError, match=r"src_emb: expected a dense tensor, got layout torch.sparse_coo"):
+        search(src=src.to_sparse())
+    with pytest.raises(TypeError, match=r"src_emb: expected a tensor NumPy can view, got dtype torch.float8_e4m3fn"):
+        search(src=src.to(torch.float8_e4m3fn))
+    with pytest.raises(TypeError, match=r"src_emb: expected a numeric .* got dtype bool"):
+        search(src=src > 0)
+    with pytest.raises(TypeError, match=r"src_y: expected an integer array, got dtype float32"):
+        predict(y=torch.from_numpy(Y).float())
+    with pytest.raises(TypeError, match=r"src_emb: expected a numeric .* got dtype complex64"):
+        search(src=torch.from_numpy(SRC).to(torch.complex64).conj())
+
+
+@BOTH
+def test_float64_beyond_float32_range(fn):
+    src = SRC.astype(np.float64)
+    src[2, 1] = 1e300
+    with pytest.raises(ValueError, match=r"src_emb: expected values that fit in float32, got 1e\+300 at row 2, column 1"):
+        call(fn, src=src)
+
+
+def test_triplets_margin_too_large_for_a_float():
+    with pytest.raises(ValueError, match=r"margin: expected a finite number, got an integer of 1329 bits"):
+        madda_rs.triplets(LABELS, seed=0, margin=10**400)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -482,3 +485,146 @@ def test_usable_after_fork():
     assert os.WEXITSTATUS(status) == 0, "child got a different answer after fork()"
     # and the parent still works
     np.testing.assert_array_equal(madda_rs.knn_predict(src, y, tgt, 5, threads=2), want)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels: every inner loop this CPU runs gives the reference's answer
+# ----------------------------------------------------------------------------------------------
+
+KERNELS = madda_rs._core.knn_kernels()
+
+
+def _search_with(src, tgt, k, kernel, threads=2):
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    return madda_rs._core.knn_search(f32(src), f32(tgt), k, threads, kernel)
+
+
+def test_kernel_list_and_default():
+    assert KERNELS[-1] == "portable"
+    assert set(KERNELS) <= {"avx512", "avx2", "portable"}
+    assert madda_rs.knn_kernel() == KERNELS[0]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@given(int_problems())
+def test_every_kernel_matches_reference_on_integer_data(kernel, problem):
+    src, tgt, k = problem
+    dist, idx = _search_with(src, tgt, k, kernel)
+    assert_exact_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@given(real_problems(max_src=800))
+def test_every_kernel_gives_the_default_kernels_answer_on_real_data(kernel, problem):
+    src, tgt, k = problem
+    dist, idx = _search_with(src, tgt, k, kernel)
+    assert_real_match(src, tgt, k, dist, idx)
+    want_d, want_i = madda_rs.knn_search(src, tgt, k, threads=2)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist, want_d)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_kernel_at_panel_and_micro_tile_edges(kernel):
+    """Around the AVX-512 kernel's 32-row panels and 14-row source groups, and AVX2's 16 and 6."""
+    rng = np.random.default_rng(5)
+    for d in (1, 3, 16, 33):
+        for n_tgt in (1, 15, 16, 17, 31, 32, 33, 65):
+            for n_src in (1, 6, 7, 13, 14, 15, 28, 29, 515):
+                src = rng.integers(0, 3, (n_src, d)).astype(np.float32)
+                tgt = rng.integers(0, 3, (n_tgt, d)).astype(np.float32)
+                for k in sorted({1, min(3, n_src), n_src}):
+                    dist, idx = _search_with(src, tgt, k, kernel)
+                    assert_exact_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_kernel_exact_far_from_the_origin(kernel):
+    rng = np.random.default_rng(6)
+    src = (1000 + 0.01 * rng.standard_normal((777, 40))).astype(np.float32)
+    tgt = (1000 + 0.01 * rng.standard_normal((70, 40))).astype(np.float32)
+    for k in (1, 4, 777):
+        dist, idx = _search_with(src, tgt, k, kernel)
+        assert_real_match(src, tgt, k, dist, idx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_environment_variable_forces_the_kernel(kernel, monkeypatch):
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 3, (300, 5)).astype(np.float32)
+    tgt = rng.integers(0, 3, (40, 5)).astype(np.float32)
+    monkeypatch.setenv("MADDA_KNN_KERNEL", kernel)
+    assert madda_rs.knn_kernel() == kernel
+    dist, idx = madda_rs.knn_search(src, tgt, 6)
+    assert_exact_match(src, tgt, 6, dist, idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch tensors: CPU tensors are viewed, not copied, and answer as NumPy arrays do
+# ----------------------------------------------------------------------------------------------
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, madda_rs; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@given(int_problems(max_small=20, large=(60, 400), max_tgt=20))
+def test_cpu_tensors_give_the_numpy_answer(problem):
+    torch = pytest.importorskip("torch")
+    src, tgt, k = problem
+    y = np.arange(len(src)) % 3
+    want_d, want_i = madda_rs.knn_search(src, tgt, k)
+    want_p = madda_rs.knn_predict(src, y, tgt, k)
+    s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+    forms = {
+        "float32": (s, t),
+        "requires_grad": (s.clone().requires_grad_(), t.clone().requires_grad_()),
+        "float64": (s.double(), t.double()),
+        "bfloat16": (s.bfloat16(), t.bfloat16()),  # integer values 0..3 are exact in bfloat16
+        "transposed view": (s.T.contiguous().T, t.T.contiguous().T),
+        "parameter": (torch.nn.Parameter(s.clone()), t),
+    }
+    for name, (ss, tt) in forms.items():
+        d, i = madda_rs.knn_search(ss, tt, k)
+        np.testing.assert_array_equal(i, want_i, err_msg=name)
+        np.testing.assert_array_equal(d, want_d, err_msg=name)
+        pred = madda_rs.knn_predict(ss, torch.from_numpy(y), tt, k)
+        np.testing.assert_array_equal(pred, want_p, err_msg=name)
+        assert_fresh(pred, np.int64, (len(tgt),))
+
+
+def test_cpu_tensors_are_not_copied():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(50, 8)
+    for form in (x, x.clone().requires_grad_(), torch.nn.Parameter(x.clone())):
+        arr = madda_rs._matrix("src_emb", form)
+        assert arr.__array_interface__["data"][0] == form.data_ptr()
+    labels = torch.arange(10) % 3
+    assert madda_rs._labels("labels", labels).__array_interface__["data"][0] == labels.data_ptr()
+    # A view with a row stride other than d is copied, exactly as for NumPy.
+    assert madda_rs._matrix("src_emb", x[::2]).__array_interface__["data"][0] != x.data_ptr()
+
+
+def test_readme_pytorch_metric_learning_knn_func():
+    """The README's knn_func recipe, run as written, against a brute-force search."""
+    torch = pytest.importorskip("torch")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("def madda_knn(", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec("import torch, madda_rs\n\ndef madda_knn(" + code, namespace)
+    madda_knn = namespace["madda_knn"]
+    rng = np.random.default_rng(8)
+    ref = torch.from_numpy(rng.integers(0, 4, (60, 3)).astype(np.float32))
+    ref[10] = ref[3]  # a duplicate of a query: distance 0 to another row, so its own row may come second
+    query = ref[:20]
+    for k in (1, 4):
+        dist, idx = madda_knn(query, k, ref, True)
+        assert dist.shape == idx.shape == (20, k)
+        _, full = knn_search_ref(ref.numpy(), query.numpy(), k + 1)
+        for i in range(20):
+            want = [j for j in full[i] if j != i][:k]
+            assert idx[i].tolist() == want, (i, idx[i], want)
+        np.testing.assert_allclose(dist.numpy() ** 2, sq_dists_ref(ref.numpy(), query.numpy())[np.arange(20)[:, None], idx.numpy()], rtol=1e-6)
+        dist, idx = madda_knn(query, k, ref, False)
+        np.testing.assert_array_equal(idx.numpy(), knn_search_ref(ref.numpy(), query.numpy(), k)[1])

@@ -431,3 +431,24 @@ def test_mined_negative_uniform_among_admissible(mode):
     counts = np.bincount(picks, minlength=8)
     assert set(np.flatnonzero(counts).tolist()) == set(admissible)
     assert chi_square(counts[admissible]) < 40, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# torch tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["random"] + DIST_MODES)
+@given(batch=mined_batches(), seed=seeds)
+def test_cpu_tensors_give_the_numpy_answer(batch, mode, seed):
+    torch = pytest.importorskip("torch")
+    labels, sq, margin = batch
+    sq_arg = None if mode == "random" else sq
+    want = madda_rs.triplets(labels, seed=seed, negatives=mode, sq_dists=sq_arg, margin=margin)
+    y = torch.from_numpy(labels)
+    for name, dists in {
+        "float64": None if sq_arg is None else torch.from_numpy(sq),
+        "requires_grad": None if sq_arg is None else torch.from_numpy(sq).requires_grad_(),
+    }.items():
+        got = madda_rs.triplets(y, seed=seed, negatives=mode, sq_dists=dists, margin=margin)
+        np.testing.assert_array_equal(got, want, err_msg=name)

@@ -1,8 +1,9 @@
 """madda_rs: M-ADDA domain adaptation with a Rust core.
 
 The native functions here (triplet enumeration and exact kNN) need only NumPy; importing this
-package does not import torch. Training lives in :mod:`madda_rs.training` and the CLI in
-:mod:`madda_rs.cli`.
+package does not import torch. They take NumPy arrays, anything ``np.asarray`` accepts, and CPU
+torch tensors (viewed without a copy; tensors are recognised by type, so torch is never imported
+here). Training lives in :mod:`madda_rs.training` and the CLI in :mod:`madda_rs.cli`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __version__ = _version("madda-rs")  # written once, in Cargo.toml; maturin copie
 
 MAX_TRIPLETS: int = _core.MAX_TRIPLETS
 default_threads = _core.default_threads
+knn_kernel = _core.knn_kernel  # "avx512", "avx2" or "portable": the kNN inner loop this CPU runs
 
 NegativeMode = Literal["random", "violating", "hardest", "semihard"]
 
@@ -31,7 +33,9 @@ def knn_search(
     """Exact k nearest source rows of every target row, under squared Euclidean distance.
 
     Args:
-        src_emb: (n_src, d) source embeddings, n_src >= 1; any real dtype, any layout.
+        src_emb: (n_src, d) source embeddings, n_src >= 1; any real dtype, any layout; a NumPy
+            array or a CPU torch tensor (``requires_grad`` is fine: the search is not
+            differentiated).
         tgt_emb: (n_tgt, d) target embeddings; n_tgt may be 0.
         k: number of neighbours, 1 <= k <= n_src.
         threads: worker threads (default: ``MADDA_NUM_THREADS``, else all CPUs).
@@ -41,14 +45,16 @@ def knn_search(
         neighbours of target i ordered by (distance, source index), so equal distances go to the
         smaller index.
 
-    Inputs are converted to float32 (no copy when already float32 and C-contiguous). Distances
+    Inputs are converted to float32 (no copy when already float32 and C-contiguous, tensors
+    included); the results are NumPy arrays (``torch.from_numpy`` wraps them without a copy). Distances
     are exact: candidates found with a tiled float32 GEMM are re-ranked with float64 differences
     inside a proven rounding-error window, so the neighbours equal a float64 brute-force search of
     the float32 inputs, except where two distances differ by less than float64 summation error.
     The full (n_tgt x n_src) distance matrix is never built. Runs without the GIL.
 
     Raises:
-        TypeError: non-numeric arrays or a non-integer ``k``.
+        TypeError: non-numeric arrays, a non-integer ``k``, or a tensor that is not on the CPU
+            (call ``.cpu()`` first).
         ValueError: wrong dimensions, mismatched d, NaN or inf, empty source, k out of range.
     """
     src = _matrix("src_emb", src_emb)
@@ -67,7 +73,7 @@ def knn_predict(
     weights, so both agree given the same neighbours.
 
     Args:
-        src_emb: (n_src, d) source embeddings.
+        src_emb: (n_src, d) source embeddings (NumPy array or CPU tensor, as in :func:`knn_search`).
         src_y: (n_src,) integer labels of any integer dtype.
         tgt_emb: (n_tgt, d) target embeddings.
         k: 1 <= k <= n_src.
@@ -313,6 +319,8 @@ def triplets(
     * ``"hardest"``: the violating negative nearest the anchor (smallest index on ties).
     * ``"semihard"``: uniformly among d(a,p) < d(a,n) < d(a,p) + margin (FaceNet).
 
+    ``labels`` and ``sq_dists`` may be NumPy arrays or CPU torch tensors (int64 labels are used
+    without a copy; ``sq_dists`` is read as float64, so a float32 matrix is converted once).
     The distance modes need ``sq_dists``, the batch's (B, B) squared distances (used in float64).
     A label with one member yields nothing; a single-label batch yields a (0, 3) array. The same
     seed gives the same output, whatever the thread count. At most :data:`MAX_TRIPLETS` rows
@@ -338,11 +346,48 @@ def triplets(
         dists = np.ascontiguousarray(dists, dtype=np.float64)
     if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
-    return _core.triplets(y, int(seed), negatives, dists, float(margin), _threads(threads))
+    try:
+        margin = float(margin)
+    except OverflowError:
+        raise ValueError(f"margin: expected a finite number, got an integer of {int(margin).bit_length()} bits") from None
+    return _core.triplets(y, int(seed), negatives, dists, margin, _threads(threads))
+
+
+def _is_tensor(x: object) -> bool:
+    """A torch.Tensor (or subclass, e.g. nn.Parameter), recognised without importing torch."""
+    return not isinstance(x, np.ndarray) and any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
+
+
+def _tensor_as_numpy(name: str, t) -> np.ndarray:
+    """A NumPy view of CPU tensor ``t``'s memory (no copy; bfloat16, which NumPy lacks, is widened).
+
+    Each test is a cheap attribute read, so a CPU tensor costs a few microseconds more than an array.
+    """
+    if t.device.type != "cpu":
+        raise TypeError(
+            f"{name}: expected a NumPy array or a CPU tensor, got a tensor on {t.device}; "
+            f"move it with .cpu() first (madda_rs runs on the CPU)"
+        )
+    if str(t.layout) != "torch.strided":
+        raise TypeError(f"{name}: expected a dense tensor, got layout {t.layout}; call .to_dense() first")
+    if t.requires_grad:
+        t = t.detach()  # the result is not differentiated; detach shares memory
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    try:
+        return t.numpy()
+    except (RuntimeError, TypeError) as e:  # quantized tensors, dtypes NumPy has no match for, ...
+        raise TypeError(f"{name}: expected a tensor NumPy can view, got dtype {t.dtype} ({e})") from None
+
+
+def _asarray(name: str, x: object) -> np.ndarray:
+    return _tensor_as_numpy(name, x) if _is_tensor(x) else np.asarray(x)
 
 
 def _numeric(name: str, x: object) -> np.ndarray:
-    arr = np.asarray(x)
+    arr = _asarray(name, x)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected a numeric (integer or float) array, got dtype {arr.dtype}")
     return arr
@@ -353,11 +398,23 @@ def _matrix(name: str, x: object) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array of shape (n, d), got {arr.ndim}-D with shape {arr.shape}")
     # float32 C-contiguous input passes through without a copy
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float32:
+        return np.ascontiguousarray(arr)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        overflow = np.isinf(out) & np.isfinite(arr)
+        if overflow.any():
+            row, col = np.argwhere(overflow)[0]
+            raise ValueError(
+                f"{name}: expected values that fit in float32, got {float(arr[row, col])!r} at row {row}, column {col}; "
+                "rescale the embeddings"
+            )
+    return out
 
 
 def _labels(name: str, x: object) -> np.ndarray:
-    arr = np.asarray(x)
+    arr = _asarray(name, x)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
     if arr.ndim != 1:

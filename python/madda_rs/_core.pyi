@@ -1,20 +1,25 @@
 """Native core of madda_rs (Rust). Call the wrappers in ``madda_rs``: they coerce dtypes and layout."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import final
 
-__all__ = ["MAX_TRIPLETS", "default_threads", "knn_predict", "knn_search", "triplets"]
+__all__ = ["MAX_TRIPLETS", "default_threads", "knn_kernel", "knn_kernels", "knn_predict", "knn_search", "triplets"]
 
 MAX_TRIPLETS: int
 
 def knn_search(
-    src_emb: npt.NDArray[np.float32], tgt_emb: npt.NDArray[np.float32], k: int, threads: Optional[int] = None
+    src_emb: npt.NDArray[np.float32],
+    tgt_emb: npt.NDArray[np.float32],
+    k: int,
+    threads: Optional[int] = None,
+    kernel: Optional[str] = None,
 ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """(distances, indices), each (n_tgt, k); neighbours ordered by (squared distance, source index).
-    Inputs must be C-contiguous float32."""
+    Inputs must be C-contiguous float32. ``kernel`` (one of :func:`knn_kernels`) forces the inner
+    loop; every kernel gives identical results."""
 
 def knn_predict(
     src_emb: npt.NDArray[np.float32],
@@ -22,6 +27,7 @@ def knn_predict(
     tgt_emb: npt.NDArray[np.float32],
     k: int,
     threads: Optional[int] = None,
+    kernel: Optional[str] = None,
 ) -> npt.NDArray[np.int64]:
     """Mode of the k nearest source labels per target row; a tied vote goes to the smallest label."""
 
@@ -78,3 +84,10 @@ def triplets(
 
 def default_threads() -> int:
     """``MADDA_NUM_THREADS`` if set, else the number of CPUs."""
+
+def knn_kernel() -> str:
+    """The kNN kernel used when none is forced: ``"avx512"``, ``"avx2"`` or ``"portable"``, the
+    widest this CPU runs, capped by ``MADDA_KNN_KERNEL`` when set."""
+
+def knn_kernels() -> List[str]:
+    """The kNN kernels this CPU runs, fastest first (``"portable"`` always last)."""

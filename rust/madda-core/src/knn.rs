@@ -16,15 +16,22 @@
 //! brute-force reference up to the float64 summation itself. Memory is one (block x tile) buffer
 //! per thread: the full distance matrix never exists.
 //!
-//! On x86-64 CPUs with AVX2 and FMA the GEMM and the threshold test are fused into one
-//! hand-written micro-kernel (module `avx2`): a task packs its target rows into panels of 16
-//! (depth-major, so one depth step is two aligned 256-bit loads), then walks the source six rows
-//! at a time straight from the caller's row-major data, keeping the 6 x 16 dot products in twelve
-//! registers. At the end of the depth loop the approximate distances are formed in registers and
-//! their minimum over the six source rows is compared with the 16 target rows' thresholds; memory
-//! is written only when some lane passes. The dot products are plain FMA chains over the depth,
-//! so the same rounding bound holds. Per thread this path needs only the packed target block
-//! (rows x d floats). Other CPUs use the `gemm` crate path; both return identical results.
+//! On x86-64 the GEMM and the threshold test are fused into one hand-written micro-kernel, the
+//! widest the CPU runs (checked at run time; [`Kernel`]). The AVX2+FMA kernel (module `avx2`)
+//! packs a task's target rows into panels of 16 (depth-major, so one depth step is two aligned
+//! 256-bit loads), then walks the source six rows at a time straight from the caller's
+//! row-major data, keeping the 6 x 16 dot products in twelve registers. The AVX-512 kernel
+//! (module `avx512`) does the same with panels of 32 and fourteen source rows: 28 of the 32 zmm
+//! registers accumulate, and every depth step is two panel loads, fourteen broadcasts and 28
+//! FMAs, which keeps both FMA ports of a full-width AVX-512 core busy. (Not yet measured on
+//! CPUs that split 512-bit work into 256-bit halves, such as AMD Zen 4; there the arithmetic
+//! rate is the AVX2 kernel's, and `MADDA_KNN_KERNEL=avx2` selects that kernel.) At the end of the depth
+//! loop the approximate distances are formed in registers and their minimum over the source rows
+//! is compared with the target rows' thresholds; memory is written only when some lane passes.
+//! The dot products are plain FMA chains over the depth, so the same rounding bound holds. Per
+//! thread these paths need only the packed target block (rows x d floats). Elsewhere the
+//! `portable` kernel (the `gemm` crate's GEMM, then a threshold pass) runs; every kernel returns
+//! identical results, and `MADDA_KNN_KERNEL` can force a lower one.
 
 use rayon::prelude::*;
 
@@ -48,11 +55,14 @@ impl<'a> Rows<'a> {
     /// Views `data` as `rows x cols`, checking the length and that every value is finite.
     pub fn new(arg: &'static str, data: &'a [f32], rows: usize, cols: usize) -> Result<Self, Error> {
         if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(Error::arg(arg, format!("expected {rows} x {cols} = {} values, got {}", rows * cols, data.len())));
+            return Err(Error::arg(
+                arg,
+                format!("expected {rows} x {cols} = {} values, got {}", rows * cols, data.len()),
+            ));
         }
         // Past this magnitude a float32 squared distance (up to 4 d x^2) could overflow.
         let limit = (f32::MAX as f64 / (8.0 * cols.max(1) as f64)).sqrt() as f32;
-        if let Some(pos) = data.iter().position(|v| !(v.abs() <= limit)) {
+        if let Some(pos) = data.iter().position(|v| !v.is_finite() || v.abs() > limit) {
             let (value, row, col) = (data[pos], pos / cols.max(1), pos % cols.max(1));
             let message = if value.is_finite() {
                 format!("expected |values| <= {limit:.3e} (squared distances must fit in float32), got {value:e} at row {row}, column {col}; rescale the embeddings")
@@ -77,27 +87,105 @@ pub struct Neighbors {
     pub indices: Vec<i64>,
 }
 
-/// Exact kNN search. `threads = None` uses [`pool::default_threads`].
+/// Exact kNN search. `threads = None` uses [`pool::default_threads`]; the kernel is
+/// [`Kernel::default_for_cpu`] (which honours `MADDA_KNN_KERNEL`).
 pub fn knn_search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>) -> Result<Neighbors, Error> {
-    search(src, tgt, k, threads, simd_available())
+    knn_search_with(src, tgt, k, threads, Kernel::default_for_cpu()?)
 }
 
-/// Whether this CPU can run the AVX2+FMA micro-kernel.
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// Environment variable that caps the kNN kernel (`avx512`, `avx2` or `portable`): for
+/// measuring one kernel against another, and for testing the lower kernels on a CPU that has
+/// the higher ones.
+pub const KERNEL_ENV: &str = "MADDA_KNN_KERNEL";
+
+/// The inner loop of the kNN scan. Every kernel returns identical results (same candidates
+/// window, same float64 re-rank); they differ only in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512F: 32-row target panels, the threshold test fused into the multiply.
+    Avx512,
+    /// AVX2 + FMA: 16-row target panels, the threshold test fused into the multiply.
+    Avx2,
+    /// The `gemm` crate's tiled GEMM followed by a separate threshold pass; runs anywhere.
+    Portable,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+
+    /// The name used by `MADDA_KNN_KERNEL` and the Python API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Parses a kernel name; `arg` names the argument (or variable) for the error.
+    pub fn parse(arg: &'static str, name: &str) -> Result<Kernel, Error> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| Error::arg(arg, format!("expected one of 'avx512', 'avx2', 'portable', got {name:?}")))
+    }
+
+    /// Whether this CPU can run the kernel (checked at run time).
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernels this CPU runs, fastest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    /// The fastest kernel this CPU runs, capped by `MADDA_KNN_KERNEL` when that is set (a named
+    /// kernel the CPU lacks is an error, so a forced measurement never silently measures another).
+    pub fn default_for_cpu() -> Result<Kernel, Error> {
+        match std::env::var(KERNEL_ENV) {
+            Ok(name) if !name.trim().is_empty() => Kernel::parse(KERNEL_ENV, name.trim())?.require(KERNEL_ENV),
+            _ => Ok(Kernel::available()[0]),
+        }
+    }
+
+    /// `self` if this CPU runs it, else an error naming `arg`.
+    pub fn require(self, arg: &'static str) -> Result<Kernel, Error> {
+        if self.is_available() {
+            return Ok(self);
+        }
+        let names: Vec<&str> = Kernel::available().iter().map(|k| k.name()).collect();
+        Err(Error::arg(arg, format!("this CPU cannot run the {:?} kernel; it runs {names:?}", self.name())))
+    }
+
+    /// Target rows per packed panel (the fused kernels' vector width).
+    fn panel(self) -> usize {
+        match self {
+            Kernel::Avx512 => 32,
+            Kernel::Avx2 => 16,
+            Kernel::Portable => 1,
+        }
     }
 }
 
-/// [`knn_search`] with the kernel chosen by the caller: `use_simd` asks for the AVX2+FMA kernel
-/// (ignored where the CPU lacks it), else the `gemm` crate path. Both give identical results.
-fn search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>, use_simd: bool) -> Result<Neighbors, Error> {
-    let use_simd = use_simd && simd_available();
+/// [`knn_search`] with the kernel chosen by the caller; an error if this CPU cannot run it.
+pub fn knn_search_with(
+    src: Rows<'_>,
+    tgt: Rows<'_>,
+    k: usize,
+    threads: Option<usize>,
+    kernel: Kernel,
+) -> Result<Neighbors, Error> {
+    let kernel = kernel.require("kernel")?;
     check_shapes(&src, &tgt, k)?;
     let n_tgt = tgt.rows;
     let mut distances = vec![0f32; n_tgt * k];
@@ -118,20 +206,17 @@ fn search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>, use_si
     let err_floor = (d as f64 + 8.0) * 4.0 * f32::from_bits(1) as f64;
 
     let mut block = TARGET_BLOCK.min(n_tgt.div_ceil(pool.current_num_threads() * 4)).max(8);
-    if use_simd {
-        block = balanced_block(n_tgt, block, pool.current_num_threads());
+    if kernel != Kernel::Portable {
+        block = balanced_block(n_tgt, block, pool.current_num_threads(), kernel.panel());
     }
     pool.install(|| {
-        distances
-            .par_chunks_mut(block * k)
-            .zip(indices.par_chunks_mut(block * k))
-            .enumerate()
-            .for_each(|(b, (dist_out, idx_out))| {
+        distances.par_chunks_mut(block * k).zip(indices.par_chunks_mut(block * k)).enumerate().for_each(
+            |(b, (dist_out, idx_out))| {
                 let t0 = b * block;
                 let rows = dist_out.len() / k;
                 let mut finder =
                     BlockSearch::new(&tgt, t0, rows, k, |t_norm| err_scale * (t_norm + max_src_norm) + err_floor);
-                scan_source(&mut finder, &src, &tgt, t0, &src_norms, use_simd);
+                scan_source(&mut finder, &src, &tgt, t0, &src_norms, kernel);
                 for r in 0..rows {
                     let best = finder.exact_top_k(r, tgt.row(t0 + r), &src);
                     for (slot, (dist, j)) in best.into_iter().enumerate() {
@@ -139,7 +224,8 @@ fn search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>, use_si
                         idx_out[r * k + slot] = j as i64;
                     }
                 }
-            });
+            },
+        );
     });
     Ok(Neighbors { k, distances, indices })
 }
@@ -152,13 +238,25 @@ pub fn knn_predict(
     k: usize,
     threads: Option<usize>,
 ) -> Result<Vec<i64>, Error> {
+    knn_predict_with(src, src_labels, tgt, k, threads, Kernel::default_for_cpu()?)
+}
+
+/// [`knn_predict`] with the kernel chosen by the caller; an error if this CPU cannot run it.
+pub fn knn_predict_with(
+    src: Rows<'_>,
+    src_labels: &[i64],
+    tgt: Rows<'_>,
+    k: usize,
+    threads: Option<usize>,
+    kernel: Kernel,
+) -> Result<Vec<i64>, Error> {
     if src_labels.len() != src.rows {
         return Err(Error::arg(
             "src_y",
             format!("expected one label per source row ({}), got {}", src.rows, src_labels.len()),
         ));
     }
-    let nn = knn_search(src, tgt, k, threads)?;
+    let nn = knn_search_with(src, tgt, k, threads, kernel)?;
     let mut votes = vec![0i64; k];
     Ok(nn
         .indices
@@ -210,20 +308,20 @@ fn check_shapes(src: &Rows<'_>, tgt: &Rows<'_>, k: usize) -> Result<(), Error> {
 
 /// Width of the branch-free threshold test in the tile scan.
 const LANES: usize = 16;
-/// Target rows per packed panel of the AVX2 kernel (two 8-lane registers).
-const SIMD_PANEL: usize = 16;
+/// The widest panel of any kernel: `BlockSearch::thr32` is padded to whole panels of this width.
+const MAX_PANEL: usize = 32;
 
-/// A block size for the AVX2 path: whole 16-row panels (a partial panel wastes kernel lanes),
-/// between half of `block` and `block` rounded up, chosen so the blocks spread most evenly over
-/// `threads` workers that each take the next block when free (10000 targets on 2 threads:
-/// 208-row blocks split the rows 5008 / 4992, 256-row blocks 5120 / 4880).
-fn balanced_block(n_tgt: usize, block: usize, threads: usize) -> usize {
+/// A block size for the fused kernels: whole `panel`-row panels (a partial panel wastes kernel
+/// lanes), between half of `block` and `block` rounded up, chosen so the blocks spread most
+/// evenly over `threads` workers that each take the next block when free (10000 targets on 2
+/// threads, 16-row panels: 208-row blocks split the rows 5008 / 4992, 256-row blocks 5120 / 4880).
+fn balanced_block(n_tgt: usize, block: usize, threads: usize, panel: usize) -> usize {
     let threads = threads.max(1);
-    let max_panels = block.div_ceil(SIMD_PANEL).max(1);
+    let max_panels = block.div_ceil(panel).max(1);
     let mut best = (usize::MAX, max_panels);
     for panels in (max_panels.div_ceil(2)..=max_panels).rev() {
-        let size = panels * SIMD_PANEL;
-        let (full, rest) = (n_tgt / size, (n_tgt % size).next_multiple_of(SIMD_PANEL));
+        let size = panels * panel;
+        let (full, rest) = (n_tgt / size, (n_tgt % size).next_multiple_of(panel));
         // full blocks go round-robin; the short last one to a least-loaded worker
         let (most, least) = (full.div_ceil(threads) * size, (full / threads) * size);
         let makespan = if full % threads == 0 { least + rest } else { most.max(least + rest) };
@@ -231,20 +329,27 @@ fn balanced_block(n_tgt: usize, block: usize, threads: usize) -> usize {
             best = (makespan, panels);
         }
     }
-    best.1 * SIMD_PANEL
+    best.1 * panel
 }
 
 /// Runs the whole source past one block of targets, leaving the candidates in `finder`.
-fn scan_source(finder: &mut BlockSearch, src: &Rows<'_>, tgt: &Rows<'_>, t0: usize, src_norms: &[f32], use_simd: bool) {
+fn scan_source(finder: &mut BlockSearch, src: &Rows<'_>, tgt: &Rows<'_>, t0: usize, src_norms: &[f32], kernel: Kernel) {
     #[cfg(target_arch = "x86_64")]
-    if use_simd {
-        let packed = avx2::pack_targets(tgt, t0, finder.candidates.len());
-        // SAFETY: `use_simd` is only true after `simd_available()` found AVX2 and FMA.
-        if unsafe { avx2::scan(finder, &packed, src, src_norms) } {
+    {
+        let rows = finder.candidates.len();
+        // SAFETY: `kernel` passed `Kernel::require`, so the CPU has the features the kernel needs.
+        let done = match kernel {
+            Kernel::Avx512 => unsafe {
+                avx512::scan(finder, &pack_targets(tgt, t0, rows, kernel.panel()), src, src_norms)
+            },
+            Kernel::Avx2 => unsafe { avx2::scan(finder, &pack_targets(tgt, t0, rows, kernel.panel()), src, src_norms) },
+            Kernel::Portable => false,
+        };
+        if done {
             return;
         }
     }
-    let _ = use_simd;
+    let _ = kernel;
     for s0 in (0..src.rows).step_by(SOURCE_TILE) {
         let cols = SOURCE_TILE.min(src.rows - s0);
         finder.scan_tile(src, tgt, t0, s0, cols, src_norms);
@@ -292,7 +397,7 @@ struct BlockSearch {
     /// Per row: keep a source row when its approximate distance is <= this.
     threshold: Vec<f64>,
     /// `threshold` rounded up to float32, padded with NaN (which passes no test) to whole
-    /// `SIMD_PANEL`s for the AVX2 kernel.
+    /// `MAX_PANEL`s for the fused kernels.
     thr32: Vec<f32>,
     /// Per row: prune the candidate list when it grows past this.
     prune_at: Vec<usize>,
@@ -306,7 +411,7 @@ impl BlockSearch {
     fn new(tgt: &Rows<'_>, t0: usize, rows: usize, k: usize, error_bound: impl Fn(f64) -> f64) -> Self {
         let first_prune = (4 * k).max(64);
         let window = (0..rows).map(|r| 2.0 * error_bound(sq_norm(tgt.row(t0 + r)))).collect();
-        let mut thr32 = vec![f32::NAN; rows.next_multiple_of(SIMD_PANEL)];
+        let mut thr32 = vec![f32::NAN; rows.next_multiple_of(MAX_PANEL)];
         thr32[..rows].fill(f32::INFINITY);
         BlockSearch {
             k,
@@ -405,14 +510,37 @@ impl BlockSearch {
     /// The k nearest by exact distance among the surviving candidates, ordered by (distance, index).
     fn exact_top_k(&mut self, r: usize, t: &[f32], src: &Rows<'_>) -> Vec<(f64, usize)> {
         self.prune(r);
-        let mut exact: Vec<(f64, usize)> = self.candidates[r]
-            .iter()
-            .map(|&(_, j)| (exact_sq_dist(t, src.row(j as usize)), j as usize))
-            .collect();
+        let mut exact: Vec<(f64, usize)> =
+            self.candidates[r].iter().map(|&(_, j)| (exact_sq_dist(t, src.row(j as usize)), j as usize)).collect();
         exact.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         exact.truncate(self.k);
         exact
     }
+}
+
+/// Sixteen floats on one cache line: the unit of the packed target panels.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Line([f32; 16]);
+
+/// Packs target rows `t0..t0 + rows` into `ceil(rows / panel)` panels of `d` depth steps each
+/// (`panel` a multiple of 16): step `kk` of panel `p` holds column `kk` of rows
+/// `panel * p..panel * (p + 1)`, so one depth step is `panel / 16` aligned vector loads. Missing
+/// rows are zero.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_targets(tgt: &Rows<'_>, t0: usize, rows: usize, panel: usize) -> Vec<Line> {
+    let d = tgt.cols;
+    let lines = panel / 16;
+    let mut packed = vec![Line([0.0; 16]); rows.div_ceil(panel) * d * lines];
+    for r in 0..rows {
+        let (p, lane) = (r / panel, r % panel);
+        let steps = &mut packed[p * d * lines..(p + 1) * d * lines];
+        for (kk, &v) in tgt.row(t0 + r).iter().enumerate() {
+            steps[kk * lines + lane / 16].0[lane % 16] = v;
+        }
+    }
+    packed
 }
 
 /// The AVX2+FMA kernel with the threshold test fused in (see the module doc).
@@ -420,30 +548,12 @@ impl BlockSearch {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BlockSearch, Rows, SIMD_PANEL};
+    use super::{push_hits, BlockSearch, Line, Rows};
 
+    /// Target rows per packed panel: two 8-lane registers.
+    const SIMD_PANEL: usize = 16;
     /// Source rows per micro-tile: 6 x 2 accumulators + 2 panel loads + 1 broadcast = 15 ymm.
     const MR: usize = 6;
-
-    /// One depth step of a packed target panel: 16 floats, one cache line.
-    #[repr(C, align(64))]
-    #[derive(Clone, Copy)]
-    pub(super) struct Line([f32; SIMD_PANEL]);
-
-    /// Packs target rows `t0..t0 + rows` into `ceil(rows / 16)` panels of `d` lines each:
-    /// line `p * d + kk` holds column `kk` of rows `16p..16p + 16`; missing rows are zero.
-    pub(super) fn pack_targets(tgt: &Rows<'_>, t0: usize, rows: usize) -> Vec<Line> {
-        let d = tgt.cols;
-        let mut packed = vec![Line([0.0; SIMD_PANEL]); rows.div_ceil(SIMD_PANEL) * d];
-        for r in 0..rows {
-            let (panel, lane) = (r / SIMD_PANEL, r % SIMD_PANEL);
-            let lines = &mut packed[panel * d..(panel + 1) * d];
-            for (line, &v) in lines.iter_mut().zip(tgt.row(t0 + r)) {
-                line.0[lane] = v;
-            }
-        }
-        packed
-    }
 
     /// Runs every source row past the packed targets of `finder`'s block. Returns false, having
     /// done nothing, when the buffers do not match the shapes (a bug; the caller falls back).
@@ -461,7 +571,7 @@ mod avx2 {
             || packed.len() != panels * d
             || src_norms.len() != n_src
             || src.data.len() != n_src * d
-            || finder.thr32.len() != panels * SIMD_PANEL
+            || finder.thr32.len() < panels * SIMD_PANEL
         {
             return false;
         }
@@ -510,24 +620,146 @@ mod avx2 {
                     for (i, v) in c.iter().enumerate() {
                         _mm256_storeu_ps(approx.as_mut_ptr().add(8 * i), *v);
                     }
-                    push_hits(finder, p * SIMD_PANEL, &approx, s, n_src);
+                    push_hits(finder, p * SIMD_PANEL, &approx, SIMD_PANEL, s, n_src);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Pushes every (target row `r0 + lane`, source row `s + i`) of a fused kernel's tile whose
+/// approximate distance `approx[panel * i + lane]` passes the row's current threshold.
+#[cold]
+#[inline(never)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn push_hits(finder: &mut BlockSearch, r0: usize, approx: &[f32], panel: usize, s: usize, n_src: usize) {
+    let lanes = panel.min(finder.candidates.len().saturating_sub(r0));
+    for (i, row) in approx.chunks_exact(panel).enumerate().take(n_src.saturating_sub(s)) {
+        for (lane, &a) in row.iter().enumerate().take(lanes) {
+            // read afresh: a push may have pruned and lowered the threshold
+            if a <= finder.thr32[r0 + lane] {
+                finder.push(r0 + lane, a, (s + i) as u32);
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernel: the AVX2 kernel's design at twice the width (see the module doc).
+#[cfg(target_arch = "x86_64")]
+// The register tile is indexed like the maths, c[i][j]: source row i, target vector j.
+#[allow(clippy::needless_range_loop)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockSearch, Line, Rows};
+
+    /// Registers per target panel step (16 lanes each).
+    const NV: usize = 2;
+    /// Target rows per packed panel.
+    const PANEL: usize = 16 * NV;
+    /// Source rows per micro-tile: 14 x 2 accumulators + 2 panel loads = 30 of the 32 zmm
+    /// registers; the source values are broadcast straight from memory.
+    const MR: usize = 14;
+
+    /// Runs every source row past the packed targets of `finder`'s block. Returns false, having
+    /// done nothing, when the buffers do not match the shapes (a bug; the caller falls back).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F. `packed` must come from [`super::pack_targets`] with a
+    /// panel of 32 for this block (`finder.candidates.len()` rows of `src.cols` columns), and
+    /// `src_norms` must hold one norm per source row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan(finder: &mut BlockSearch, packed: &[Line], src: &Rows<'_>, src_norms: &[f32]) -> bool {
+        let d = src.cols;
+        let n_src = src.rows;
+        let panels = finder.candidates.len().div_ceil(PANEL);
+        if d == 0
+            || packed.len() != panels * d * NV
+            || src_norms.len() != n_src
+            || src.data.len() != n_src * d
+            || finder.thr32.len() < panels * PANEL
+        {
+            return false;
+        }
+        // The short last group of source rows runs from a zero-padded copy, so the hot loop
+        // addresses every group's rows as base + i * d; the padding rows get NaN norms
+        // (NaN <= x is false).
+        let full = n_src - n_src % MR;
+        let mut tail = vec![0f32; if full < n_src { MR * d } else { 0 }];
+        tail[..(n_src - full) * d].copy_from_slice(&src.data[full * d..]);
+        let two = _mm512_set1_ps(2.0);
+        let mut approx = [0f32; MR * PANEL];
+        for s in (0..n_src).step_by(MR) {
+            let base = if s < full { src.data.as_ptr().add(s * d) } else { tail.as_ptr() };
+            let mut norms = [f32::NAN; MR];
+            norms[..MR.min(n_src - s)].copy_from_slice(&src_norms[s..(s + MR).min(n_src)]);
+            for p in 0..panels {
+                let mut a = packed.as_ptr().add(p * d * NV) as *const f32;
+                let mut b = base;
+                let mut c = [[_mm512_setzero_ps(); NV]; MR];
+                for _ in 0..d {
+                    let mut t = [_mm512_setzero_ps(); NV];
+                    for j in 0..NV {
+                        t[j] = _mm512_load_ps(a.add(16 * j));
+                    }
+                    for i in 0..MR {
+                        let x = _mm512_set1_ps(*b.add(i * d));
+                        for j in 0..NV {
+                            c[i][j] = _mm512_fmadd_ps(x, t[j], c[i][j]);
+                        }
+                    }
+                    a = a.add(PANEL);
+                    b = b.add(1);
+                }
+                // approx = |s|^2 - 2 t.s, then one test for the tile through the lane minimum
+                // (see the AVX2 kernel).
+                let mut min = [_mm512_set1_ps(f32::INFINITY); NV];
+                for i in 0..MR {
+                    let norm = _mm512_set1_ps(norms[i]);
+                    for j in 0..NV {
+                        c[i][j] = _mm512_fnmadd_ps(two, c[i][j], norm);
+                        min[j] = _mm512_min_ps(c[i][j], min[j]);
+                    }
+                }
+                let thr = finder.thr32.as_ptr().add(p * PANEL);
+                let mut hit: __mmask16 = 0;
+                for j in 0..NV {
+                    hit |= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(min[j], _mm512_loadu_ps(thr.add(16 * j)));
+                }
+                if hit != 0 {
+                    for i in 0..MR {
+                        for j in 0..NV {
+                            _mm512_storeu_ps(approx.as_mut_ptr().add(PANEL * i + 16 * j), c[i][j]);
+                        }
+                    }
+                    push_hits_masked(finder, p * PANEL, &approx, s);
                 }
             }
         }
         true
     }
 
-    /// Pushes every (target row `r0 + lane`, source row `s + i`) of a tile whose approximate
-    /// distance `approx[16 i + lane]` passes the row's current threshold.
+    /// [`push_hits`] for the AVX-512 kernel: one masked compare finds the passing lanes of 16
+    /// target rows, so a tile with a single hit costs a few instructions rather than a scalar
+    /// test of each of its pairs. Padding (rows past the source, lanes past the block) is NaN in
+    /// `approx` or in the thresholds, and never passes.
     #[cold]
     #[inline(never)]
-    fn push_hits(finder: &mut BlockSearch, r0: usize, approx: &[f32; 2 * MR * 8], s: usize, n_src: usize) {
-        let lanes = SIMD_PANEL.min(finder.candidates.len().saturating_sub(r0));
-        for (i, row) in approx.chunks_exact(SIMD_PANEL).enumerate().take(n_src.saturating_sub(s)) {
-            for (lane, &a) in row.iter().enumerate().take(lanes) {
-                // read afresh: a push may have pruned and lowered the threshold
-                if a <= finder.thr32[r0 + lane] {
-                    finder.push(r0 + lane, a, (s + i) as u32);
+    #[target_feature(enable = "avx512f")]
+    unsafe fn push_hits_masked(finder: &mut BlockSearch, r0: usize, approx: &[f32; MR * PANEL], s: usize) {
+        for (i, row) in approx.chunks_exact(PANEL).enumerate() {
+            for (j, chunk) in row.chunks_exact(16).enumerate() {
+                let lane0 = r0 + 16 * j;
+                let thr = _mm512_loadu_ps(finder.thr32.as_ptr().add(lane0));
+                let mut hits = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_loadu_ps(chunk.as_ptr()), thr);
+                while hits != 0 {
+                    let lane = hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    // read afresh: a push may have pruned and lowered the threshold
+                    if chunk[lane] <= finder.thr32[lane0 + lane] {
+                        finder.push(lane0 + lane, chunk[lane], (s + i) as u32);
+                    }
                 }
             }
         }
@@ -596,32 +828,34 @@ mod tests {
         }
     }
 
-    /// Checks both kernels against brute force: indices and distances.
+    /// Checks every kernel this CPU runs against brute force: indices and distances.
     fn check_both_paths(src: &[f32], tgt: &[f32], d: usize, k: usize, threads: Option<usize>) {
         let (n_src, n_tgt) = (src.len() / d, tgt.len() / d);
         let want = brute(src, tgt, d, k);
         let mut results = Vec::new();
-        for use_simd in [true, false] {
-            let got = search(
+        for kernel in Kernel::available() {
+            let got = knn_search_with(
                 Rows::new("src_emb", src, n_src, d).unwrap(),
                 Rows::new("tgt_emb", tgt, n_tgt, d).unwrap(),
                 k,
                 threads,
-                use_simd,
+                kernel,
             )
             .unwrap();
             for (i, w) in want.iter().enumerate() {
                 let g: Vec<usize> = got.indices[i * k..(i + 1) * k].iter().map(|&j| j as usize).collect();
-                assert_eq!(&g, w, "row {i}, k {k}, d {d}, n_src {n_src}, simd {use_simd}");
+                assert_eq!(&g, w, "row {i}, k {k}, d {d}, n_src {n_src}, kernel {kernel:?}");
                 let t = &tgt[i * d..(i + 1) * d];
                 for (slot, &j) in w.iter().enumerate() {
                     let exact = exact_sq_dist(t, &src[j * d..(j + 1) * d]) as f32;
-                    assert_eq!(got.distances[i * k + slot], exact, "row {i}, slot {slot}, simd {use_simd}");
+                    assert_eq!(got.distances[i * k + slot], exact, "row {i}, slot {slot}, kernel {kernel:?}");
                 }
             }
             results.push(got);
         }
-        assert_eq!(results[0], results[1]);
+        for r in &results[1..] {
+            assert_eq!(&results[0], r);
+        }
     }
 
     /// Pseudo-random floats in [-1, 1).
@@ -691,14 +925,26 @@ mod tests {
     }
 
     #[test]
+    fn kernel_names_round_trip_and_portable_always_runs() {
+        for kernel in Kernel::ALL {
+            assert_eq!(Kernel::parse("kernel", kernel.name()), Ok(kernel));
+        }
+        assert!(matches!(Kernel::parse("kernel", "sse2"), Err(Error::InvalidArgument { arg: "kernel", .. })));
+        assert_eq!(Kernel::available().last(), Some(&Kernel::Portable));
+        assert_eq!(Kernel::Portable.require("kernel"), Ok(Kernel::Portable));
+    }
+
+    #[test]
     fn balanced_block_is_whole_panels_and_in_range() {
-        assert_eq!(balanced_block(10000, 256, 2), 208);
-        for n_tgt in [1usize, 7, 16, 100, 999, 10000, 123457] {
-            for threads in [1usize, 2, 3, 8, 64] {
-                let block = TARGET_BLOCK.min(n_tgt.div_ceil(threads * 4)).max(8);
-                let b = balanced_block(n_tgt, block, threads);
-                assert_eq!(b % SIMD_PANEL, 0);
-                assert!(b >= block / 2 && b <= block.next_multiple_of(SIMD_PANEL), "{n_tgt} {threads} {block} {b}");
+        assert_eq!(balanced_block(10000, 256, 2, 16), 208);
+        for panel in [16, 32] {
+            for n_tgt in [1usize, 7, 16, 100, 999, 10000, 123457] {
+                for threads in [1usize, 2, 3, 8, 64] {
+                    let block = TARGET_BLOCK.min(n_tgt.div_ceil(threads * 4)).max(8);
+                    let b = balanced_block(n_tgt, block, threads, panel);
+                    assert_eq!(b % panel, 0);
+                    assert!(b >= block / 2 && b <= block.next_multiple_of(panel), "{n_tgt} {threads} {block} {b}");
+                }
             }
         }
     }
@@ -725,22 +971,24 @@ mod tests {
         let tgt = lcg_floats(n_tgt * d, 2);
         let s = Rows::new("src_emb", &src, n_src, d).unwrap();
         let t = Rows::new("tgt_emb", &tgt, n_tgt, d).unwrap();
-        println!("simd available: {}", simd_available());
         let mut reference: Option<Neighbors> = None;
         for &threads in thread_counts {
-            for use_simd in [true, false] {
+            for kernel in Kernel::available() {
                 let mut best = f64::INFINITY;
                 for _ in 0..3 {
                     let start = std::time::Instant::now();
-                    let got = search(s, t, k, Some(threads), use_simd).unwrap();
+                    let got = knn_search_with(s, t, k, Some(threads), kernel).unwrap();
                     best = best.min(start.elapsed().as_secs_f64());
                     match &reference {
                         Some(r) => assert_eq!(r, &got),
                         None => reference = Some(got),
                     }
                 }
-                let name = if use_simd { "avx2 kernel" } else { "gemm crate" };
-                println!("{n_src}x{n_tgt}x{d} k={k}, {threads} thread(s), {name}: {best:.3} s (best of 3)");
+                let gflops = 2.0 * (n_src * n_tgt * d) as f64 / best / 1e9;
+                println!(
+                    "{n_src}x{n_tgt}x{d} k={k}, {threads} thread(s), {} kernel: {best:.3} s (best of 3), {gflops:.0} GFLOP/s",
+                    kernel.name()
+                );
             }
         }
     }
@@ -766,8 +1014,9 @@ mod tests {
         let src = [0.0f32, 1.0, 2.0, 10.0, 11.0];
         let labels = [4i64, 4, 9, 1, 1];
         let tgt = [0.4f32, 10.6];
-        let pred = knn_predict(Rows::new("s", &src, 5, 1).unwrap(), &labels, Rows::new("t", &tgt, 2, 1).unwrap(), 3, None)
-            .unwrap();
+        let pred =
+            knn_predict(Rows::new("s", &src, 5, 1).unwrap(), &labels, Rows::new("t", &tgt, 2, 1).unwrap(), 3, None)
+                .unwrap();
         assert_eq!(pred, vec![4, 1]);
     }
 

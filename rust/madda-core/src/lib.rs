@@ -16,5 +16,5 @@ pub mod pool;
 pub mod triplets;
 
 pub use error::Error;
-pub use knn::{knn_predict, knn_search, vote, Neighbors};
+pub use knn::{knn_predict, knn_predict_with, knn_search, knn_search_with, vote, Kernel, Neighbors};
 pub use triplets::{triplets, NegativeMode, TripletOptions, MAX_TRIPLETS};

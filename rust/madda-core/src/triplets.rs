@@ -96,37 +96,43 @@ pub fn triplets(labels: &[i64], opts: &TripletOptions<'_>) -> Result<Vec<i64>, E
             ),
         });
     }
-    let ctx = Ctx { order: &order, b, opts, dists, key: mix(opts.seed) };
+    let ctx = Ctx { labels, order: &order, b, opts, dists, key: mix(opts.seed) };
     let parallel = pairs >= PARALLEL_MIN_PAIRS;
-    if dists.is_none() {
-        // Every pair yields exactly one triple: write straight into the output, one slice per anchor.
-        let mut out = vec![0i64; 3 * pairs];
-        let mut slices = Vec::with_capacity(tasks.len());
-        let mut rest = out.as_mut_slice();
-        for &(_, end, p, _) in &tasks {
-            let (head, tail) = rest.split_at_mut(3 * (end - p - 1));
-            slices.push(head);
-            rest = tail;
-        }
-        let fill = |(task, slice): (&(usize, usize, usize, usize), &mut &mut [i64])| {
-            let &(start, end, p, first) = task;
-            ctx.random_negatives(start, end, p, first, slice);
-        };
-        if parallel {
-            pool::get(opts.threads).install(|| tasks.par_iter().zip(slices.par_iter_mut()).for_each(fill));
-        } else {
-            tasks.iter().zip(slices.iter_mut()).for_each(fill);
-        }
-        return Ok(out);
+    // One slice of the output per anchor, three values per pair, filled in parallel. Distance
+    // modes skip pairs without a qualifying negative: they report how many rows they wrote, and
+    // the rows are closed up afterwards (in place: one pass, no second buffer).
+    let mut out = vec![0i64; 3 * pairs];
+    let mut slices = Vec::with_capacity(tasks.len());
+    let mut rest = out.as_mut_slice();
+    for &(_, end, p, _) in &tasks {
+        let (head, tail) = rest.split_at_mut(3 * (end - p - 1));
+        slices.push(head);
+        rest = tail;
     }
-    // Distance modes skip pairs without a qualifying negative, so sizes are known only afterwards.
-    let per_anchor = |&(start, end, p, first): &(usize, usize, usize, usize)| ctx.mined_negatives(start, end, p, first);
-    let chunks: Vec<Vec<i64>> = if parallel {
-        pool::get(opts.threads).install(|| tasks.par_iter().map(per_anchor).collect())
-    } else {
-        tasks.iter().map(per_anchor).collect()
+    let fill = |(task, slice): (&(usize, usize, usize, usize), &mut &mut [i64])| -> usize {
+        let &(start, end, p, first) = task;
+        if dists.is_none() {
+            ctx.random_negatives(start, end, p, first, slice);
+            end - p - 1
+        } else {
+            ctx.mined_negatives(start, end, p, first, slice)
+        }
     };
-    Ok(chunks.concat())
+    let written: Vec<usize> = if parallel {
+        pool::get(opts.threads).install(|| tasks.par_iter().zip(slices.par_iter_mut()).map(fill).collect())
+    } else {
+        tasks.iter().zip(slices.iter_mut()).map(fill).collect()
+    };
+    if dists.is_some() {
+        let (mut from, mut to) = (0, 0);
+        for (&(_, end, p, _), &rows) in tasks.iter().zip(&written) {
+            out.copy_within(from..from + 3 * rows, to);
+            from += 3 * (end - p - 1);
+            to += 3 * rows;
+        }
+        out.truncate(to);
+    }
+    Ok(out)
 }
 
 fn check<'a>(b: usize, opts: &TripletOptions<'a>) -> Result<Option<&'a [f64]>, Error> {
@@ -139,12 +145,14 @@ fn check<'a>(b: usize, opts: &TripletOptions<'a>) -> Result<Option<&'a [f64]>, E
             "sq_dists",
             "is only used by negatives='violating', 'hardest' or 'semihard'; got it with negatives='random'",
         )),
-        (_, None) => Err(Error::arg("sq_dists", "expected the batch's (B x B) squared distances for this mode, got None")),
+        (_, None) => {
+            Err(Error::arg("sq_dists", "expected the batch's (B x B) squared distances for this mode, got None"))
+        }
         (_, Some(d)) => {
             if d.len() != b * b {
                 return Err(Error::arg("sq_dists", format!("expected {b} x {b} = {} values, got {}", b * b, d.len())));
             }
-            if let Some(pos) = d.iter().position(|v| !v.is_finite()) {
+            if let Some(pos) = first_non_finite(d, opts.threads) {
                 return Err(Error::arg(
                     "sq_dists",
                     format!("expected finite values, got {} at ({}, {})", d[pos], pos / b, pos % b),
@@ -155,7 +163,25 @@ fn check<'a>(b: usize, opts: &TripletOptions<'a>) -> Result<Option<&'a [f64]>, E
     }
 }
 
+/// The position of the first NaN or infinity in `values`. A batch of 4096 has 16.8 M distances
+/// (134 MB), so the scan is branch-free (vectorised) chunk by chunk, and parallel when large.
+fn first_non_finite(values: &[f64], threads: Option<usize>) -> Option<usize> {
+    const CHUNK: usize = 1 << 14;
+    let clean = |c: &[f64]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+    let all_clean = if values.len() >= 1 << 20 {
+        pool::get(threads).install(|| values.par_chunks(CHUNK).all(clean))
+    } else {
+        values.chunks(CHUNK).all(clean)
+    };
+    if all_clean {
+        None
+    } else {
+        values.iter().position(|v| !v.is_finite())
+    }
+}
+
 struct Ctx<'a> {
+    labels: &'a [i64],
     order: &'a [u32],
     b: usize,
     opts: &'a TripletOptions<'a>,
@@ -166,25 +192,28 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The r-th negative of group `order[start..end]`: order[..start] ++ order[end..], unbuilt.
+    /// Branch-free: r is random, so a branch on it would mispredict half the time.
     fn negative(&self, start: usize, end: usize, r: usize) -> i64 {
-        (if r < start { self.order[r] } else { self.order[r + end - start] }) as i64
+        self.order[r + (r >= start) as usize * (end - start)] as i64
     }
 
     /// Writes the triples whose anchor is `order[p]` with uniformly drawn negatives.
     fn random_negatives(&self, start: usize, end: usize, p: usize, first_pair: usize, out: &mut [i64]) {
         let a = self.order[p] as i64;
-        let n_neg = (self.b - (end - start)) as u64;
+        let below = Below::new((self.b - (end - start)) as u64);
         for (q, (&pos, row)) in self.order[p + 1..end].iter().zip(out.chunks_exact_mut(3)).enumerate() {
-            let r = uniform_below(self.key, (first_pair + q) as u64, n_neg) as usize;
+            let r = below.draw(self.key, (first_pair + q) as u64) as usize;
             row.copy_from_slice(&[a, pos as i64, self.negative(start, end, r)]);
         }
     }
 
-    /// The triples whose anchor is `order[p]`, negatives mined from the distance matrix.
-    fn mined_negatives(&self, start: usize, end: usize, p: usize, first_pair: usize) -> Vec<i64> {
-        let Some(dists) = self.dists else { return Vec::new() };
+    /// Writes the triples whose anchor is `order[p]`, negatives mined from the distance matrix,
+    /// to the front of `out` (three values per pair of this anchor); returns how many it wrote.
+    fn mined_negatives(&self, start: usize, end: usize, p: usize, first_pair: usize, out: &mut [i64]) -> usize {
+        let Some(dists) = self.dists else { return 0 };
         let a = self.order[p] as usize;
         let row = &dists[a * self.b..(a + 1) * self.b];
+        prefetch(row);
         let n_neg = self.b - (end - start);
         let (mode, margin) = (self.opts.mode, self.opts.margin);
         let by_distance = |x: &(f64, i64), y: &(f64, i64)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
@@ -192,58 +221,144 @@ impl Ctx<'_> {
             let n = self.negative(start, end, r);
             (row[n as usize], n)
         };
-        let positives = self.order[p + 1..end].iter().enumerate();
-        let mut out = Vec::new();
+        let positives = &self.order[p + 1..end];
+        let mut rows = 0;
+        let mut emit = |pos: u32, n: i64| {
+            out[3 * rows..3 * rows + 3].copy_from_slice(&[a as i64, pos as i64, n]);
+            rows += 1;
+        };
         if mode == NegativeMode::Hardest {
             // The nearest negative does not depend on the positive: one scan per anchor.
-            let Some((d_min, n_min)) = (0..n_neg).map(with_distance).min_by(by_distance) else { return out };
-            for (_, &pos) in positives {
+            let Some((d_min, n_min)) = (0..n_neg).map(with_distance).min_by(by_distance) else { return 0 };
+            for &pos in positives {
                 if row[pos as usize] - d_min + margin > 0.0 {
-                    out.extend_from_slice(&[a as i64, pos as i64, n_min]);
+                    emit(pos, n_min);
                 }
             }
-            return out;
+            return rows;
         }
-        let admissible = |d_ap: f64, d_an: f64| {
-            d_ap - d_an + margin > 0.0 && (mode != NegativeMode::SemiHard || d_an > d_ap)
-        };
-        // Built only when rejection sampling fails for some pair of this anchor.
-        let mut sorted: Option<Vec<(f64, i64)>> = None;
-        for (q, &pos) in positives {
+        let admissible =
+            |d_ap: f64, d_an: f64| d_ap - d_an + margin > 0.0 && (mode != NegativeMode::SemiHard || d_an > d_ap);
+        let tries = rejection_tries(mode);
+        let below = Below::new(n_neg as u64);
+        // Rejection sampling first: exactly uniform over the admissible set when it succeeds.
+        // `NONE_YET` marks the pairs where it failed.
+        const NONE_YET: i64 = -1;
+        let mut picks = vec![NONE_YET; positives.len()];
+        let mut widest = f64::NEG_INFINITY; // the largest d_ap among the pairs left over
+        for (q, (&pos, pick)) in positives.iter().zip(picks.iter_mut()).enumerate() {
             let d_ap = row[pos as usize];
-            let stream = ((first_pair + q) as u64) * (REJECTION_TRIES + 1);
-            // Rejection sampling is exactly uniform over the admissible set when it succeeds, and
-            // so is the sorted fallback: the mixture of the two is uniform as well.
-            let drawn = (0..REJECTION_TRIES).find_map(|t| {
-                let (d_an, n) = with_distance(uniform_below(self.key, stream + t, n_neg as u64) as usize);
-                admissible(d_ap, d_an).then_some(n)
-            });
-            let pick = drawn.or_else(|| {
-                let negs = sorted.get_or_insert_with(|| {
-                    let mut v: Vec<(f64, i64)> = (0..n_neg).map(with_distance).collect();
-                    v.sort_unstable_by(by_distance);
-                    v
-                });
-                // d_ap - d_an + margin > 0 is monotone in d_an (rounding is monotone): a prefix.
-                let hi = negs.partition_point(|&(d_an, _)| d_ap - d_an + margin > 0.0);
-                let lo = match mode {
-                    NegativeMode::SemiHard => negs[..hi].partition_point(|&(d_an, _)| d_an <= d_ap),
-                    _ => 0,
-                };
-                (lo < hi).then(|| {
-                    negs[lo + uniform_below(self.key, stream + REJECTION_TRIES, (hi - lo) as u64) as usize].1
-                })
-            });
-            if let Some(n) = pick {
-                out.extend_from_slice(&[a as i64, pos as i64, n]);
+            let stream = ((first_pair + q) as u64) * (tries + 1);
+            // Eight draws at a time, tested without branches; the first admissible one wins, as
+            // if they had been tried one by one (independent draws also keep the CPU busier).
+            let mut drawn = None;
+            for t0 in (0..tries).step_by(DRAWS_AT_ONCE as usize) {
+                let mut found = [0i64; DRAWS_AT_ONCE as usize];
+                let mut mask = 0u32;
+                for (i, slot) in found.iter_mut().enumerate() {
+                    let (d_an, n) = with_distance(below.draw(self.key, stream + t0 + i as u64) as usize);
+                    *slot = n;
+                    mask |= (admissible(d_ap, d_an) as u32) << i;
+                }
+                if mask != 0 {
+                    drawn = Some(found[mask.trailing_zeros() as usize]);
+                    break;
+                }
+            }
+            match drawn {
+                Some(n) => *pick = n,
+                None => widest = widest.max(d_ap),
             }
         }
-        out
+        // The rest draw from the anchor's negatives sorted by (distance, index), where the
+        // admissible set of a pair is a range: d_ap - d_an + margin > 0 is monotone in d_an and
+        // in d_ap (rounding is monotone), so every range lies inside the prefix admitted by the
+        // widest pair. Only that prefix is gathered and sorted; the mixture of the two draws is
+        // exactly uniform, and each fallback pick is the one a sort of all negatives would give.
+        if widest > f64::NEG_INFINITY {
+            // Branch-free gather (about half the negatives pass, so a branch would mispredict),
+            // keyed by integers in the order of (total_cmp, index): sorting them is about twice
+            // as fast as comparing through closures.
+            // The row is read in index order (the sort fixes the order anyway), and a negative
+            // is any position with another label.
+            let label = self.labels[a];
+            let mut negs = vec![(0u64, 0i64); self.b];
+            let mut len = 0;
+            for (n, (&d_an, &l)) in row.iter().zip(self.labels).enumerate() {
+                negs[len] = (order_key(d_an), n as i64);
+                len += (l != label && widest - d_an + margin > 0.0) as usize;
+            }
+            negs.truncate(len);
+            negs.sort_unstable();
+            for (q, (&pos, pick)) in positives.iter().zip(picks.iter_mut()).enumerate() {
+                if *pick != NONE_YET {
+                    continue;
+                }
+                let d_ap = row[pos as usize];
+                let stream = ((first_pair + q) as u64) * (tries + 1);
+                let hi = negs.partition_point(|&(key, _)| d_ap - from_order_key(key) + margin > 0.0);
+                let lo = match mode {
+                    NegativeMode::SemiHard => negs[..hi].partition_point(|&(key, _)| from_order_key(key) <= d_ap),
+                    _ => 0,
+                };
+                if lo < hi {
+                    *pick = negs[lo + uniform_below(self.key, stream + tries, (hi - lo) as u64) as usize].1;
+                }
+            }
+        }
+        for (&pos, &n) in positives.iter().zip(&picks) {
+            if n != NONE_YET {
+                emit(pos, n);
+            }
+        }
+        rows
     }
 }
 
-/// Uniform draws tried per pair before falling back to sorting the anchor's negatives.
-const REJECTION_TRIES: u64 = 8;
+/// Asks the CPU to bring `row` into cache. The draws below read it at random positions, and a
+/// row of a large batch (32 KiB at B = 4096) is usually in memory, not cache: streaming it in
+/// once is far cheaper than a cache miss on every draw.
+fn prefetch(row: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(8) {
+        // SAFETY: prefetching never faults, and SSE is part of x86-64.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Draws evaluated together; must divide both counts of `rejection_tries`.
+const DRAWS_AT_ONCE: u64 = 8;
+
+/// Uniform draws tried per pair before falling back to the sorted negatives. A pair whose
+/// admissible negatives are a fraction f of all falls back with probability (1 - f)^tries, and
+/// an anchor with any such pair gathers and sorts the negatives the widest of them admits, which
+/// costs far more than a draw. Violators are usually a large fraction: with 128 draws a pair
+/// whose violator fraction is uniformly spread falls back about 1 time in 129, and the pairs that
+/// do have few violators, so the gathered prefix is short. Semi-hard negatives are a small
+/// fraction, where more draws cost more than they save (8 also keeps their output as before).
+fn rejection_tries(mode: NegativeMode) -> u64 {
+    match mode {
+        NegativeMode::Violating => 128,
+        _ => 8,
+    }
+}
+
+/// An integer whose order is `f64::total_cmp`'s (the transform `total_cmp` itself uses).
+fn order_key(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(key: u64) -> f64 {
+    f64::from_bits(if key >> 63 == 1 { key & !(1 << 63) } else { !key })
+}
 
 const GOLDEN: u64 = 0x9e3779b97f4a7c15;
 
@@ -255,16 +370,34 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// An exactly uniform integer in [0, n) from position `counter` of the SplitMix64 stream keyed
-/// by `key` (Lemire's multiply-and-reject; the division runs only in the rare rejection zone).
-/// `n` must be positive.
+/// by `key` (Lemire's multiply-and-reject). `n` must be positive.
 fn uniform_below(key: u64, counter: u64, n: u64) -> u64 {
-    let mut state = key.wrapping_add(counter.wrapping_mul(GOLDEN));
-    loop {
-        state = state.wrapping_add(GOLDEN);
-        let wide = (mix(state) as u128) * (n as u128);
-        let low = wide as u64;
-        if low >= n || low >= n.wrapping_neg() % n {
-            return (wide >> 64) as u64;
+    Below::new(n).draw(key, counter)
+}
+
+/// [`uniform_below`] for many draws with the same `n`: the rejection threshold (a 64-bit
+/// division) is computed once, not on every draw, where a compiler may hoist it out of the
+/// branch that usually skips it.
+#[derive(Clone, Copy)]
+struct Below {
+    n: u64,
+    /// Lemire's threshold 2^64 mod n: a low half below it is rejected.
+    threshold: u64,
+}
+
+impl Below {
+    fn new(n: u64) -> Self {
+        Below { n, threshold: n.wrapping_neg() % n }
+    }
+
+    fn draw(self, key: u64, counter: u64) -> u64 {
+        let mut state = key.wrapping_add(counter.wrapping_mul(GOLDEN));
+        loop {
+            state = state.wrapping_add(GOLDEN);
+            let wide = (mix(state) as u128) * (self.n as u128);
+            if wide as u64 >= self.threshold {
+                return (wide >> 64) as u64;
+            }
         }
     }
 }
@@ -333,6 +466,38 @@ mod tests {
         assert!(NegativeMode::parse("nearest").is_err());
         let big: Vec<i64> = vec![0; 20_000].into_iter().chain([1]).collect();
         assert!(matches!(triplets(&big, &opts(NegativeMode::Random, None)), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn order_key_orders_as_total_cmp_and_inverts() {
+        let xs =
+            [f64::NEG_INFINITY, -1e300, -1.0, -f64::MIN_POSITIVE, -0.0, 0.0, 5e-324, 1.0, 2.5, 1e300, f64::INFINITY];
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+            for &y in &xs[i..] {
+                assert_eq!(order_key(x).cmp(&order_key(y)), x.total_cmp(&y), "{x} {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn below_draws_as_the_lemire_loop() {
+        // The threshold test equals the textbook `low >= n || low >= (2^64 - n) % n`.
+        for n in [1u64, 2, 3, 7, 1000, (1 << 63) + 5, u64::MAX] {
+            let below = Below::new(n);
+            for c in 0..200u64 {
+                let mut state = 9u64.wrapping_add(c.wrapping_mul(GOLDEN));
+                let want = loop {
+                    state = state.wrapping_add(GOLDEN);
+                    let wide = (mix(state) as u128) * (n as u128);
+                    let low = wide as u64;
+                    if low >= n || low >= n.wrapping_neg() % n {
+                        break (wide >> 64) as u64;
+                    }
+                };
+                assert_eq!(below.draw(9, c), want);
+            }
+        }
     }
 
     #[test]

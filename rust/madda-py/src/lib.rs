@@ -5,8 +5,8 @@
 //! around the work, and hand the result vectors to NumPy without copying.
 
 use madda_core::knn::Rows;
-use madda_core::{Error, NegativeMode, TripletOptions};
-use numpy::{IntoPyArray, PyUntypedArrayMethods, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use madda_core::{Error, Kernel, NegativeMode, TripletOptions};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -31,26 +31,42 @@ fn rows<'a>(arg: &'static str, array: &'a PyReadonlyArray2<'_, f32>) -> PyResult
     Rows::new(arg, contiguous(arg, array)?, n, d).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// `knn_search`'s result: (distances, indices), each (n_tgt, k).
+type DistancesIndices<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+
+/// The kNN kernel to run: the named one (an error if this CPU lacks it), else the default.
+fn kernel(name: Option<&str>) -> PyResult<Kernel> {
+    let kernel = match name {
+        Some(name) => Kernel::parse("kernel", name).and_then(|k| k.require("kernel")),
+        None => Kernel::default_for_cpu(),
+    };
+    kernel.map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pyfunction]
-#[pyo3(signature = (src_emb, tgt_emb, k, threads=None))]
+#[pyo3(signature = (src_emb, tgt_emb, k, threads=None, kernel=None))]
 fn knn_search<'py>(
     py: Python<'py>,
     src_emb: PyReadonlyArray2<'py, f32>,
     tgt_emb: PyReadonlyArray2<'py, f32>,
     k: usize,
     threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+    kernel: Option<&str>,
+) -> PyResult<DistancesIndices<'py>> {
     let (src, tgt) = (rows("src_emb", &src_emb)?, rows("tgt_emb", &tgt_emb)?);
-    let nn = run_detached(py, || madda_core::knn_search(src, tgt, k, threads))?;
+    let kernel = self::kernel(kernel)?;
+    let nn = run_detached(py, || madda_core::knn_search_with(src, tgt, k, threads, kernel))?;
     let n_tgt = nn.indices.len() / k.max(1);
-    let dist = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.distances).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let dist = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.distances)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     let idx = numpy::ndarray::Array2::from_shape_vec((n_tgt, k), nn.indices)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((dist.into_pyarray(py), idx.into_pyarray(py)))
 }
 
 #[pyfunction]
-#[pyo3(signature = (src_emb, src_y, tgt_emb, k, threads=None))]
+#[pyo3(signature = (src_emb, src_y, tgt_emb, k, threads=None, kernel=None))]
+#[allow(clippy::too_many_arguments)]
 fn knn_predict<'py>(
     py: Python<'py>,
     src_emb: PyReadonlyArray2<'py, f32>,
@@ -58,10 +74,12 @@ fn knn_predict<'py>(
     tgt_emb: PyReadonlyArray2<'py, f32>,
     k: usize,
     threads: Option<usize>,
+    kernel: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let (src, tgt) = (rows("src_emb", &src_emb)?, rows("tgt_emb", &tgt_emb)?);
     let labels = contiguous("src_y", &src_y)?;
-    let pred = run_detached(py, || madda_core::knn_predict(src, labels, tgt, k, threads))?;
+    let kernel = self::kernel(kernel)?;
+    let pred = run_detached(py, || madda_core::knn_predict_with(src, labels, tgt, k, threads, kernel))?;
     Ok(pred.into_pyarray(py))
 }
 
@@ -95,12 +113,27 @@ fn default_threads() -> usize {
     madda_core::pool::default_threads()
 }
 
+/// The kNN kernel a call without `kernel=` runs: the widest this CPU supports, capped by
+/// `MADDA_KNN_KERNEL` when set.
+#[pyfunction]
+fn knn_kernel() -> PyResult<&'static str> {
+    Ok(kernel(None)?.name())
+}
+
+/// The kNN kernels this CPU runs, fastest first.
+#[pyfunction]
+fn knn_kernels() -> Vec<&'static str> {
+    Kernel::available().iter().map(|k| k.name()).collect()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(knn_search, m)?)?;
     m.add_function(wrap_pyfunction!(knn_predict, m)?)?;
     m.add_function(wrap_pyfunction!(triplets, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(knn_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(knn_kernels, m)?)?;
     m.add("MAX_TRIPLETS", madda_core::MAX_TRIPLETS)?;
     m.add_class::<index::KnnIndex>()?;
     m.add_function(wrap_pyfunction!(index::merge_knn, m)?)?;
