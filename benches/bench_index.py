@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import madda_rs
+
 from _bench import QUICK, THREADS, best_time, write_table
 
 # Shards of SHARD_ROWS x D float32 rows, then N_TGT targets and K neighbours.

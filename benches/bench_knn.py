@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import madda_rs
+
 from _bench import QUICK, THREADS, best_time, write_table
 from _peers import GEMMS, PEERS, blas_cores, cpu_coretype, faiss, limit_threads
 

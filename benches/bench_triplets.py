@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import madda_rs
+
 from _bench import QUICK, THREADS, best_time, write_table
 from _peers import numpy_triplets, python_triplets
 

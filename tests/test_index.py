@@ -17,10 +17,11 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_knn import int_problems, real_problems
 
 import madda_rs
+
 from reference import vote_ref
-from test_knn import int_problems, real_problems
 
 # ----------------------------------------------------------------------------------------------
 # Helpers

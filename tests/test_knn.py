@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import madda_rs
+
 from reference import ambiguous_rows, knn_order_ref, knn_predict_ref, knn_search_ref, sq_dists_ref
 
 LABEL_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import madda_rs
+
 from reference import hardest_negative_ref, triplet_pairs_ref, triplets_ref
 
 DIST_MODES = ["violating", "hardest", "semihard"]

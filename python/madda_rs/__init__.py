@@ -342,20 +342,24 @@ def triplets(
     if sq_dists is not None:
         dists = _numeric("sq_dists", sq_dists)
         if dists.shape != (y.shape[0], y.shape[0]):
-            raise ValueError(f"sq_dists: expected shape ({y.shape[0]}, {y.shape[0]}) to match labels, got {dists.shape}")
+            n = y.shape[0]
+            raise ValueError(f"sq_dists: expected shape ({n}, {n}) to match labels, got {dists.shape}")
         dists = np.ascontiguousarray(dists, dtype=np.float64)
     if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
     try:
         margin = float(margin)
     except OverflowError:
-        raise ValueError(f"margin: expected a finite number, got an integer of {int(margin).bit_length()} bits") from None
+        bits = int(margin).bit_length()
+        raise ValueError(f"margin: expected a finite number, got an integer of {bits} bits") from None
     return _core.triplets(y, int(seed), negatives, dists, margin, _threads(threads))
 
 
 def _is_tensor(x: object) -> bool:
     """A torch.Tensor (or subclass, e.g. nn.Parameter), recognised without importing torch."""
-    return not isinstance(x, np.ndarray) and any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
+    if isinstance(x, np.ndarray):
+        return False
+    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
 
 
 def _tensor_as_numpy(name: str, t) -> np.ndarray:
@@ -407,8 +411,8 @@ def _matrix(name: str, x: object) -> np.ndarray:
         if overflow.any():
             row, col = np.argwhere(overflow)[0]
             raise ValueError(
-                f"{name}: expected values that fit in float32, got {float(arr[row, col])!r} at row {row}, column {col}; "
-                "rescale the embeddings"
+                f"{name}: expected values that fit in float32, got {float(arr[row, col])!r} at row {row}, "
+                f"column {col}; rescale the embeddings"
             )
     return out
 

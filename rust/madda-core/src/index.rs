@@ -47,19 +47,9 @@ pub struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// Views `data` as `rows x cols`, checking the length and the values as [`Rows::new`] does.
-    pub fn new(
-        arg: &'static str,
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self, Error> {
+    pub fn new(arg: &'static str, data: &'a [f32], rows: usize, cols: usize) -> Result<Self, Error> {
         let view = Rows::new(arg, data, rows, cols)?;
-        Ok(Matrix {
-            view,
-            data,
-            rows,
-            cols,
-        })
+        Ok(Matrix { view, data, rows, cols })
     }
 
     pub fn rows(&self) -> usize {
@@ -98,11 +88,7 @@ pub struct Candidates {
 impl Candidates {
     /// What [`knn::knn_search`] returns: the same neighbours, distances rounded to float32.
     pub fn into_neighbors(self) -> Neighbors {
-        Neighbors {
-            k: self.k,
-            distances: self.distances.iter().map(|&d| d as f32).collect(),
-            indices: self.indices,
-        }
+        Neighbors { k: self.k, distances: self.distances.iter().map(|&d| d as f32).collect(), indices: self.indices }
     }
 
     /// Each row's vote as [`knn::knn_predict`] takes it (a tie goes to the smallest label);
@@ -127,10 +113,7 @@ pub fn vote_rows(labels: &[i64], k: usize) -> Result<Vec<i64>, Error> {
     if k == 0 || !labels.chunks_exact(k).remainder().is_empty() {
         return Err(Error::arg(
             "labels",
-            format!(
-                "expected rows of k >= 1 labels, got {} labels in rows of {k}",
-                labels.len()
-            ),
+            format!("expected rows of k >= 1 labels, got {} labels in rows of {k}", labels.len()),
         ));
     }
     let mut row = Vec::with_capacity(k);
@@ -164,61 +147,36 @@ impl<'a> Index<'a> {
     /// An empty index of `dim`-column rows (`dim >= 1`).
     pub fn new(dim: usize) -> Result<Self, Error> {
         if dim == 0 {
-            return Err(Error::arg(
-                "dim",
-                "expected at least one feature column, got 0",
-            ));
+            return Err(Error::arg("dim", "expected at least one feature column, got 0"));
         }
-        Ok(Index {
-            dim,
-            pieces: Vec::new(),
-            len: 0,
-        })
+        Ok(Index { dim, pieces: Vec::new(), len: 0 })
     }
 
     /// Appends the row-major `rows x cols` matrix `emb`, with one label per row, after the rows
     /// already added. Only shapes are checked here: the values (finite, not too large, as in
     /// [`Rows::new`]) are checked when a search reaches the piece, the one time it is read, so a
     /// memory-mapped piece is not read twice. Check them up front with [`Matrix::new`] if wanted.
-    pub fn add(
-        &mut self,
-        emb: &'a [f32],
-        rows: usize,
-        cols: usize,
-        labels: &'a [i64],
-    ) -> Result<(), Error> {
+    pub fn add(&mut self, emb: &'a [f32], rows: usize, cols: usize, labels: &'a [i64]) -> Result<(), Error> {
         if cols != self.dim {
             return Err(Error::arg(
                 "emb",
-                format!(
-                    "expected {} feature columns (the index's dim), got {cols}",
-                    self.dim
-                ),
+                format!("expected {} feature columns (the index's dim), got {cols}", self.dim),
             ));
         }
         if rows.checked_mul(cols) != Some(emb.len()) {
-            return Err(Error::arg(
-                "emb",
-                format!("expected {rows} x {cols} values, got {}", emb.len()),
-            ));
+            return Err(Error::arg("emb", format!("expected {rows} x {cols} values, got {}", emb.len())));
         }
         if labels.len() != rows {
             return Err(Error::arg(
                 "labels",
-                format!(
-                    "expected one label per row of emb ({rows}), got {}",
-                    labels.len()
-                ),
+                format!("expected one label per row of emb ({rows}), got {}", labels.len()),
             ));
         }
         // knn_search numbers a piece's rows in u32; global indices are i64.
         if rows > u32::MAX as usize {
             return Err(Error::arg(
                 "emb",
-                format!(
-                    "expected at most {} rows per piece, got {rows}; add it in smaller pieces",
-                    u32::MAX
-                ),
+                format!("expected at most {} rows per piece, got {rows}; add it in smaller pieces", u32::MAX),
             ));
         }
         let len = self
@@ -227,11 +185,7 @@ impl<'a> Index<'a> {
             .filter(|&n| n <= i64::MAX as usize)
             .ok_or_else(|| Error::arg("emb", "expected at most 2**63 - 1 rows in all"))?;
         if rows > 0 {
-            self.pieces.push(Piece {
-                data: emb,
-                rows,
-                labels,
-            });
+            self.pieces.push(Piece { data: emb, rows, labels });
         }
         self.len = len;
         Ok(())
@@ -252,34 +206,20 @@ impl<'a> Index<'a> {
 
     /// The k nearest rows of each target row, with exact float64 distances, global indices and
     /// labels. `threads = None` uses [`pool::default_threads`].
-    pub fn candidates(
-        &self,
-        tgt: Matrix<'_>,
-        k: usize,
-        threads: Option<usize>,
-    ) -> Result<Candidates, Error> {
+    pub fn candidates(&self, tgt: Matrix<'_>, k: usize, threads: Option<usize>) -> Result<Candidates, Error> {
         if self.len == 0 {
-            return Err(Error::arg(
-                "index",
-                "expected at least one source row, got 0; add() rows first",
-            ));
+            return Err(Error::arg("index", "expected at least one source row, got 0; add() rows first"));
         }
         if tgt.cols != self.dim {
             return Err(Error::arg(
                 "tgt",
-                format!(
-                    "expected {} feature columns (the index's dim), got {}",
-                    self.dim, tgt.cols
-                ),
+                format!("expected {} feature columns (the index's dim), got {}", self.dim, tgt.cols),
             ));
         }
         if k < 1 || k > self.len {
             return Err(Error::arg(
                 "k",
-                format!(
-                    "expected 1 <= k <= ntotal = {} (rows in the index), got {k}",
-                    self.len
-                ),
+                format!("expected 1 <= k <= ntotal = {} (rows in the index), got {k}", self.len),
             ));
         }
         let n_tgt = tgt.rows;
@@ -287,40 +227,27 @@ impl<'a> Index<'a> {
         // best[r * width..][..width]: row r's running nearest, `width` = min(k, rows seen so far).
         let (mut best, mut width, mut offset) = (Vec::<Candidate>::new(), 0usize, 0i64);
         for (p, piece) in self.pieces.iter().enumerate() {
-            let (shard, labels) = (
-                Matrix::new("emb", piece.data, piece.rows, self.dim),
-                piece.labels,
-            );
+            let (shard, labels) = (Matrix::new("emb", piece.data, piece.rows, self.dim), piece.labels);
             let shard = shard.map_err(|e| Error::InvalidArgument {
                 arg: "index",
-                message: format!(
-                    "piece {p} (rows {offset}..{}): {e}",
-                    offset + piece.rows as i64
-                ),
+                message: format!("piece {p} (rows {offset}..{}): {e}", offset + piece.rows as i64),
             })?;
             let kc = k.min(shard.rows);
             let nn = knn::knn_search(shard.view, tgt.view, kc, threads)?;
             let next_width = k.min(width + kc);
             let mut next = vec![(0.0, 0, 0); n_tgt * next_width];
             pool.install(|| {
-                next.par_chunks_mut(next_width).enumerate().for_each_init(
-                    Vec::new,
-                    |row, (r, out)| {
-                        let t = tgt.row(r);
-                        row.clear();
-                        row.extend_from_slice(&best[r * width..(r + 1) * width]);
-                        row.extend(nn.indices[r * kc..(r + 1) * kc].iter().map(|&j| {
-                            let j = j as usize;
-                            (
-                                exact_distance(t, shard.row(j)),
-                                offset + j as i64,
-                                labels[j],
-                            )
-                        }));
-                        row.sort_unstable_by(by_key);
-                        out.copy_from_slice(&row[..next_width]);
-                    },
-                );
+                next.par_chunks_mut(next_width).enumerate().for_each_init(Vec::new, |row, (r, out)| {
+                    let t = tgt.row(r);
+                    row.clear();
+                    row.extend_from_slice(&best[r * width..(r + 1) * width]);
+                    row.extend(nn.indices[r * kc..(r + 1) * kc].iter().map(|&j| {
+                        let j = j as usize;
+                        (exact_distance(t, shard.row(j)), offset + j as i64, labels[j])
+                    }));
+                    row.sort_unstable_by(by_key);
+                    out.copy_from_slice(&row[..next_width]);
+                });
             });
             (best, width) = (next, next_width);
             offset += shard.rows as i64;
@@ -329,22 +256,12 @@ impl<'a> Index<'a> {
     }
 
     /// As [`knn::knn_search`] on the concatenated rows.
-    pub fn search(
-        &self,
-        tgt: Matrix<'_>,
-        k: usize,
-        threads: Option<usize>,
-    ) -> Result<Neighbors, Error> {
+    pub fn search(&self, tgt: Matrix<'_>, k: usize, threads: Option<usize>) -> Result<Neighbors, Error> {
         Ok(self.candidates(tgt, k, threads)?.into_neighbors())
     }
 
     /// As [`knn::knn_predict`] on the concatenated rows and labels.
-    pub fn predict(
-        &self,
-        tgt: Matrix<'_>,
-        k: usize,
-        threads: Option<usize>,
-    ) -> Result<Vec<i64>, Error> {
+    pub fn predict(&self, tgt: Matrix<'_>, k: usize, threads: Option<usize>) -> Result<Vec<i64>, Error> {
         let cands = self.candidates(tgt, k, threads)?;
         Ok(cands.votes().unwrap_or_default())
     }
@@ -374,9 +291,7 @@ pub struct Part<'a> {
 /// distances, or pieces that overlap break exactness; overlap that repeats a global index in a
 /// row is reported as an error. The parts may come in any order and need not be sorted.
 pub fn merge(parts: &[Part<'_>], k: usize, threads: Option<usize>) -> Result<Candidates, Error> {
-    let first = parts
-        .first()
-        .ok_or_else(|| Error::arg("parts", "expected at least one part, got none"))?;
+    let first = parts.first().ok_or_else(|| Error::arg("parts", "expected at least one part, got none"))?;
     let with_labels = first.labels.is_some();
     for (p, part) in parts.iter().enumerate() {
         check_part(p, part, first.rows, with_labels)?;
@@ -400,10 +315,8 @@ pub fn merge(parts: &[Part<'_>], k: usize, threads: Option<usize>) -> Result<Can
                     for part in parts {
                         let span = r * part.cols..(r + 1) * part.cols;
                         let labels = part.labels.map(|l| &l[span.clone()]);
-                        for (c, (&d, &j)) in part.distances[span.clone()]
-                            .iter()
-                            .zip(&part.indices[span.clone()])
-                            .enumerate()
+                        for (c, (&d, &j)) in
+                            part.distances[span.clone()].iter().zip(&part.indices[span.clone()]).enumerate()
                         {
                             row.push((d, j + part.offset, labels.map_or(0, |l| l[c])));
                         }
@@ -419,11 +332,7 @@ pub fn merge(parts: &[Part<'_>], k: usize, threads: Option<usize>) -> Result<Can
             )
             .collect()
     });
-    if let Some((r, j)) = duplicates
-        .iter()
-        .enumerate()
-        .find_map(|(r, d)| d.map(|j| (r, j)))
-    {
+    if let Some((r, j)) = duplicates.iter().enumerate().find_map(|(r, d)| d.map(|j| (r, j))) {
         return Err(Error::arg(
             "parts",
             format!("global index {j} appears more than once in row {r}; each source row must belong to one part (check the offsets)"),
@@ -449,10 +358,7 @@ fn check_part(p: usize, part: &Part<'_>, rows: usize, with_labels: bool) -> Resu
     if part.rows != rows {
         return Err(Error::arg(
             "parts",
-            format!(
-                "part {p}: expected {rows} target rows (as part 0), got {}",
-                part.rows
-            ),
+            format!("part {p}: expected {rows} target rows (as part 0), got {}", part.rows),
         ));
     }
     match part.labels {
@@ -461,29 +367,18 @@ fn check_part(p: usize, part: &Part<'_>, rows: usize, with_labels: bool) -> Resu
                 "parts",
                 format!(
                     "part {p}: expected {} (as part 0), got {} labels",
-                    if with_labels {
-                        format!("{} x {} labels", part.rows, part.cols)
-                    } else {
-                        "no labels".to_string()
-                    },
+                    if with_labels { format!("{} x {} labels", part.rows, part.cols) } else { "no labels".to_string() },
                     l.len()
                 ),
             ))
         }
         None if with_labels => {
-            return Err(Error::arg(
-                "parts",
-                format!("part {p}: expected labels (as part 0), got none"),
-            ))
+            return Err(Error::arg("parts", format!("part {p}: expected labels (as part 0), got none")))
         }
         _ => {}
     }
     let cols = part.cols.max(1);
-    if let Some(pos) = part
-        .distances
-        .iter()
-        .position(|d| !(d.is_finite() && *d >= 0.0))
-    {
+    if let Some(pos) = part.distances.iter().position(|d| !(d.is_finite() && *d >= 0.0)) {
         return Err(Error::arg(
             "parts",
             format!(
@@ -494,11 +389,7 @@ fn check_part(p: usize, part: &Part<'_>, rows: usize, with_labels: bool) -> Resu
             ),
         ));
     }
-    if let Some(pos) = part
-        .indices
-        .iter()
-        .position(|&j| j < 0 || j.checked_add(part.offset).is_none_or(|g| g < 0))
-    {
+    if let Some(pos) = part.indices.iter().position(|&j| j < 0 || j.checked_add(part.offset).is_none_or(|g| g < 0)) {
         return Err(Error::arg(
             "parts",
             format!(
@@ -523,9 +414,7 @@ mod tests {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) % range) as f32
             })
             .collect()
@@ -536,9 +425,7 @@ mod tests {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(3);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 40) as f32) / (1u64 << 23) as f32 - 1.0
             })
             .collect()
@@ -553,23 +440,12 @@ mod tests {
         let mut index = Index::new(d).unwrap();
         let mut start = 0;
         for &end in cuts.iter().chain([n_src].iter()) {
-            index
-                .add(
-                    &src[start * d..end * d],
-                    end - start,
-                    d,
-                    &labels[start..end],
-                )
-                .unwrap();
+            index.add(&src[start * d..end * d], end - start, d, &labels[start..end]).unwrap();
             start = end;
         }
         assert_eq!(index.len(), n_src);
         let want = knn_search(whole, t, k, Some(2)).unwrap();
-        assert_eq!(
-            index.search(tm, k, Some(2)).unwrap(),
-            want,
-            "cuts {cuts:?}, k {k}"
-        );
+        assert_eq!(index.search(tm, k, Some(2)).unwrap(), want, "cuts {cuts:?}, k {k}");
         let want = knn_predict(whole, labels, t, k, Some(2)).unwrap();
         assert_eq!(index.predict(tm, k, Some(1)).unwrap(), want);
     }
@@ -580,13 +456,7 @@ mod tests {
         let src = ints(n_src * d, 1, 3);
         let tgt = ints(n_tgt * d, 2, 3);
         let labels: Vec<i64> = (0..n_src as i64).map(|i| (i * 7) % 5).collect();
-        for cuts in [
-            vec![],
-            vec![1],
-            vec![0, 0, 600],
-            vec![5, 6, 7, 513, 1299],
-            (1..n_src).step_by(97).collect(),
-        ] {
+        for cuts in [vec![], vec![1], vec![0, 0, 600], vec![5, 6, 7, 513, 1299], (1..n_src).step_by(97).collect()] {
             for k in [1, 4, 64, n_src] {
                 check(&src, &labels, &tgt, d, &cuts, k);
             }
@@ -596,20 +466,10 @@ mod tests {
     #[test]
     fn sharded_equals_unsharded_on_real_values_far_from_the_origin() {
         let (n_src, n_tgt, d) = (900, 40, 17);
-        let src: Vec<f32> = floats(n_src * d, 5)
-            .iter()
-            .map(|v| 1000.0 + 0.01 * v)
-            .collect();
-        let tgt: Vec<f32> = floats(n_tgt * d, 6)
-            .iter()
-            .map(|v| 1000.0 + 0.01 * v)
-            .collect();
+        let src: Vec<f32> = floats(n_src * d, 5).iter().map(|v| 1000.0 + 0.01 * v).collect();
+        let tgt: Vec<f32> = floats(n_tgt * d, 6).iter().map(|v| 1000.0 + 0.01 * v).collect();
         let labels: Vec<i64> = (0..n_src as i64).map(|i| i % 3).collect();
-        for cuts in [
-            vec![450],
-            vec![1, 2, 3, 899],
-            (0..n_src).step_by(64).collect(),
-        ] {
+        for cuts in [vec![450], vec![1, 2, 3, 899], (0..n_src).step_by(64).collect()] {
             for k in [1, 5, 100] {
                 check(&src, &labels, &tgt, d, &cuts, k);
             }
@@ -623,9 +483,7 @@ mod tests {
         let (src, tgt) = ([1.0f32, 2f32.powi(-13), 1.0, 0.0], [0.0f32, 0.0]);
         let mut index = Index::new(2).unwrap();
         for i in 0..2 {
-            index
-                .add(&src[2 * i..2 * i + 2], 1, 2, &[0, 1][i..i + 1])
-                .unwrap();
+            index.add(&src[2 * i..2 * i + 2], 1, 2, &[0, 1][i..i + 1]).unwrap();
         }
         let t = Matrix::new("tgt", &tgt, 1, 2).unwrap();
         let got = index.search(t, 2, None).unwrap();
@@ -650,9 +508,7 @@ mod tests {
             .iter()
             .map(|&(a, b)| {
                 let mut index = Index::new(d).unwrap();
-                index
-                    .add(&src[a * d..b * d], b - a, d, &labels[a..b])
-                    .unwrap();
+                index.add(&src[a * d..b * d], b - a, d, &labels[a..b]).unwrap();
                 index.candidates(tm, k, None).unwrap()
             })
             .collect();
@@ -672,10 +528,7 @@ mod tests {
         let err = merge(&overlapping, k, None).unwrap_err();
         assert!(err.to_string().contains("check the offsets"), "{err}");
         let err = merge(&parts, 2 * k + 1, None).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidArgument { arg: "k", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, Error::InvalidArgument { arg: "k", .. }), "{err}");
     }
 
     #[test]
@@ -686,90 +539,36 @@ mod tests {
         let t = Matrix::new("tgt", &data[..2], 1, 2).unwrap();
         let err = index.search(t, 1, None).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { arg: "index", .. }));
-        assert!(matches!(
-            index.add(&data, 2, 3, &[0, 0]),
-            Err(Error::InvalidArgument { arg: "emb", .. })
-        ));
-        assert!(matches!(
-            index.add(&data, 2, 2, &[0, 0]),
-            Err(Error::InvalidArgument { arg: "emb", .. })
-        ));
-        assert!(matches!(
-            index.add(&data, 3, 2, &[0, 0]),
-            Err(Error::InvalidArgument { arg: "labels", .. })
-        ));
+        assert!(matches!(index.add(&data, 2, 3, &[0, 0]), Err(Error::InvalidArgument { arg: "emb", .. })));
+        assert!(matches!(index.add(&data, 2, 2, &[0, 0]), Err(Error::InvalidArgument { arg: "emb", .. })));
+        assert!(matches!(index.add(&data, 3, 2, &[0, 0]), Err(Error::InvalidArgument { arg: "labels", .. })));
         index.add(&data, 3, 2, &[0, 1, 2]).unwrap();
         // values are checked when a search reads the piece
         let nan = [0.0f32, f32::NAN];
         let mut poisoned = index.clone();
         poisoned.add(&nan, 1, 2, &[0]).unwrap();
         let err = poisoned.search(t, 1, None).unwrap_err().to_string();
-        assert!(
-            err.starts_with("index: piece 1 (rows 3..4): emb: expected finite"),
-            "{err}"
-        );
-        assert!(matches!(
-            index.search(t, 4, None),
-            Err(Error::InvalidArgument { arg: "k", .. })
-        ));
-        assert!(matches!(
-            index.search(t, 0, None),
-            Err(Error::InvalidArgument { arg: "k", .. })
-        ));
+        assert!(err.starts_with("index: piece 1 (rows 3..4): emb: expected finite"), "{err}");
+        assert!(matches!(index.search(t, 4, None), Err(Error::InvalidArgument { arg: "k", .. })));
+        assert!(matches!(index.search(t, 0, None), Err(Error::InvalidArgument { arg: "k", .. })));
         let t3 = Matrix::new("tgt", &data[..3], 1, 3).unwrap();
-        assert!(matches!(
-            index.search(t3, 1, None),
-            Err(Error::InvalidArgument { arg: "tgt", .. })
-        ));
+        assert!(matches!(index.search(t3, 1, None), Err(Error::InvalidArgument { arg: "tgt", .. })));
         let empty = Matrix::new("tgt", &[], 0, 2).unwrap();
         assert!(index.search(empty, 2, None).unwrap().indices.is_empty());
 
         assert!(merge(&[], 1, None).is_err());
-        let part = Part {
-            rows: 1,
-            cols: 2,
-            distances: &[0.0, f64::NAN],
-            indices: &[0, 1],
-            labels: None,
-            offset: 0,
-        };
+        let part = Part { rows: 1, cols: 2, distances: &[0.0, f64::NAN], indices: &[0, 1], labels: None, offset: 0 };
         let err = merge(&[part], 1, None).unwrap_err().to_string();
         assert!(err.contains("finite distances"), "{err}");
-        let part = Part {
-            distances: &[0.0, 1.0],
-            indices: &[0, -1],
-            ..part
-        };
-        assert!(merge(&[part], 1, None)
-            .unwrap_err()
-            .to_string()
-            .contains("indices >= 0"));
-        let part = Part {
-            indices: &[0, 1],
-            offset: i64::MAX,
-            ..part
-        };
-        assert!(merge(&[part], 1, None)
-            .unwrap_err()
-            .to_string()
-            .contains("fits in int64"));
+        let part = Part { distances: &[0.0, 1.0], indices: &[0, -1], ..part };
+        assert!(merge(&[part], 1, None).unwrap_err().to_string().contains("indices >= 0"));
+        let part = Part { indices: &[0, 1], offset: i64::MAX, ..part };
+        assert!(merge(&[part], 1, None).unwrap_err().to_string().contains("fits in int64"));
         let good = Part { offset: 0, ..part };
         let short = Part { rows: 2, ..good };
-        assert!(merge(&[short], 1, None)
-            .unwrap_err()
-            .to_string()
-            .contains("expected 2 x 2"));
-        let labelled = Part {
-            labels: Some(&[1, 2]),
-            ..good
-        };
-        assert!(merge(&[good, labelled], 1, None)
-            .unwrap_err()
-            .to_string()
-            .contains("no labels"));
-        assert!(merge(&[labelled, good], 1, None)
-            .unwrap_err()
-            .to_string()
-            .contains("got none"));
+        assert!(merge(&[short], 1, None).unwrap_err().to_string().contains("expected 2 x 2"));
+        let labelled = Part { labels: Some(&[1, 2]), ..good };
+        assert!(merge(&[good, labelled], 1, None).unwrap_err().to_string().contains("no labels"));
+        assert!(merge(&[labelled, good], 1, None).unwrap_err().to_string().contains("got none"));
     }
 }

@@ -7,8 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use madda_core::index::{self, Candidates, Index, Matrix, Part};
 use numpy::ndarray::Array2;
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -25,8 +24,7 @@ fn matrix<'py, T: numpy::Element>(
     values: Vec<T>,
     py: Python<'py>,
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
-    let array =
-        Array2::from_shape_vec((n, k), values).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let array = Array2::from_shape_vec((n, k), values).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(array.into_pyarray(py))
 }
 
@@ -34,18 +32,10 @@ fn matrix<'py, T: numpy::Element>(
 type NeighborArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
 /// `(distances, indices, labels)`, each `(n_tgt, k)`: what `KnnIndex.candidates` returns.
-type LabelledCandidates<'py> = (
-    Bound<'py, PyArray2<f64>>,
-    Bound<'py, PyArray2<i64>>,
-    Bound<'py, PyArray2<i64>>,
-);
+type LabelledCandidates<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<i64>>);
 
 /// `(distances, indices, labels)`, each `(n_tgt, k)`.
-type CandidateArrays<'py> = (
-    Bound<'py, PyArray2<f64>>,
-    Bound<'py, PyArray2<i64>>,
-    Option<Bound<'py, PyArray2<i64>>>,
-);
+type CandidateArrays<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<i64>>, Option<Bound<'py, PyArray2<i64>>>);
 
 fn candidate_arrays<'py>(py: Python<'py>, c: Candidates) -> PyResult<CandidateArrays<'py>> {
     let n = c.indices.len() / c.k.max(1);
@@ -53,11 +43,7 @@ fn candidate_arrays<'py>(py: Python<'py>, c: Candidates) -> PyResult<CandidateAr
         Some(l) => Some(matrix(n, c.k, l, py)?),
         None => None,
     };
-    Ok((
-        matrix(n, c.k, c.distances, py)?,
-        matrix(n, c.k, c.indices, py)?,
-        labels,
-    ))
+    Ok((matrix(n, c.k, c.distances, py)?, matrix(n, c.k, c.indices, py)?, labels))
 }
 
 /// The added pieces, in order.
@@ -97,20 +83,12 @@ impl KnnIndex {
                 pieces.labels.iter().map(|a| a.clone_ref(py)).collect(),
             )
         };
-        let emb = emb
-            .iter()
-            .map(|a| a.bind(py).try_readonly())
-            .collect::<Result<Vec<_>, _>>()?;
-        let labels = labels
-            .iter()
-            .map(|a| a.bind(py).try_readonly())
-            .collect::<Result<Vec<_>, _>>()?;
+        let emb = emb.iter().map(|a| a.bind(py).try_readonly()).collect::<Result<Vec<_>, _>>()?;
+        let labels = labels.iter().map(|a| a.bind(py).try_readonly()).collect::<Result<Vec<_>, _>>()?;
         let mut index = Index::new(self.dim).map_err(value_error)?;
         for (e, y) in emb.iter().zip(&labels) {
             let (rows, cols) = (e.shape()[0], e.shape()[1]);
-            index
-                .add(contiguous("emb", e)?, rows, cols, contiguous("labels", y)?)
-                .map_err(value_error)?;
+            index.add(contiguous("emb", e)?, rows, cols, contiguous("labels", y)?).map_err(value_error)?;
         }
         let (data, n, d) = (contiguous("tgt", tgt)?, tgt.shape()[0], tgt.shape()[1]);
         run_detached(py, || work(&index, Matrix::new("tgt", data, n, d)?))
@@ -122,10 +100,7 @@ impl KnnIndex {
     #[new]
     fn new(dim: usize) -> PyResult<Self> {
         Index::new(dim).map_err(value_error)?;
-        Ok(KnnIndex {
-            dim,
-            pieces: Mutex::new(Pieces::default()),
-        })
+        Ok(KnnIndex { dim, pieces: Mutex::new(Pieces::default()) })
     }
 
     #[getter]
@@ -144,21 +119,13 @@ impl KnnIndex {
     }
 
     /// Appends `emb` (C-contiguous float32, `(n, dim)`) and `labels` (`(n,)` int64) by reference.
-    fn add(
-        &self,
-        py: Python<'_>,
-        emb: Bound<'_, PyArray2<f32>>,
-        labels: Bound<'_, PyArray1<i64>>,
-    ) -> PyResult<()> {
+    fn add(&self, py: Python<'_>, emb: Bound<'_, PyArray2<f32>>, labels: Bound<'_, PyArray1<i64>>) -> PyResult<()> {
         let rows = emb.shape()[0];
         {
-            let (e, y): (PyReadonlyArray2<f32>, PyReadonlyArray1<i64>) =
-                (emb.try_readonly()?, labels.try_readonly()?);
+            let (e, y): (PyReadonlyArray2<f32>, PyReadonlyArray1<i64>) = (emb.try_readonly()?, labels.try_readonly()?);
             let (data, cols) = (contiguous("emb", &e)?, e.shape()[1]);
             let y = contiguous("labels", &y)?;
-            Index::new(self.dim)
-                .and_then(|mut probe| probe.add(data, rows, cols, y))
-                .map_err(value_error)?;
+            Index::new(self.dim).and_then(|mut probe| probe.add(data, rows, cols, y)).map_err(value_error)?;
             // Checked here, once, so a bad value is reported by the add() that brought it; each
             // search checks a piece again just before reading it (the arrays may have changed).
             run_detached(py, || Matrix::new("emb", data, rows, cols).map(|_| ()))?;
@@ -189,10 +156,7 @@ impl KnnIndex {
     ) -> PyResult<NeighborArrays<'py>> {
         let nn = self.with_index(py, &tgt, |index, t| index.search(t, k, threads))?;
         let n = nn.indices.len() / k.max(1);
-        Ok((
-            matrix(n, k, nn.distances, py)?,
-            matrix(n, k, nn.indices, py)?,
-        ))
+        Ok((matrix(n, k, nn.distances, py)?, matrix(n, k, nn.indices, py)?))
     }
 
     /// `(n_tgt,)` int64 votes, as `knn_predict` on the concatenated pieces.
@@ -221,9 +185,7 @@ impl KnnIndex {
         let c = self.with_index(py, &tgt, |index, t| index.candidates(t, k, threads))?;
         match candidate_arrays(py, c)? {
             (d, i, Some(y)) => Ok((d, i, y)),
-            _ => Err(PyValueError::new_err(
-                "index: candidates came without labels",
-            )),
+            _ => Err(PyValueError::new_err("index: candidates came without labels")),
         }
     }
 }
@@ -276,10 +238,7 @@ pub fn merge_knn<'py>(
 
 /// Each row's most frequent label, a tie going to the smallest; see `madda_rs.knn_vote`.
 #[pyfunction]
-pub fn knn_vote<'py>(
-    py: Python<'py>,
-    labels: PyReadonlyArray2<'py, i64>,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
+pub fn knn_vote<'py>(py: Python<'py>, labels: PyReadonlyArray2<'py, i64>) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let k = labels.shape()[1];
     let data = contiguous("labels", &labels)?;
     let votes = run_detached(py, || index::vote_rows(data, k))?;
