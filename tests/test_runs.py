@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,7 +108,8 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_pat
     assert f"madda-rs train --resume {tmp_path / 'cut'}" in err and "after epoch 2" in err
     assert json.loads((tmp_path / "cut" / "progress.json").read_text())["epoch"] == 2
     monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", real)
-    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    shutil.copytree(generated_data_dir, tmp_path / "moved")  # the data may move between sessions
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--data-dir", str(tmp_path / "moved")]) == 0
     assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
 
 

@@ -117,7 +117,8 @@ def train(
             folder.check_usable(resume=resume, overwrite=overwrite)
         if resume:
             saved = folder.load(CHECKPOINT_FILE)
-            if saved["config"] != config.to_dict():
+            # where the data live may change between sessions; nothing else may
+            if {**saved["config"], "data_dir": None} != {**config.to_dict(), "data_dir": None}:
                 raise ValueError(f"the config differs from the one saved in {folder.path}; resume with "
                                  f"madda_rs.training.resume({str(folder.path)!r})")
     elif resume:
