@@ -1,0 +1,281 @@
+"""Figures of saved runs (`madda-rs plot`): t-SNE of the embeddings before and after adaptation,
+curves over the target epochs, and the confusion matrix of the final target predictions.
+
+    from madda_rs.plots import plot_runs
+
+    plot_runs(["runs/m2u-s0"])                            # tsne.png, curves.png, confusion.png in the run
+    plot_runs(["runs/m2u-s0", "runs/m2u-s1"], "figures")  # one curves.png for both, per-run files beside it
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot: no backend
+is switched in the caller's process (a notebook keeps its own), nothing needs a display, and a
+figure is freed once saved, so a long reproduce job does not accumulate them. Matplotlib, torch
+and scikit-learn load inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .report import NOT_GROUPED, load_run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .domains import RunData
+    from .models import EmbeddingNet
+
+log = logging.getLogger("madda_rs")
+
+# The curves drawn, in panel order, with their titles; a key that no run recorded gets no panel.
+CURVES = {
+    "target_accuracy": "target test accuracy",
+    "holdout_accuracy": "held-out target training accuracy",
+    "magnet_loss": "center magnet loss",
+    "d_acc": "discriminator accuracy",
+    "snd": "SND (label-free)",
+    "knn_center_agreement": "kNN / centre agreement (label-free)",
+    "pred_entropy": "prediction entropy (label-free)",
+    "source_test_accuracy": "source test accuracy",
+}
+# Runs that differ only in these are seeds of one experiment: which epoch a run reports
+# ('select') does not change what it recorded per epoch.
+NOT_GROUPED_CURVES = NOT_GROUPED | {"select"}
+Run = Tuple[Dict[str, Any], Dict[str, Any]]  # (config.json, metrics.json)
+
+
+def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points: int = 1000, device: str = "cpu",
+              data_dir: Optional[str] = None) -> List[Path]:
+    """Draw the figures of finished runs; returns the PNG files written.
+
+    With `out` None, each run gets tsne.png, curves.png and confusion.png in its own folder. With
+    `out` (created if needed), one curves.png there compares all runs, seeds of one experiment
+    drawn as a mean line in a min-max band, and each run adds <run folder name>-tsne.png and
+    <run folder name>-confusion.png.
+
+    A figure a run lacks the data for is left out: no t-SNE without source.pt and target.pt or
+    when the run's images cannot be rebuilt from its config (a run trained on in-memory images;
+    logged as a warning), no confusion matrix without metrics.json's 'confusion', no curves
+    without target epochs. The t-SNE rebuilds the data on `device` ('cpu', 'cuda' or 'auto'),
+    from `data_dir` when given, and embeds at most `tsne_points` images per domain.
+
+    Raises:
+        FileNotFoundError: a run folder lacks config.json or metrics.json (checked before any drawing).
+        ValueError: two runs share a folder name while `out` is given (their files would collide).
+    """
+    if tsne_points < 1:
+        raise ValueError(f"tsne_points must be at least 1, got {tsne_points}")
+    runs = [(Path(d).resolve(), *load_run(d)) for d in run_dirs]
+    names = [run.name for run, _, _ in runs]
+    if out is not None and len(set(names)) != len(names):
+        raise ValueError(f"run folders with one name would overwrite each other's figures in {out}: {names}")
+    written: List[Optional[Path]] = []  # None: a figure left out
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        written.append(curves_figure([(c, m) for _, c, m in runs], Path(out) / "curves.png"))
+    for run, config, metrics in runs:
+        where = {name: run / name if out is None else Path(out) / f"{run.name}-{name}"
+                 for name in ("curves.png", "tsne.png", "confusion.png")}
+        if out is None:
+            written.append(curves_figure([(config, metrics)], where["curves.png"]))
+        written.append(_run_tsne(run, config, where["tsne.png"], tsne_points, device, data_dir))
+        if "confusion" in metrics:
+            written.append(confusion_figure(metrics["confusion"], metrics["classes"], where["confusion.png"],
+                                            f"{_title(config)}, seed {config['seed']}"))
+    return [p for p in written if p is not None]
+
+
+def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: RunData, config: Dict[str, Any],
+                path: Path | str, tsne_points: int = 1000) -> Path:
+    """t-SNE of source training and target test embeddings, coloured by class, in two panels:
+    'before adaptation' (the source model embeds both domains) and 'after adaptation' (the
+    target model embeds the target). `config` is the run's config.json.
+
+    At most `tsne_points` images per domain are drawn (numpy Generator(0) picks them). The magnet's
+    centres (stars) come from all source training embeddings, as in training: class means, or
+    KMeans seeded with config['seed'] (white, as KMeans centres carry no class); ADDA and runs
+    without the magnet ('magnet' false) have none.
+    Target points are grey without a labelled target test set (the training images are drawn)."""
+    if tsne_points < 1:
+        raise ValueError(f"tsne_points must be at least 1, got {tsne_points}")
+    import torch
+    from matplotlib.lines import Line2D
+    from sklearn.manifold import TSNE
+
+    from .evaluation import embed
+    from .stages.madda import class_means, kmeans_centers
+
+    src, tgt = data.src_train, data.tgt_test if data.tgt_test is not None else data.tgt_train
+    assert src.labels is not None
+    rng = np.random.default_rng(0)
+    src_keep = np.sort(rng.permutation(len(src))[:tsne_points])
+    tgt_keep = np.sort(rng.permutation(len(tgt))[:tsne_points])
+    src_labels = src.labels.cpu().numpy()
+    tgt_labels = None if tgt.labels is None else tgt.labels.cpu().numpy()[tgt_keep]
+    src_emb = embed(source_model, src.images)  # all of them: the centres are computed over all
+    classes = np.unique(src_labels if tgt_labels is None else np.concatenate([src_labels, tgt_labels]))
+    centers, center_labels = np.zeros((0, src_emb.shape[1]), np.float32), None
+    if config.get("method", "madda") == "madda" and config.get("magnet", True):
+        if config["centers"] == "class_means":
+            centers, center_labels = class_means(src_emb, src_labels), np.unique(src_labels)
+        else:
+            centers = kmeans_centers(src_emb, len(np.unique(src_labels)), config["seed"])
+
+    fig = _figure(figsize=(13, 6))
+    axes = fig.subplots(1, 2)
+    tgt_images = tgt.images[torch.from_numpy(tgt_keep).to(tgt.images.device)]
+    for ax, (title, model) in zip(axes, (("before adaptation", source_model), ("after adaptation", target_model))):
+        points = np.concatenate([src_emb[src_keep], embed(model, tgt_images), centers])
+        # perplexity must stay below the number of points: tiny runs and tests have few
+        xy = TSNE(2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=0).fit_transform(points)
+        n_src = len(src_keep)
+        ax.scatter(*xy[:n_src].T, c=_colours(src_labels[src_keep], classes), marker="o", s=8, alpha=0.6)
+        tgt_colour = "grey" if tgt_labels is None else _colours(tgt_labels, classes)
+        ax.scatter(*xy[n_src : n_src + len(tgt_keep)].T, c=tgt_colour, marker="x", s=10, alpha=0.6)
+        if len(centers):
+            colour = "white" if center_labels is None else _colours(center_labels, classes)
+            ax.scatter(*xy[-len(centers):].T, c=colour, marker="*", s=350, edgecolors="black", linewidths=1.2)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    # grey markers: the points' colours are their classes, shown in the other legend
+    kinds = [Line2D([], [], ls="", marker="o", color="grey"), Line2D([], [], ls="", marker="x", color="grey")]
+    names = ["source train", "target test" if tgt_labels is not None else "target train"]
+    if len(centers):
+        kinds.append(Line2D([], [], ls="", marker="*", ms=14, mfc="white", mec="black"))
+        names.append("magnet centres")
+    axes[0].legend(kinds, names, loc="best", fontsize=8)
+    swatches = [Line2D([], [], ls="", marker="o", color=c) for c in _colours(classes, classes)]
+    axes[1].legend(swatches, [str(c) for c in classes], title="class", fontsize=7, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"{_title(config)}, seed {config['seed']}: t-SNE of embeddings")
+    return _save(fig, path)
+
+
+def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
+    """Panels of the CURVES keys that any run recorded, over target epochs (x = epoch + 1). Runs
+    whose configs differ only in NOT_GROUPED_CURVES are one line, the mean over the runs, in a
+    min-max band. Returns None (nothing written) when no run recorded any of them."""
+    from matplotlib.ticker import MaxNLocator
+
+    groups: Dict[str, List[Run]] = {}
+    for config, metrics in runs:
+        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED_CURVES}, sort_keys=True)
+        groups.setdefault(key, []).append((config, metrics))
+    histories = [m.get("history", {}).get("target", []) for _, m in runs]
+    keys = [k for k in CURVES if any(h.get(k) is not None for hist in histories for h in hist)]
+    if not keys:
+        log.info("%s not drawn: no run has target epochs with %s", path, ", ".join(CURVES))
+        return None
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = _figure(figsize=(5 * cols, 3.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    labels = _group_labels([g[0][0] for g in groups.values()])
+    for ax, key in zip(axes, keys):
+        for label, group in zip(labels, groups.values()):
+            per_run = [{h["epoch"] + 1: h[key] for h in m["history"]["target"] if h.get(key) is not None}
+                       for _, m in group]
+            epochs = sorted({e for r in per_run for e in r})
+            if not epochs:
+                continue
+            y = np.array([[r.get(e, np.nan) for e in epochs] for r in per_run], dtype=float)
+            line = ax.plot(epochs, np.nanmean(y, axis=0), marker="o" if len(epochs) <= 30 else None, ms=3,
+                           label=f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})")[0]
+            if len(group) > 1:
+                ax.fill_between(epochs, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=line.get_color(), alpha=0.2)
+        ax.set_title(CURVES[key])
+        ax.set_xlabel("target epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[Any], path: Path | str,
+                     title: str = "") -> Path:
+    """The confusion matrix (rows: true class, columns: predicted class), coloured by the share
+    of each true class, with the counts written in the cells."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # an absent class: a row of zeros
+    n = len(classes)
+    fig = _figure(figsize=(max(5.0, 0.55 * n + 2), max(4.5, 0.5 * n + 1.5)))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8 if n <= 12 else 6,
+                color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), [str(c) for c in classes])
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title}: target accuracy {accuracy:.3f}" if title else f"target accuracy {accuracy:.3f}")
+    return _save(fig, path)
+
+
+def _run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int, device: str,
+              data_dir: Optional[str]) -> Optional[Path]:
+    missing = [name for name in ("source.pt", "target.pt") if not (run / name).is_file()]
+    if missing:  # a run committed to git keeps its JSON files only
+        log.warning("%s: no t-SNE, %s missing", run, " and ".join(missing))
+        return None
+    from .config import TrainConfig
+    from .data import DataError
+    from .domains import prepare_data
+    from .evaluation import load_model
+    from .runtime import resolve_device
+
+    settings = TrainConfig.from_dict(config).replace(device=device, **({"data_dir": data_dir} if data_dir else {}))
+    dev = resolve_device(settings.device)
+    try:
+        data = prepare_data(settings, dev)
+    except (ValueError, DataError, FileNotFoundError) as exc:
+        log.warning("%s: no t-SNE, its images cannot be rebuilt from config.json (%s)", run, exc)
+        return None
+    models = load_model(run / "source.pt", dev), load_model(run / "target.pt", dev)
+    return tsne_figure(*models, data, config, path, tsne_points)
+
+
+def _figure(figsize: Tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _save(fig: Figure, path: Path | str) -> Path:
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def _colours(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    return cmap(np.searchsorted(classes, labels) % cmap.N)
+
+
+def _title(config: Dict[str, Any]) -> str:
+    return f"{_domain(config['src'])}→{_domain(config['tgt'])} {config.get('method', 'madda')} {config['preset']}"
+
+
+def _domain(name: str) -> str:
+    return Path(name).stem if name.endswith(".npz") else name.upper()
+
+
+def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
+    """Each group's title, plus the settings in which the groups differ (so no two read alike)."""
+    shown = NOT_GROUPED_CURVES | {"src", "tgt", "method", "preset"}
+    keys = sorted({k for c in configs for k in c} - shown)
+    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]
+
+
+__all__ = ["plot_runs", "tsne_figure", "curves_figure", "confusion_figure"]
