@@ -4,6 +4,7 @@ where it takes effect (from the command line through the config to the code that
 import json
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +41,12 @@ def test_two_epoch_run_writes_everything_and_beats_chance(generated_data_dir, tm
     assert config["overridden"] == ["epochs_source", "epochs_target"]
     assert result.source_accuracy > 0.5 and result.target_accuracy > 0.5  # chance is 0.1
     assert metrics["target_accuracy"] == result.target_accuracy
-    assert set(result.label_free) == {"pred_classes", "pred_largest_class_share", "pred_entropy"}
+    assert {"pred_classes", "pred_largest_class_share", "pred_entropy", "snd", "knn_center_agreement",
+            "source_test_accuracy", "d_acc"} <= set(result.label_free)
+    assert "target_accuracy" not in result.label_free
+    counts = np.array(metrics["confusion"])  # rows: true class, columns: predicted
+    assert counts.shape == (len(metrics["classes"]),) * 2
+    assert np.trace(counts) / counts.sum() == pytest.approx(result.target_accuracy)
     ckpt = torch.load(tmp_path / "target.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["preset"] == preset
     rescored = evaluate_run(str(tmp_path), device="cpu")

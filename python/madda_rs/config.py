@@ -23,6 +23,17 @@ NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
 METHODS = ("madda", "adda")
+# Scores recorded at each evaluation that can pick a checkpoint without the target test labels,
+# and which way is better (+1: higher). holdout_accuracy uses labelled target *training* images
+# left out of the run's subset; the others use no target labels at all (madda_rs.evaluation).
+SELECTION_SCORES: Dict[str, int] = {
+    "snd": +1,  # soft neighbourhood density of the target embeddings
+    "knn_center_agreement": +1,  # share of target images whose kNN label is their nearest centre's
+    "pred_entropy": +1,  # balance of the predicted classes (0: all one class)
+    "source_test_accuracy": +1,  # the adapted model still separates the source test set
+    "d_acc": -1,  # the discriminator's accuracy: lower means better aligned features
+    "holdout_accuracy": +1,
+}
 
 # Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
 # the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
@@ -108,6 +119,9 @@ class TrainConfig:
                                "(and at the last)", type=int, minimum=1)
     checkpoint_every: int = _setting(10, "save a resumable checkpoint every N epochs (and at each stage's end)",
                                      type=int, minimum=1)
+    select: Optional[str] = _setting(None, "also keep the target model this score picks among the evaluations "
+                                     "(selected.pt; metrics.json 'selected'); the headline stays the final epoch",
+                                     choices=tuple(SELECTION_SCORES))
     # Variants of the method (Table 3 ablations and the baseline).
     magnet: bool = _setting(True, "the center-magnet loss (--no-magnet: Table 3 'adversarial only')")
     adversarial: bool = _setting(True, "the adversarial loss (--no-adversarial: Table 3 'center magnet only')")
@@ -220,4 +234,4 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
         raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "SELECTION_SCORES"]

@@ -45,10 +45,17 @@ class ImageSet:
 
     def subset(self, n: int, seed: int) -> "ImageSet":
         """`n` images drawn without replacement by a generator seeded with `seed` (all if n >= N)."""
+        return self.split(n, seed)[0]
+
+    def split(self, n: int, seed: int) -> Tuple["ImageSet", Optional["ImageSet"]]:
+        """(:meth:`subset` of `n` images, the images it left out, or None when it kept all)."""
         if n >= len(self):
-            return self
-        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return replace(self, images=self.images[keep], labels=None if self.labels is None else self.labels[keep])
+            return self, None
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self._take(order[:n].sort().values), self._take(order[n:].sort().values)
+
+    def _take(self, rows: torch.Tensor) -> "ImageSet":
+        return replace(self, images=self.images[rows], labels=None if self.labels is None else self.labels[rows])
 
     def unlabelled(self) -> "ImageSet":
         return replace(self, labels=None)
@@ -62,6 +69,9 @@ class RunData:
     src_test: Optional[ImageSet]  # labelled; scores the source model on its own domain
     tgt_train: ImageSet  # unlabelled
     tgt_test: Optional[ImageSet]  # labelled; without it a run reports only label-free figures
+    # labelled target training images the run's subset left out (ADDA protocol, registered domains):
+    # settings may be tuned on these, never on tgt_test
+    tgt_holdout: Optional[ImageSet] = None
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -97,16 +107,18 @@ def _mnist(train: bool, config: TrainConfig) -> ImageSet:
 
 
 # The paper's code read CoGAN's USPS file: all 9,298 digits re-split 80/20 (7,438 / 1,860).
-POOLED_USPS_TRAIN = 7438
+POOLED_USPS_TRAIN, POOLED_USPS_ALL = 7438, 9298
 
 
 def pooled_usps(train: bool, config: TrainConfig) -> Tuple[np.ndarray, np.ndarray]:
     """The 'pooled' split: torchvision's train and test USPS together, permuted by
-    ``usps_split_seed``; the first 7,438 train, the other 1,860 test."""
+    ``usps_split_seed``; the first 7,438 train, the other 1,860 test (in that proportion when the
+    files hold other than 9,298 digits, as small test copies do)."""
     parts = [read_uint8("usps", split, config.data_dir, config.download) for split in (True, False)]
     images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     order = np.random.default_rng(config.usps_split_seed).permutation(len(labels))
-    keep = order[:POOLED_USPS_TRAIN] if train else order[POOLED_USPS_TRAIN:]
+    n_train = round(len(labels) * POOLED_USPS_TRAIN / POOLED_USPS_ALL)
+    keep = order[:n_train] if train else order[n_train:]
     return images[keep], labels[keep]
 
 
@@ -131,20 +143,35 @@ def check_domain_name(name: str) -> None:
     raise ValueError(f"{name!r} is neither a registered domain ({', '.join(REGISTRY)}) nor an .npz file")
 
 
+# At most this many held-out training images score a run (RunData.tgt_holdout): enough to tell
+# settings apart by a point, cheap enough to score at every evaluation.
+HOLDOUT_IMAGES = 2000
+
+
 def load_named(name: str, config: TrainConfig) -> Tuple[ImageSet, Optional[ImageSet]]:
     """(training set, test set or None) of a registered domain or an .npz file.
 
     The ADDA protocol keeps a seeded subset of a registered domain's training images."""
+    train, test, _ = _load_named_with_holdout(name, config)
+    return train, test
+
+
+def _load_named_with_holdout(
+    name: str, config: TrainConfig
+) -> Tuple[ImageSet, Optional[ImageSet], Optional[ImageSet]]:
+    """:func:`load_named` plus up to HOLDOUT_IMAGES labelled training images its subset left out."""
     check_domain_name(name)
     if name.endswith(".npz") and name not in REGISTRY:
-        return load_npz(name)
+        return (*load_npz(name), None)
     domain = REGISTRY[name]
-    train = domain.load(True, config)
+    train, rest = domain.load(True, config), None
     if config.protocol == "adda" and domain.adda_subset is not None:
         # one subset stream per domain name, so MNIST's draw does not depend on which USPS ran beside it
-        seed = stream_seed(config.effective_subset_seed, "subset", zlib.crc32(name.encode()))
-        train = train.subset(domain.adda_subset, seed)
-    return train, domain.load(False, config)
+        salt = zlib.crc32(name.encode())
+        train, rest = train.split(domain.adda_subset, stream_seed(config.effective_subset_seed, "subset", salt))
+        if rest is not None:
+            rest = rest.subset(HOLDOUT_IMAGES, stream_seed(config.effective_subset_seed, "holdout", salt))
+    return train, domain.load(False, config), rest
 
 
 # --- the user's own images -------------------------------------------------------------------
@@ -299,14 +326,18 @@ def prepare_data(
     Raises ValueError (or DataError for files) before any training: missing labels on the
     source, shapes that disagree without ``resize_to_source``, unknown names."""
 
-    def side(name: str, given: Any, given_test: Any, what: str) -> Tuple[ImageSet, Optional[ImageSet]]:
-        train, test = (as_image_set(given, name, what=what), None) if given is not None else load_named(name, config)
+    def side(name: str, given: Any, given_test: Any, what: str) -> Tuple[ImageSet, Optional[ImageSet],
+                                                                          Optional[ImageSet]]:
+        if given is not None:
+            train, test, holdout = as_image_set(given, name, what=what), None, None
+        else:
+            train, test, holdout = _load_named_with_holdout(name, config)
         if given_test is not None:
             test = as_image_set(given_test, name, what=f"{what}_test")
-        return train, test
+        return train, test, holdout
 
-    src_train, src_test = side(config.src, source, source_test, "source")
-    tgt_train, tgt_test = side(config.tgt, target, target_test, "target")
+    src_train, src_test, _ = side(config.src, source, source_test, "source")
+    tgt_train, tgt_test, tgt_holdout = side(config.tgt, target, target_test, "target")
 
     if src_train.labels is None:
         raise ValueError(f"the source domain {config.src!r} has no labels; the source must be labelled")
@@ -319,17 +350,18 @@ def prepare_data(
     tgt_train = tgt_train.unlabelled()
     shape = src_train.shape
     fixed = []
-    for s in (tgt_train, tgt_test, src_test):
+    for s in (tgt_train, tgt_test, src_test, tgt_holdout):
         if s is not None and s.shape != shape:
             if not config.resize_to_source:
                 raise ValueError(f"source images are {shape} (C, H, W) but {s.name or 'target'} images are {s.shape}; "
                                  f"pass resize_to_source=True (--resize-to-source) to resize them")
             s = match_shape(s, shape)
         fixed.append(s)
-    tgt_train, tgt_test, src_test = fixed
+    tgt_train, tgt_test, src_test, tgt_holdout = fixed
     return RunData(
         src_train.to(device),
         None if src_test is None else src_test.to(device),
         tgt_train.to(device),  # type: ignore[union-attr]
         None if tgt_test is None else tgt_test.to(device),
+        None if tgt_holdout is None else tgt_holdout.to(device),
     )

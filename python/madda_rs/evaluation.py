@@ -42,7 +42,10 @@ class SourceReference:
         self.k, self.threads, self.parallel = k, threads, parallel
 
     def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
-        tgt = embed(model, images)
+        return self.predict_embedded(embed(model, images))
+
+    def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
+        """Algorithm 3 on target embeddings already computed."""
         if self.parallel.world == 1:
             return madda_rs.knn_predict(self.emb, self.labels, tgt, self.k, threads=self.threads)
         bounds = np.linspace(0, len(self.labels), self.parallel.world + 1).astype(int)
@@ -74,8 +77,8 @@ class ClassifierScorer(SourceReference):
         super().__init__(model, source, k, threads, parallel)
         self.classes = np.unique(self.labels)
 
-    def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
-        return self.classes[embed(model, images).argmax(axis=1)]
+    def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
+        return self.classes[tgt.argmax(axis=1)]
 
 
 def label_free_figures(pred: np.ndarray, n_classes: int) -> Dict[str, Any]:
@@ -88,14 +91,70 @@ def label_free_figures(pred: np.ndarray, n_classes: int) -> Dict[str, Any]:
     return {"pred_classes": int(len(counts)), "pred_largest_class_share": float(p.max()), "pred_entropy": entropy}
 
 
+# SND (Saito et al., ICCV 2021) over at most this many target images (a fixed draw): its n x n
+# similarity matrix is 16 MB at 2,000; the score is a mean, so a sample estimates it well.
+SND_IMAGES, SND_TEMPERATURE = 2000, 0.05
+
+
+def soft_neighbourhood_density(emb: np.ndarray, temperature: float = SND_TEMPERATURE) -> float:
+    """Soft neighbourhood density of target embeddings: the mean entropy of each image's softmax
+    over its cosine similarities (/ `temperature`) to every other image. Higher means denser
+    neighbourhoods (Saito et al. pick the checkpoint that maximises it); 0 for fewer than 2 images."""
+    if len(emb) > SND_IMAGES:
+        emb = emb[np.random.default_rng(0).choice(len(emb), SND_IMAGES, replace=False)]
+    n = len(emb)
+    if n < 2:
+        return 0.0
+    unit = emb.astype(np.float64) / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    logits = unit @ unit.T / temperature
+    np.fill_diagonal(logits, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1).mean())
+
+
+def nearest_center_labels(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndarray) -> np.ndarray:
+    """The label of the nearest source class mean for each row of `emb`."""
+    classes = np.unique(ref_labels)
+    means = np.stack([ref_emb[ref_labels == c].mean(axis=0) for c in classes]).astype(np.float32)
+    return classes[madda_rs.knn_search(means, emb, 1)[1][:, 0]]
+
+
+# source_test_accuracy scores at most this many source test images (a fixed draw)
+SOURCE_CHECK_IMAGES = 2000
+
+
 def target_scores(reference: SourceReference, model: EmbeddingNet, data: RunData) -> Dict[str, Any]:
-    """Label-free figures on the target training images, plus accuracy when the target test set
-    has labels."""
+    """Label-free figures on the target training images (predicted classes, SND, kNN/centre
+    agreement, source test accuracy of `model`), plus accuracy on the held-out target training
+    images and the target test set where they exist."""
     n_classes = len(np.unique(reference.labels))
-    scores = label_free_figures(reference.predict(model, data.tgt_train.images), n_classes)
+    tgt = embed(model, data.tgt_train.images)
+    pred = reference.predict_embedded(tgt)
+    scores = label_free_figures(pred, n_classes)
+    scores["snd"] = soft_neighbourhood_density(tgt)
+    centre = nearest_center_labels(tgt, reference.emb, reference.labels)
+    scores["knn_center_agreement"] = float((pred == centre).mean())
+    if data.src_test is not None:
+        scores["source_test_accuracy"] = reference.accuracy(model, data.src_test.subset(SOURCE_CHECK_IMAGES, 0))
+    if data.tgt_holdout is not None:
+        scores["holdout_accuracy"] = reference.accuracy(model, data.tgt_holdout)
     if data.tgt_test is not None:
         scores["target_accuracy"] = reference.accuracy(model, data.tgt_test)
     return scores
+
+
+def confusion(reference: SourceReference, model: EmbeddingNet, test: ImageSet) -> Dict[str, Any]:
+    """{"classes": labels, "confusion": counts[true][predicted]} on a labelled test set."""
+    assert test.labels is not None
+    truth = test.labels.cpu().numpy()
+    pred = reference.predict(model, test.images)
+    classes = np.union1d(np.unique(reference.labels), np.unique(truth))
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(counts, ([index[c] for c in truth.tolist()], [index[c] for c in pred.tolist()]), 1)
+    return {"classes": classes.tolist(), "confusion": counts.tolist()}
 
 
 # How each training method labels a target image (madda_rs.training.METHODS has its stages).

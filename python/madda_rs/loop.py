@@ -61,6 +61,7 @@ class LoopSettings:
     where: str = ""  # the run folder, for messages
     warnings: List[str] = field(default_factory=list)
     parallel: Parallel = field(default_factory=Parallel)  # progress and checkpoints on rank 0 only
+    evaluated: Optional[Callable[[Dict[str, Any]], None]] = None  # gets each scored epoch's whole record
 
 
 def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSettings) -> None:
@@ -92,6 +93,8 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                 # every rank scores (a sharded kNN search is collective); rank 0 reports
                 if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
                     rec.update(settings.evaluate())
+                    if settings.evaluated is not None:
+                        settings.evaluated(rec)
                 d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
                 warning = _health_warning(rec, d_wins)
                 if warning:

@@ -9,10 +9,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .config import SELECTION_SCORES
+
 # Settings that do not make two runs different experiments: seeds vary within a group, and the
 # rest say where and how a run executed, not what it computed.
 NOT_GROUPED = {"seed", "subset_seed", "device", "data_dir", "download", "threads", "deterministic", "eval_every",
-               "checkpoint_every", "overridden"}
+               "checkpoint_every", "overridden", "select"}
+# The headline is the final epoch; beside it, the mean of this many last evaluations (steadier).
+LAST_EVALUATIONS = 5
 
 
 def load_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -44,9 +48,9 @@ def summarize(run_dirs: Sequence[str]) -> str:
         key = tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_GROUPED))
         groups[key].append((config, metrics))
     lines = [
-        "| task | preset | USPS resize | epochs (src+tgt) | seeds | target accuracy | source-only | source test | "
-        "wall s / run | s / source epoch | s / target epoch | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | preset | USPS resize | epochs (src+tgt) | seeds | target accuracy | last 5 evaluations | "
+        "source-only | source test | wall s / run | s / source epoch | s / target epoch | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for runs in groups.values():
         config = runs[0][0]
@@ -67,6 +71,7 @@ def summarize(run_dirs: Sequence[str]) -> str:
             f"| {_domain(config['src'])} → {_domain(config['tgt'])} ({config['protocol']}) | {variant} | "
             f"{config['usps_resize']} | {config['epochs_source']}+{config['epochs_target']} | "
             f"{','.join(str(r[0]['seed']) for r in runs)} | {_mean_std([x['target_accuracy'] for x in m])} | "
+            f"{_mean_std([last_evaluations_mean(x) for x in m])} | "
             f"{_mean_std([x['source_only_accuracy'] for x in m])} | {_mean_std([x['source_accuracy'] for x in m])} | "
             f"{np.mean([x['wall_seconds'] for x in m]):.0f} | {per_epoch[0]} | {per_epoch[1]} | {m[0]['device']} |"
         )
@@ -84,4 +89,70 @@ def accuracy_by_epoch(run_dirs: Sequence[str]) -> str:
             acc = next((h["target_accuracy"] for h in hist if h["epoch"] + 1 == e and "target_accuracy" in h), None)
             cells.append("" if acc is None else f"{acc:.3f}")
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluations(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The target stage's scored epochs (those with figures beyond the losses)."""
+    return [h for h in metrics["history"].get("target", []) if "pred_classes" in h]
+
+
+def last_evaluations_mean(metrics: Dict[str, Any], n: int = LAST_EVALUATIONS) -> Optional[float]:
+    """Mean target accuracy over the last `n` evaluations (None without target labels)."""
+    acc = [h.get("target_accuracy") for h in evaluations(metrics)[-n:]]
+    if not acc or any(a is None for a in acc):
+        return metrics.get("target_accuracy")
+    return float(np.mean(acc))
+
+
+def pick(evals: List[Dict[str, Any]], score: str) -> Optional[Dict[str, Any]]:
+    """The evaluation `score` rates best (SELECTION_SCORES gives the direction; the earliest of equals)."""
+    rated = [h for h in evals if score in h]
+    if not rated:
+        return None
+    return max(rated, key=lambda h: SELECTION_SCORES[score] * h[score])
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None  # undefined for constant series
+    return float(spearmanr(x, y).statistic)
+
+
+def selection_table(run_dirs: Sequence[str]) -> str:
+    """For each selection score: its rank correlation with target accuracy (pooled over every
+    evaluation of every run, and the mean of the per-run correlations), and the mean target
+    accuracy of the checkpoint it picks in each run, beside the final epoch and the checkpoint
+    picked by the target test labels themselves (an oracle, not a result)."""
+    runs = [evaluations(load_run(d)[1]) for d in run_dirs]
+    runs = [r for r in runs if r and all("target_accuracy" in h for h in r)]
+    if not runs:
+        return "no run has scored evaluations with target labels"
+    lines = [
+        f"{len(runs)} runs, {sum(map(len, runs))} evaluations",
+        "",
+        "| picked by | Spearman ρ with target accuracy (pooled) | mean ρ within runs | target accuracy of the pick |",
+        "|---|---|---|---|",
+    ]
+
+    def fmt(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:+.2f}"
+
+    for score in SELECTION_SCORES:
+        if not any(score in h for r in runs for h in r):
+            continue
+        sign = SELECTION_SCORES[score]  # so that a positive ρ always means "the score picks well"
+        pooled = [(sign * h[score], h["target_accuracy"]) for r in runs for h in r if score in h]
+        within = [_spearman(*zip(*[(sign * h[score], h["target_accuracy"]) for h in r if score in h]))
+                  for r in runs if sum(score in h for h in r) >= 3]
+        within = [w for w in within if w is not None]
+        picks = [p["target_accuracy"] for p in (pick(r, score) for r in runs) if p is not None]
+        lines.append(f"| {score} ({'max' if sign > 0 else 'min'}) | "
+                     f"{fmt(_spearman([a for a, _ in pooled], [b for _, b in pooled]))} | "
+                     f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(picks):.4f} |")
+    lines.append(f"| final epoch (the headline) | | | {np.mean([r[-1]['target_accuracy'] for r in runs]):.4f} |")
+    lines.append(f"| best on the target test set (oracle) | | | "
+                 f"{np.mean([max(h['target_accuracy'] for h in r) for r in runs]):.4f} |")
     return "\n".join(lines)

@@ -28,11 +28,13 @@ SEED_STREAMS = {
     "triplets": 4,  # stage 1 triplet sampling (negatives)
     "batches_target": 5,  # stage 2 batch order
     "centers": 6,  # KMeans centres (the 'official' preset)
+    "holdout": 7,  # which left-out training images score a run (domains.HOLDOUT_IMAGES)
 }
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 CHECKPOINT_FILE, PROGRESS_FILE = "checkpoint.pt", "progress.json"  # progress.json: the checkpoint's stage and epoch
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, "source.pt", "target.pt")
+SELECTED_FILE = "selected.pt"  # the target model a label-free score picked (TrainConfig.select)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, "source.pt", "target.pt", SELECTED_FILE)
 
 
 def stream_seed(seed: int, stream: str, *extra: int) -> int:

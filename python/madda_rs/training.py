@@ -23,15 +23,17 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import SELECTION_SCORES, TrainConfig
 from .domains import prepare_data
-from .evaluation import SCORERS, save_model, target_scores
+from .evaluation import SCORERS, confusion, save_model, target_scores
 from .loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
+from .models import EmbeddingNet
 from .runtime import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     PROGRESS_FILE,
+    SELECTED_FILE,
     Parallel,
     RunFolder,
     configure_threads,
@@ -70,6 +72,11 @@ class RunResult:
     seconds_per_target_epoch: Optional[float]
     history: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     out_dir: Optional[str] = None
+    # final predictions on the target test set: counts[true][predicted] over `classes`
+    classes: Optional[List[int]] = None
+    confusion: Optional[List[List[int]]] = None
+    # with config.select: the evaluation that score picked ({"score", "epoch", "value", "target_accuracy"})
+    selected: Optional[Dict[str, Any]] = None
 
     def metrics(self) -> Dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "config"}
@@ -137,9 +144,12 @@ def train(
     warnings: List[str] = saved["warnings"] if saved else []
     stages: Dict[str, Any] = {}
 
+    selection = _Selection(config, history["target"], folder)
+
     def checkpoint() -> None:
         assert folder is not None
         current = list(stages)[-1]
+        selection.save()  # with the checkpoint, so selected.pt always matches the saved history
         folder.save(CHECKPOINT_FILE, {
             "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "history": history, "warnings": warnings,
             "stages": {name: stage.state_dict() for name, stage in stages.items()},
@@ -170,6 +180,7 @@ def train(
         if saved and "target" in saved["stages"]:
             target_stage.load_state_dict(saved["stages"]["target"])
         settings.evaluate = lambda: target_scores(reference, target_stage.target, data)
+        settings.evaluated = lambda rec: selection.consider(rec, target_stage.target)
         run_stage(target_stage, history["target"], settings)
         scored = [h for h in history["target"] if "pred_classes" in h]
         final = scored[-1] if scored else source_only
@@ -178,13 +189,15 @@ def train(
         target_model = source_model
     if writer is not None:
         save_model(writer, "target.pt", target_model, config, config.epochs_target)
+        selection.save()
+    final_confusion = confusion(reference, target_model, data.tgt_test) if data.tgt_test is not None else {}
 
     result = RunResult(
         config=config,
         target_accuracy=final.get("target_accuracy"),
         source_accuracy=source_acc,
         source_only_accuracy=source_only.get("target_accuracy"),
-        label_free={k: v for k, v in final.items() if k.startswith("pred_")},
+        label_free={k: v for k, v in final.items() if k.startswith("pred_") or k in SELECTION_SCORES},
         warnings=warnings,
         wall_seconds=time.perf_counter() - wall,
         device=str(device),
@@ -193,6 +206,9 @@ def train(
         seconds_per_target_epoch=_mean_seconds(history["target"]),
         history=history,
         out_dir=str(folder.path) if folder is not None else None,
+        classes=final_confusion.get("classes"),
+        confusion=final_confusion.get("confusion"),
+        selected=selection.summary(),
     )
     if writer is not None:
         writer.write_json(METRICS_FILE, result.metrics())
@@ -205,6 +221,43 @@ def resume(run_dir: str, progress: Optional[ProgressFactory] = None, **data: Any
     A run trained on in-memory images needs them again (`source=`, `target=`, ...)."""
     config = TrainConfig.load(str(Path(run_dir) / CONFIG_FILE))
     return train(config, run_dir, progress, resume=True, **data)
+
+
+class _Selection:
+    """Keeps the target model that `score` (a key of SELECTION_SCORES) rates best among the
+    evaluations. It is written as selected.pt (a model file, like target.pt) with each
+    checkpoint, so after a resume it matches the saved history."""
+
+    def __init__(self, config: TrainConfig, history: List[Dict[str, Any]], folder: Optional[RunFolder]) -> None:
+        self.config, self.score, self.history, self.folder = config, config.select, history, folder
+        self.saved: Optional[Dict[str, Any]] = None  # what selected.pt holds (or will)
+        if self.score is not None and folder is not None and (folder.path / SELECTED_FILE).is_file():
+            self.saved = folder.load(SELECTED_FILE)
+
+    def _rated(self, rec: Dict[str, Any]) -> float:
+        assert self.score is not None
+        return SELECTION_SCORES[self.score] * rec[self.score]
+
+    def consider(self, rec: Dict[str, Any], model: EmbeddingNet) -> None:
+        if self.score is None or self.score not in rec:
+            return
+        if self.saved is None or self._rated(rec) > self._rated(self.history[self.saved["epoch"] - 1]):
+            self.saved = {
+                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "config": self.config.to_dict(), "epoch": rec["epoch"] + 1, "score": self.score,  # epochs trained
+                "in_shape": list(model.encoder.in_shape), "out_dim": model.head[1].out_features,
+            }
+
+    def save(self) -> None:
+        if self.saved is not None and self.folder is not None:
+            self.folder.save(SELECTED_FILE, self.saved)
+
+    def summary(self) -> Optional[Dict[str, Any]]:
+        if self.saved is None:
+            return None
+        rec = self.history[self.saved["epoch"] - 1]
+        return {"score": self.score, "epoch": self.saved["epoch"], "value": rec[self.score],
+                "target_accuracy": rec.get("target_accuracy")}
 
 
 def _mean_seconds(hist: List[Dict[str, Any]]) -> Optional[float]:
