@@ -1,9 +1,12 @@
-"""`madda-rs`: train M-ADDA, resume and re-score saved runs, summarise them.
+"""`madda-rs`: train M-ADDA, resume and re-score saved runs, summarise and plot them, rebuild the
+paper's tables.
 
     madda-rs train --src mnist --tgt usps [--preset paper|official] [--protocol adda|full] ...
     madda-rs train --resume runs/DIR
     madda-rs eval --run runs/DIR [--k K]
-    madda-rs report runs/*
+    madda-rs report runs/* [--by-epoch | --selection]
+    madda-rs reproduce table1|table2|table3 [--out results] [--seeds 0,1,2] [--quick]
+    madda-rs plot runs/DIR... [--out DIR]
 
 The train flags are generated from :class:`madda_rs.config.TrainConfig`'s fields: a flag left
 out takes the preset's value (or the config's default), and ``--help`` shows both presets'
@@ -21,7 +24,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
 
@@ -101,7 +104,45 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="summarise saved runs as a markdown table (mean +- std over seeds)")
     r.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
     r.add_argument("--by-epoch", action="store_true", help="instead: target accuracy at each recorded epoch, per run")
+    r.add_argument("--selection", action="store_true",
+                   help="instead: how well each label-free score tracks target accuracy, and what it would pick")
+
+    p = sub.add_parser("reproduce", help="run every run a table of the paper needs, then write it (markdown, CSV)",
+                       description="Runs one at a time under OUT/runs/, skipping complete runs and resuming "
+                                   "interrupted ones; writes OUT/TABLE.md, OUT/TABLE.csv and OUT/figures/TABLE/.")
+    p.add_argument("table", choices=("table1", "table2", "table3"))
+    p.add_argument("--out", default="results", help="[default: results]")
+    p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma-separated [default: 0,1,2]")
+    p.add_argument("--schedule", choices=("short", "paper"), default="short",
+                   help="'short': what a CPU affords for three seeds (README, Results); 'paper': 200 + 200 epochs "
+                        "[default: short]")
+    p.add_argument("--paper-seeds", type=_seed_list, default=(),
+                   help="also run these seeds at the paper's schedule, as their own table rows")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--tsne-points", type=_int_at_least(1), default=1000,
+                   help="images per domain in each t-SNE [default: 1000]")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
+    p.add_argument("--data-dir", default=None, help="folder in torchvision's layout (default: $MADDA_DATA_DIR)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, confusion")
+    g.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
+    g.add_argument("--out", default=None, help="one folder for all figures (default: each run's own folder)")
+    g.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
+    g.add_argument("--data-dir", default=None, help="override the data folder recorded in the runs")
     return parser
+
+
+def _seed_list(text: str) -> Tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds like 0,1,2, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds
 
 
 def _settings_given(args: argparse.Namespace) -> Dict[str, Any]:
@@ -198,9 +239,53 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import accuracy_by_epoch, summarize
+    from .report import accuracy_by_epoch, selection_table, summarize
 
-    print(accuracy_by_epoch(args.runs) if args.by_epoch else summarize(args.runs))
+    if args.by_epoch:
+        print(accuracy_by_epoch(args.runs))
+    elif args.selection:
+        print(selection_table(args.runs))
+    else:
+        print(summarize(args.runs))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .reproduce import plan, run_all, write_table
+
+    out = Path(args.out)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    schedule = "quick" if args.quick else args.schedule
+    settings = {"device": args.device, "data_dir": args.data_dir, "threads": args.threads}
+    runs = plan(args.table, seeds, schedule, paper_seeds=() if args.quick else args.paper_seeds, **settings)
+    progress = (lambda **kw: tqdm(leave=False, **kw)) if not args.quiet else None
+
+    def announce(i: int, run: Any, state: str) -> None:
+        print(f"[{i + 1}/{len(runs)}] {run.slug}: {'complete, skipped' if state == 'complete' else state}",
+              flush=True)
+
+    try:
+        run_all(runs, out, progress, announce)
+    finally:  # an interrupted reproduce still writes what is complete
+        md, csv_path = write_table(args.table, runs, out)
+    print(md.read_text())
+    print(f"written: {md}, {csv_path}")
+    if not args.no_figures:
+        from .reproduce import write_figures
+
+        for path in write_figures(args.table, runs, out, device=args.device, data_dir=args.data_dir,
+                                  tsne_points=args.tsne_points):
+            print(f"figure: {path}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import plot_runs
+
+    for path in plot_runs(args.runs, args.out, device=args.device, data_dir=args.data_dir):
+        print(f"figure: {path}")
     return 0
 
 
@@ -214,6 +299,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _train(args, parser)
         if args.command == "report":
             return _report(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
+        if args.command == "plot":
+            return _plot(args)
         return _eval(args)
     except KeyboardInterrupt:
         print("madda-rs: interrupted", file=sys.stderr)

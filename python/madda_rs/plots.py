@@ -42,9 +42,6 @@ CURVES = {
     "pred_entropy": "prediction entropy (label-free)",
     "source_test_accuracy": "source test accuracy",
 }
-# Runs that differ only in these are seeds of one experiment: which epoch a run reports
-# ('select') does not change what it recorded per epoch.
-NOT_GROUPED_CURVES = NOT_GROUPED | {"select"}
 Run = Tuple[Dict[str, Any], Dict[str, Any]]  # (config.json, metrics.json)
 
 
@@ -82,7 +79,7 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
                  for name in ("curves.png", "tsne.png", "confusion.png")}
         if out is None:
             written.append(curves_figure([(config, metrics)], where["curves.png"]))
-        written.append(_run_tsne(run, config, where["tsne.png"], tsne_points, device, data_dir))
+        written.append(run_tsne(run, config, where["tsne.png"], tsne_points, device, data_dir))
         if "confusion" in metrics:
             written.append(confusion_figure(metrics["confusion"], metrics["classes"], where["confusion.png"],
                                             f"{_title(config)}, seed {config['seed']}"))
@@ -158,13 +155,13 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
 
 def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     """Panels of the CURVES keys that any run recorded, over target epochs (x = epoch + 1). Runs
-    whose configs differ only in NOT_GROUPED_CURVES are one line, the mean over the runs, in a
+    whose configs differ only in NOT_GROUPED are one line, the mean over the runs, in a
     min-max band. Returns None (nothing written) when no run recorded any of them."""
     from matplotlib.ticker import MaxNLocator
 
     groups: Dict[str, List[Run]] = {}
     for config, metrics in runs:
-        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED_CURVES}, sort_keys=True)
+        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED}, sort_keys=True)
         groups.setdefault(key, []).append((config, metrics))
     histories = [m.get("history", {}).get("target", []) for _, m in runs]
     keys = [k for k in CURVES if any(h.get(k) is not None for hist in histories for h in hist)]
@@ -221,8 +218,9 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[Any],
     return _save(fig, path)
 
 
-def _run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int, device: str,
-              data_dir: Optional[str]) -> Optional[Path]:
+def run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int = 1000, device: str = "cpu",
+             data_dir: Optional[str] = None) -> Optional[Path]:
+    """:func:`tsne_figure` of a run folder (None, with a warning, when its models or images are gone)."""
     missing = [name for name in ("source.pt", "target.pt") if not (run / name).is_file()]
     if missing:  # a run committed to git keeps its JSON files only
         log.warning("%s: no t-SNE, %s missing", run, " and ".join(missing))
@@ -272,7 +270,7 @@ def _domain(name: str) -> str:
 
 def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     """Each group's title, plus the settings in which the groups differ (so no two read alike)."""
-    shown = NOT_GROUPED_CURVES | {"src", "tgt", "method", "preset"}
+    shown = NOT_GROUPED | {"src", "tgt", "method", "preset"}
     keys = sorted({k for c in configs for k in c} - shown)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]
