@@ -30,7 +30,7 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # one run folder
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target_accuracy"] > 0.3 and metrics["source_accuracy"] > 0.5  # chance is 0.1
-    assert metrics["threads"] == 1  # two processes share the two cores
+    assert metrics["threads"] == 1 and metrics["processes"] == 2  # two processes share the two cores
     assert len(metrics["history"]["target"]) == 2
 
 

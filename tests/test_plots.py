@@ -155,11 +155,11 @@ def test_curves_group_seeds_of_one_experiment_and_skip_unrecorded_keys(tmp_path,
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
     runs = [_fake_run(0, [None, 0.5, 0.7]), _fake_run(1, [None, 0.6, 0.9], device="cuda", select="last"),
-            _fake_run(0, [0.2, 0.3, 0.4], lr=1e-3)]
+            _fake_run(0, [0.2, 0.3, 0.4], lr=1e-3, overridden=["lr"])]
     assert curves_figure(runs, tmp_path / "curves.png") == tmp_path / "curves.png"
     axes = [ax for ax in figures[0].axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["target test accuracy", "center magnet loss"]
-    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in figures[0].legends[0].get_texts()]  # one legend under the panels
     assert legend == ["MNIST→USPS madda paper, lr=0.0001 (2 seeds)", "MNIST→USPS madda paper, lr=0.001 (1 seed)"]
     mean_line = axes[0].get_lines()[0]
     assert list(mean_line.get_xdata()) == [2, 3]  # epoch + 1, evaluation epochs only

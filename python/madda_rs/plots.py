@@ -174,14 +174,16 @@ def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     labels = _group_labels([g[0][0] for g in groups.values()])
     for ax, key in zip(axes, keys):
-        for label, group in zip(labels, groups.values()):
+        for i, (label, group) in enumerate(zip(labels, groups.values())):
             per_run = [{h["epoch"] + 1: h[key] for h in m["history"]["target"] if h.get(key) is not None}
                        for _, m in group]
             epochs = sorted({e for r in per_run for e in r})
             if not epochs:
                 continue
             y = np.array([[r.get(e, np.nan) for e in epochs] for r in per_run], dtype=float)
-            line = ax.plot(epochs, np.nanmean(y, axis=0), marker="o" if len(epochs) <= 30 else None, ms=3,
+            # a fixed colour per group: a group missing from a panel must not shift the others' colours
+            line = ax.plot(epochs, np.nanmean(y, axis=0), color=f"C{i % 10}", marker="o" if len(epochs) <= 30 else None,
+                           ms=3,
                            label=f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})")[0]
             if len(group) > 1:
                 ax.fill_between(epochs, np.nanmin(y, axis=0), np.nanmax(y, axis=0), color=line.get_color(), alpha=0.2)
@@ -191,7 +193,9 @@ def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
+    # one legend under the panels: inside one, long labels squeeze the grid
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=9,
+               ncols=max(1, min(3, len(groups))))
     return _save(fig, path)
 
 
@@ -270,7 +274,11 @@ def _domain(name: str) -> str:
 
 def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     """Each group's title, plus the settings in which the groups differ (so no two read alike)."""
-    shown = NOT_GROUPED | {"src", "tgt", "method", "preset"}
+    from .config import PRESET_FIELDS
+
+    # the preset's name already says what its fields hold; list them only where they were overridden
+    shown = NOT_GROUPED | {"src", "tgt", "method", "preset"} | (set(PRESET_FIELDS) - {
+        k for c in configs for k in c.get("overridden", [])})
     keys = sorted({k for c in configs for k in c} - shown)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]

@@ -39,6 +39,21 @@ def _domain(name: str) -> str:
     return Path(name).stem if name.endswith(".npz") else name.upper()
 
 
+def _protocol(config: Dict[str, Any]) -> str:
+    usps = "usps" in (config["src"], config["tgt"])
+    return f"{config['protocol']}, {config.get('usps_split', 'standard')} USPS split" if usps else config["protocol"]
+
+
+def _final_holdout(metrics: Dict[str, Any]) -> Optional[float]:
+    scored = [h for h in evaluations(metrics) if "holdout_accuracy" in h]
+    return scored[-1]["holdout_accuracy"] if scored else None
+
+
+def _where(metrics: Dict[str, Any]) -> str:
+    n = metrics.get("processes", 1)  # runs saved before it was recorded ran as one process
+    return metrics["device"] if n == 1 else f"{metrics['device']}, {n} processes"
+
+
 def summarize(run_dirs: Sequence[str]) -> str:
     """One markdown row per experiment: final-epoch target accuracy (mean ± sample std over
     seeds), source-only accuracy, source accuracy, wall time and seconds per epoch."""
@@ -46,11 +61,13 @@ def summarize(run_dirs: Sequence[str]) -> str:
     for d in run_dirs:
         config, metrics = load_run(d)
         key = tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_GROUPED))
+        key += (("processes", metrics.get("processes", 1)),)  # 1 and 2 processes are different experiments
         groups[key].append((config, metrics))
     lines = [
         "| task | preset | USPS resize | epochs (src+tgt) | seeds | target accuracy | last 5 evaluations | "
-        "source-only | source test | wall s / run | s / source epoch | s / target epoch | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "held-out target train | source-only | source test | wall s / run | s / source epoch | s / target epoch | "
+        "device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for runs in groups.values():
         config = runs[0][0]
@@ -68,12 +85,12 @@ def summarize(run_dirs: Sequence[str]) -> str:
             for key in ("seconds_per_source_epoch", "seconds_per_target_epoch")
         ]
         lines.append(
-            f"| {_domain(config['src'])} → {_domain(config['tgt'])} ({config['protocol']}) | {variant} | "
+            f"| {_domain(config['src'])} → {_domain(config['tgt'])} ({_protocol(config)}) | {variant} | "
             f"{config['usps_resize']} | {config['epochs_source']}+{config['epochs_target']} | "
             f"{','.join(str(r[0]['seed']) for r in runs)} | {_mean_std([x['target_accuracy'] for x in m])} | "
-            f"{_mean_std([last_evaluations_mean(x) for x in m])} | "
+            f"{_mean_std([last_evaluations_mean(x) for x in m])} | {_mean_std([_final_holdout(x) for x in m])} | "
             f"{_mean_std([x['source_only_accuracy'] for x in m])} | {_mean_std([x['source_accuracy'] for x in m])} | "
-            f"{np.mean([x['wall_seconds'] for x in m]):.0f} | {per_epoch[0]} | {per_epoch[1]} | {m[0]['device']} |"
+            f"{np.mean([x['wall_seconds'] for x in m]):.0f} | {per_epoch[0]} | {per_epoch[1]} | {_where(m[0])} |"
         )
     return "\n".join(lines)
 
@@ -131,28 +148,29 @@ def selection_table(run_dirs: Sequence[str]) -> str:
     if not runs:
         return "no run has scored evaluations with target labels"
     lines = [
-        f"{len(runs)} runs, {sum(map(len, runs))} evaluations",
+        f"{len(runs)} runs, {sum(map(len, runs))} evaluations. Each row compares on the runs that record its score.",
         "",
-        "| picked by | Spearman ρ with target accuracy (pooled) | mean ρ within runs | target accuracy of the pick |",
-        "|---|---|---|---|",
+        "| picked by | runs | Spearman ρ with target accuracy (pooled) | mean ρ within runs | "
+        "target accuracy of the pick | final epoch | best on the target test set (oracle) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def fmt(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:+.2f}"
 
     for score in SELECTION_SCORES:
-        if not any(score in h for r in runs for h in r):
+        mine = [r for r in runs if any(score in h for h in r)]
+        if not mine:
             continue
         sign = SELECTION_SCORES[score]  # so that a positive ρ always means "the score picks well"
-        pooled = [(sign * h[score], h["target_accuracy"]) for r in runs for h in r if score in h]
+        pooled = [(sign * h[score], h["target_accuracy"]) for r in mine for h in r if score in h]
         within = [_spearman(*zip(*[(sign * h[score], h["target_accuracy"]) for h in r if score in h]))
-                  for r in runs if sum(score in h for h in r) >= 3]
+                  for r in mine if sum(score in h for h in r) >= 3]
         within = [w for w in within if w is not None]
-        picks = [p["target_accuracy"] for p in (pick(r, score) for r in runs) if p is not None]
-        lines.append(f"| {score} ({'max' if sign > 0 else 'min'}) | "
+        picks = [p["target_accuracy"] for p in (pick(r, score) for r in mine) if p is not None]
+        lines.append(f"| {score} ({'max' if sign > 0 else 'min'}) | {len(mine)} | "
                      f"{fmt(_spearman([a for a, _ in pooled], [b for _, b in pooled]))} | "
-                     f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(picks):.4f} |")
-    lines.append(f"| final epoch (the headline) | | | {np.mean([r[-1]['target_accuracy'] for r in runs]):.4f} |")
-    lines.append(f"| best on the target test set (oracle) | | | "
-                 f"{np.mean([max(h['target_accuracy'] for h in r) for r in runs]):.4f} |")
+                     f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(picks):.4f} | "
+                     f"{np.mean([r[-1]['target_accuracy'] for r in mine]):.4f} | "
+                     f"{np.mean([max(h['target_accuracy'] for h in r) for r in mine]):.4f} |")
     return "\n".join(lines)

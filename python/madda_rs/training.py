@@ -67,11 +67,12 @@ class RunResult:
     warnings: List[str]
     wall_seconds: float
     device: str
-    threads: int
+    threads: int  # per process
     seconds_per_source_epoch: Optional[float]
     seconds_per_target_epoch: Optional[float]
     history: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     out_dir: Optional[str] = None
+    processes: int = 1  # torchrun processes that trained together
     # final predictions on the target test set: counts[true][predicted] over `classes`
     classes: Optional[List[int]] = None
     confusion: Optional[List[List[int]]] = None
@@ -202,6 +203,7 @@ def train(
         wall_seconds=time.perf_counter() - wall,
         device=str(device),
         threads=threads,
+        processes=parallel.world,
         seconds_per_source_epoch=_mean_seconds(history["source"]),
         seconds_per_target_epoch=_mean_seconds(history["target"]),
         history=history,
