@@ -114,11 +114,14 @@ def soft_neighbourhood_density(emb: np.ndarray, temperature: float = SND_TEMPERA
     return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1).mean())
 
 
+def class_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class mean embeddings (paper, Algorithm 2 line 8), rows in ascending label order."""
+    return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
+
+
 def nearest_center_labels(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndarray) -> np.ndarray:
     """The label of the nearest source class mean for each row of `emb`."""
-    classes = np.unique(ref_labels)
-    means = np.stack([ref_emb[ref_labels == c].mean(axis=0) for c in classes]).astype(np.float32)
-    return classes[madda_rs.knn_search(means, emb, 1)[1][:, 0]]
+    return np.unique(ref_labels)[madda_rs.knn_search(class_means(ref_emb, ref_labels), emb, 1)[1][:, 0]]
 
 
 # source_test_accuracy scores at most this many source test images (a fixed draw)

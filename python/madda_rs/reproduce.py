@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import PRESETS, TrainConfig
-from .report import last_evaluations_mean, load_run
+from .report import NOT_GROUPED, last_evaluations_mean, load_run
 from .runtime import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 
 log = logging.getLogger("madda_rs")
@@ -36,8 +36,9 @@ SCHEDULES: Dict[str, Dict[str, Tuple[int, int, int]]] = {
     "adda": {"short": (40, 20, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1)},
     "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1)},
 }
-# Settings of a run that do not change what it computes; a finished run is reused whatever they were.
-RUN_ONLY = {"device", "data_dir", "download", "threads", "eval_every", "checkpoint_every", "overridden", "select"}
+# Settings of a run that do not change what it computes; a finished run is reused whatever they were
+# (the report's run-only settings, less those that pick or alter the computation).
+RUN_ONLY = NOT_GROUPED - {"seed", "subset_seed", "deterministic"}
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,11 @@ import torch
 
 from ..config import TrainConfig
 from ..domains import RunData
-from ..evaluation import SourceReference
+from ..evaluation import SourceReference, class_means
 from ..losses import center_magnet_loss, confusion_loss, discriminator_loss
 from ..models import Discriminator, EmbeddingNet
 from ..runtime import Parallel, seeded_init, stream_seed
 from . import adam, epoch_batches, mean, zero_grad
-
-
-def class_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-class mean embeddings (paper, Algorithm 2 line 8), rows in ascending label order."""
-    return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
 
 
 def kmeans_centers(emb: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
