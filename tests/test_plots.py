@@ -18,7 +18,7 @@ import madda_rs.plots as plots
 from madda_rs.config import TrainConfig
 from madda_rs.domains import REGISTRY, RegisteredDomain, as_image_set, prepare_data
 from madda_rs.evaluation import load_model
-from madda_rs.plots import confusion_figure, curves_figure, plot_runs, tsne_figure
+from madda_rs.plots import confusion_figure, curves_figure, plot_runs, time_figure, tsne_figure
 from madda_rs.training import train
 
 from digits import bars
@@ -137,7 +137,8 @@ def test_several_runs_share_one_curves_figure_in_the_out_folder(run_copies, tmp_
     with caplog.at_level(logging.WARNING, logger="madda_rs"):
         written = plot_runs([str(r) for r in run_copies], str(tmp_path / "figs"))
     figs = tmp_path / "figs"
-    assert written == [figs / "curves.png", figs / "seed0-confusion.png", figs / "seed1-confusion.png"]
+    assert written == [figs / "curves.png", figs / "time.png", figs / "seed0-confusion.png",
+                       figs / "seed1-confusion.png"]
     for path in written:
         _readable(path)
     assert "source.pt missing" in caplog.text
@@ -195,3 +196,30 @@ def test_bad_arguments_are_refused_before_drawing(run_copies, tmp_path):
     with pytest.raises(ValueError, match="tsne_points must be at least 1, got 0"):
         plot_runs([str(run_copies[0])], tsne_points=0)
     assert not (tmp_path / "figs").exists() and not (run_copies[0] / "curves.png").exists()
+
+
+def _timed(run, start, per_epoch, source_only):
+    config, metrics = run
+    for h in metrics["history"]["target"]:
+        h["wall_seconds"] = start + per_epoch * (h["epoch"] + 1)
+    metrics["history"]["source"] = [{"epoch": 0, "wall_seconds": start}]
+    metrics["source_only_accuracy"] = source_only
+    return config, metrics
+
+
+def test_time_figure_puts_each_task_in_a_panel_and_starts_at_source_only(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    runs = [_timed(_fake_run(0, [None, 0.5, 0.7]), 10.0, 2.0, 0.4), _timed(_fake_run(1, [None, 0.7, 0.9]), 12.0, 2.0, 0.6),
+            _timed(_fake_run(0, [0.8, 0.9, 0.95], preset="improved"), 5.0, 1.0, 0.7),
+            _timed(_fake_run(0, [0.6, 0.7, 0.8], src="usps", tgt="mnist"), 5.0, 1.0, 0.5),
+            _fake_run(0, [0.1, 0.2])]  # no wall times: left out
+    assert time_figure(runs, tmp_path / "time.png") == tmp_path / "time.png"
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["MNIST → USPS", "USPS → MNIST"]
+    paper = axes[0].get_lines()[0]
+    assert np.allclose(paper.get_xdata(), [11.0, 15.0, 17.0])  # source end, then evaluations; mean over seeds
+    assert np.allclose(paper.get_ydata(), [0.5, 0.6, 0.8])
+    assert axes[0].get_lines()[1].get_color() != paper.get_color()
+    assert axes[1].get_lines()[0].get_color() == paper.get_color()  # one colour per preset in every panel
+    assert time_figure([_fake_run(0, [0.1])], tmp_path / "none.png") is None

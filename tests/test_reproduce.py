@@ -13,17 +13,41 @@ from madda_rs.reproduce import TABLES, plan, run_state, slug
 
 def test_plans_share_runs_between_tables_and_name_every_setting():
     t1, t3 = plan("table1", (0, 1, 2)), plan("table3", (0, 1, 2))
-    assert len(t1) == 3 * 4 * 3  # ADDA, M-ADDA paper and official (source-only rows reuse their runs) x 4 columns
+    assert len(t1) == 4 * 4 * 3  # ADDA, M-ADDA paper, official, improved (source-only rows reuse runs) x 4 columns
     assert len({r.slug for r in t1} | {r.slug for r in t3}) == len(t1) + 2 * 4 * 3  # "both" is Table 1's run
     paper = next(r for r in t1 if r.slug == "usps2mnist-pooled-adda-madda-paper-e40+20-s1")
     assert (paper.config.src, paper.config.usps_split, paper.config.seed) == ("usps", "pooled", 1)
     assert ("M-ADDA, preset paper", "USPS → MNIST, pooled USPS split") in paper.cells
     assert ("Source only (triplet model, kNN)", "USPS → MNIST, pooled USPS split") in paper.cells
     full = plan("table2", (0,), paper_seeds=(0,))
-    assert {r.config.protocol for r in full} == {"full"} and {r.schedule for r in full} == {"short", "paper"}
+    assert {r.config.protocol for r in full} == {"full"} and {r.schedule for r in full} == {"short", "improved", "paper"}
     assert all(slug(r.config, r.schedule) == r.slug for r in full)
     with pytest.raises(ValueError, match="unknown table"):
         plan("table4", (0,))
+
+
+def test_the_ablation_takes_out_one_ingredient_per_row_and_shares_table_1s_runs():
+    ablation, t1 = plan("ablation", (0, 1, 2)), plan("table1", (0, 1, 2))
+    assert len({r.slug for r in ablation}) == len(ablation) == 8 * 2 * 3  # improved, 6 ablations, paper
+    shared = {r.slug for r in ablation} & {r.slug for r in t1}
+    assert len(shared) == 2 * 2 * 3  # improved and paper, standard split
+    full = {r.config.src: r.config for r in ablation if r.slug.endswith("madda-improved-e80+30-s0")}
+    for run in ablation:
+        if run.config.preset != "improved" or run.config.seed != 0:
+            continue
+        base = full[run.config.src].to_dict()
+        differ = {k for k, v in run.config.to_dict().items() if base[k] != v and k != "overridden"}
+        assert len(differ) <= 1, (run.slug, differ)  # one ingredient out, the rest kept
+        assert (run.slug.endswith("improved-e80+30-s0")) == (not differ)
+    assert {r.schedule for r in ablation if r.config.preset == "improved"} == {"improved"}  # its own default
+    with_paper = plan("table1", (0,), paper_seeds=(0,))
+    assert not any(r.schedule == "paper" and r.config.preset == "improved" for r in with_paper)
+
+
+def test_the_command_line_offers_every_table():
+    from madda_rs.cli import TABLE_NAMES
+
+    assert TABLE_NAMES == tuple(TABLES)
 
 
 def test_a_folder_holding_another_run_is_refused(tmp_path):
@@ -37,23 +61,24 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
 
 
 def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(generated_data_dir, tmp_path, capsys):
-    # Table 2 (ADDA and M-ADDA x 4 columns): the smallest table; on generated digits "full" is 600 images
+    # Table 2 (ADDA, M-ADDA paper and improved x 4 columns): the smallest table; on generated digits
+    # "full" is 600 images
     args = ["reproduce", "table2", "--quick", "--out", str(tmp_path), "--data-dir", generated_data_dir,
             "--device", "cpu", "--quiet", "--tsne-points", "40"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count(": new") == 8 and "complete" not in out
+    assert out.count(": new") == 12 and "complete" not in out
     markdown = (tmp_path / "table2.md").read_text()
     for row in TABLES["table2"].rows:
         assert f"| {row.label} | quick (1+2) |" in markdown
     with open(tmp_path / "table2.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 * 4 and all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
+    assert len(rows) == 5 * 4 and all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
     figures = sorted((tmp_path / "figures" / "table2").rglob("*.png"))
     assert {p.parent.name for p in figures} == {"mnist2usps-standard", "usps2mnist-standard", "mnist2usps-pooled",
                                                 "usps2mnist-pooled"}
     assert sum(p.name == "curves.png" for p in figures) == 4
-    assert sum(p.name.endswith("-confusion.png") for p in figures) == 8
+    assert sum(p.name.endswith("-confusion.png") for p in figures) == 12
     assert [p.name for p in figures if p.name.endswith("-tsne.png")] == \
         [f"{task}-{split}-full-madda-paper-e1+2-s0-quick-tsne.png"
          for task, split in (("mnist2usps", "pooled"), ("mnist2usps", "standard"), ("usps2mnist", "pooled"),
@@ -66,5 +91,5 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     (victim / "metrics.json").unlink()
     assert main(args + ["--no-figures"]) == 0
     out = capsys.readouterr().out
-    assert out.count("complete, skipped") == 7 and out.count(": resume") == 1
+    assert out.count("complete, skipped") == 11 and out.count(": resume") == 1
     assert (victim / "metrics.json").is_file()

@@ -180,7 +180,7 @@ def test_collapse_and_a_winning_discriminator_are_reported(generated_data_dir, t
     monkeypatch.setattr(madda_rs, "knn_predict", lambda src, y, tgt, k, threads=None: y[:1].repeat(len(tgt)))
     real = madda_stage.MaddaTargetStage._adversarial
     monkeypatch.setattr(madda_stage.MaddaTargetStage, "_adversarial",
-                        lambda self, gen: {**real(self, gen), "d_acc": 1.0})
+                        lambda self, gen, warp: {**real(self, gen, warp), "d_acc": 1.0})
     argv = _argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "4")
     assert main([a for a in argv if a != "--quiet"]) == 0
     out = capsys.readouterr().out

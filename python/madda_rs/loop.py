@@ -62,6 +62,7 @@ class LoopSettings:
     warnings: List[str] = field(default_factory=list)
     parallel: Parallel = field(default_factory=Parallel)  # progress and checkpoints on rank 0 only
     evaluated: Optional[Callable[[Dict[str, Any]], None]] = None  # gets each scored epoch's whole record
+    elapsed: Optional[Callable[[], float]] = None  # the run's wall time so far (accuracy against time)
 
 
 def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSettings) -> None:
@@ -95,6 +96,8 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                     rec.update(settings.evaluate())
                     if settings.evaluated is not None:
                         settings.evaluated(rec)
+                if settings.elapsed is not None:
+                    rec["wall_seconds"] = settings.elapsed()
                 d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
                 warning = _health_warning(rec, d_wins)
                 if warning:

@@ -1,5 +1,6 @@
 """Figures of saved runs (`madda-rs plot`): t-SNE of the embeddings before and after adaptation,
-curves over the target epochs, and the confusion matrix of the final target predictions.
+curves over the target epochs, accuracy against wall time, and the confusion matrix of the final
+target predictions.
 
     from madda_rs.plots import plot_runs
 
@@ -51,7 +52,7 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
 
     With `out` None, each run gets tsne.png, curves.png and confusion.png in its own folder. With
     `out` (created if needed), one curves.png there compares all runs, seeds of one experiment
-    drawn as a mean line in a min-max band, and each run adds <run folder name>-tsne.png and
+    drawn as a mean line in a min-max band, time.png their accuracy against wall time, and each run adds <run folder name>-tsne.png and
     <run folder name>-confusion.png.
 
     A figure a run lacks the data for is left out: no t-SNE without source.pt and target.pt or
@@ -74,6 +75,7 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         written.append(curves_figure([(c, m) for _, c, m in runs], Path(out) / "curves.png"))
+        written.append(time_figure([(c, m) for _, c, m in runs], Path(out) / "time.png"))
     for run, config, metrics in runs:
         where = {name: run / name if out is None else Path(out) / f"{run.name}-{name}"
                  for name in ("curves.png", "tsne.png", "confusion.png")}
@@ -199,6 +201,54 @@ def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     return _save(fig, path)
 
 
+def time_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
+    """Target test accuracy against wall time since the run began (data loading included), one
+    panel per task, one line per experiment (mean over its seeds of time and accuracy at each
+    evaluation; the band spans the seeds' accuracies). Each line starts at the source-only
+    accuracy when the source stage ended. None when no run recorded wall times."""
+    tasks: Dict[str, Dict[str, List[Run]]] = {}
+    for config, metrics in runs:
+        if not any("wall_seconds" in h for h in metrics.get("history", {}).get("target", [])):
+            continue
+        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED}, sort_keys=True)
+        task = f"{_domain(config['src'])} → {_domain(config['tgt'])}"
+        tasks.setdefault(task, {}).setdefault(key, []).append((config, metrics))
+    if not tasks:
+        log.info("%s not drawn: no run recorded wall_seconds", path)
+        return None
+    fig = _figure(figsize=(6 * len(tasks), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(tasks)))
+    all_groups = [g for groups in tasks.values() for g in groups]
+    labels = dict(zip(all_groups, _group_labels([g[0][0] for groups in tasks.values() for g in groups.values()])))
+    # one colour per experiment whatever the task, so a preset reads alike in every panel
+    styles: List[str] = []
+    for ax, (task, groups) in zip(axes, sorted(tasks.items())):
+        for key, group in groups.items():
+            style = json.dumps({k: v for k, v in json.loads(key).items() if k not in ("src", "tgt")}, sort_keys=True)
+            styles += [style] if style not in styles else []
+            i = styles.index(style)
+            curves = []
+            for _, m in group:
+                start = [(m["history"]["source"][-1]["wall_seconds"], m["source_only_accuracy"])] if (
+                    m["history"].get("source") and "wall_seconds" in m["history"]["source"][-1]
+                    and m.get("source_only_accuracy") is not None) else []
+                curves.append(start + [(h["wall_seconds"], h["target_accuracy"]) for h in m["history"]["target"]
+                                       if "target_accuracy" in h and "wall_seconds" in h])
+            n = min(len(c) for c in curves)
+            xy = np.array([c[:n] for c in curves], dtype=float)  # runs x points x (time, accuracy)
+            line = ax.plot(xy[:, :, 0].mean(0), xy[:, :, 1].mean(0), color=f"C{i % 10}", marker="o", ms=3,
+                           label=f"{labels[key]} ({len(group)} seed{'s' if len(group) > 1 else ''})")[0]
+            if len(group) > 1:
+                ax.fill_between(xy[:, :, 0].mean(0), xy[:, :, 1].min(0), xy[:, :, 1].max(0), color=line.get_color(),
+                                alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("wall time since the run began (s)")
+        ax.set_ylabel("target test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[Any], path: Path | str,
                      title: str = "") -> Path:
     """The confusion matrix (rows: true class, columns: predicted class), coloured by the share
@@ -284,4 +334,4 @@ def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]
 
 
-__all__ = ["plot_runs", "tsne_figure", "curves_figure", "confusion_figure"]
+__all__ = ["plot_runs", "tsne_figure", "curves_figure", "time_figure", "confusion_figure"]

@@ -29,6 +29,7 @@ SEED_STREAMS = {
     "batches_target": 5,  # stage 2 batch order
     "centers": 6,  # KMeans centres (the 'official' preset)
     "holdout": 7,  # which left-out training images score a run (domains.HOLDOUT_IMAGES)
+    "augment": 8,  # random warps of training batches (TrainConfig.augment)
 }
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"

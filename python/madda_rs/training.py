@@ -78,6 +78,8 @@ class RunResult:
     confusion: Optional[List[List[int]]] = None
     # with config.select: the evaluation that score picked ({"score", "epoch", "value", "target_accuracy"})
     selected: Optional[Dict[str, Any]] = None
+    # with config.guard: why the run fell back to the source model, or None when it did not
+    guard: Optional[str] = None
 
     def metrics(self) -> Dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "config"}
@@ -158,8 +160,15 @@ def train(
         folder.write_json(PROGRESS_FILE, {"stage": current, "epoch": len(history[current]),
                                           "epochs": stages[current].epochs})
 
+    # wall time since the run began, data loading included; a resumed run adds its earlier time
+    before = max((h.get("wall_seconds", 0.0) for part in history.values() for h in part), default=0.0)
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - wall
+
     settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
-                            checkpoint if folder is not None else None, str(out_dir), warnings, parallel)
+                            checkpoint if folder is not None else None, str(out_dir), warnings, parallel,
+                            elapsed=elapsed)
 
     source_cls, target_cls = METHODS[config.method]
     source_stage = source_cls(config, data.src_train, device, parallel)
@@ -170,6 +179,7 @@ def train(
     source_model = source_stage.model
     if writer is not None:
         save_model(writer, "source.pt", source_model, config, config.epochs_source)
+    guard: Optional[str] = None
     reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads, parallel)
     source_acc = reference.accuracy(source_model, data.src_test) if data.src_test is not None else None
     source_only = target_scores(reference, source_model, data)
@@ -180,12 +190,17 @@ def train(
         stages["target"] = target_stage
         if saved and "target" in saved["stages"]:
             target_stage.load_state_dict(saved["stages"]["target"])
-        settings.evaluate = lambda: target_scores(reference, target_stage.target, data)
-        settings.evaluated = lambda rec: selection.consider(rec, target_stage.target)
+        settings.evaluate = lambda: target_scores(reference, target_stage.output, data)
+        settings.evaluated = lambda rec: selection.consider(rec, target_stage.output)
         run_stage(target_stage, history["target"], settings)
         scored = [h for h in history["target"] if "pred_classes" in h]
         final = scored[-1] if scored else source_only
-        target_model = target_stage.target
+        target_model = target_stage.output
+        guard = guard_verdict(source_only, final) if config.guard else None
+        if guard is not None:
+            warnings.append(f"guard: {guard}; the run's output is the source model")
+            log.warning("%s: guard: %s; the run's output is the source model", out_dir or "run", guard)
+            final, target_model = source_only, source_model
     else:
         target_model = source_model
     if writer is not None:
@@ -200,7 +215,7 @@ def train(
         source_only_accuracy=source_only.get("target_accuracy"),
         label_free={k: v for k, v in final.items() if k.startswith("pred_") or k in SELECTION_SCORES},
         warnings=warnings,
-        wall_seconds=time.perf_counter() - wall,
+        wall_seconds=elapsed(),
         device=str(device),
         threads=threads,
         processes=parallel.world,
@@ -211,6 +226,7 @@ def train(
         classes=final_confusion.get("classes"),
         confusion=final_confusion.get("confusion"),
         selected=selection.summary(),
+        guard=guard,
     )
     if writer is not None:
         writer.write_json(METRICS_FILE, result.metrics())
@@ -260,6 +276,23 @@ class _Selection:
         rec = self.history[self.saved["epoch"] - 1]
         return {"score": self.score, "epoch": self.saved["epoch"], "value": rec[self.score],
                 "target_accuracy": rec.get("target_accuracy")}
+
+
+# The guard's rule, on the target training images alone: adaptation merged classes when its
+# predictions cover fewer classes than the source model's did, or their histogram's normalised
+# entropy fell by more than this.
+GUARD_ENTROPY_DROP = 0.1
+
+
+def guard_verdict(source_only: Dict[str, Any], final: Dict[str, Any]) -> Optional[str]:
+    """Why the adapted model should not replace the source model (TrainConfig.guard), or None."""
+    if final["pred_classes"] < source_only["pred_classes"]:
+        return (f"adaptation predicts {final['pred_classes']} classes on the target, the source model "
+                f"{source_only['pred_classes']}")
+    if final["pred_entropy"] < source_only["pred_entropy"] - GUARD_ENTROPY_DROP:
+        return (f"the predicted classes' balance fell from {source_only['pred_entropy']:.3f} to "
+                f"{final['pred_entropy']:.3f} (normalised entropy)")
+    return None
 
 
 def _mean_seconds(hist: List[Dict[str, Any]]) -> Optional[float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..config import TrainConfig
 
@@ -49,6 +50,28 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.T
     perm = torch.randperm(n, generator=gen)
     cut = max(n // batch_size, 1) * batch_size
     return list(perm[: min(cut, n)].split(batch_size))
+
+
+# Augmentation ranges: rotations of up to 10 degrees, shifts of up to 2 pixels at 28x28, and
+# scalings by 0.9-1.1: the variation between handwritten digit sets, short of changing a digit.
+AUG_DEGREES, AUG_SHIFT, AUG_SCALE = 10.0, 2.0 / 28, 0.1
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random affine warp per image, drawn from `gen` (CPU) and applied to the whole batch at
+    once on its device (affine_grid + grid_sample). torchvision's RandomAffine draws one warp per
+    call, so a batch would either share one or cost a Python loop per image."""
+    n = len(images)
+    angle, shift_x, shift_y, scale = (torch.rand(4, n, generator=gen) * 2 - 1).to(images.device)
+    angle = angle * (AUG_DEGREES * torch.pi / 180)
+    scale = 1 + scale * AUG_SCALE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # grid coordinates run from -1 to 1 across the image, so a shift of s of the width is 2s
+    theta = torch.stack([torch.stack([cos, -sin, shift_x * 2 * AUG_SHIFT], 1),
+                         torch.stack([sin, cos, shift_y * 2 * AUG_SHIFT], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # border padding repeats the edge pixels: the background of a digit image
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def adam(params: Any, config: TrainConfig, lr: float) -> torch.optim.Adam:

@@ -62,7 +62,7 @@ class AddaTargetStage(MaddaTargetStage):
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
         gen = torch.Generator().manual_seed(stream_seed(self.config.seed, "batches_target", epoch))
-        return self.parallel.mean(self._adversarial(gen))
+        return self.parallel.mean(self._adversarial(gen, None))
 
 
 __all__ = ["SoftmaxSourceStage", "AddaTargetStage"]

@@ -16,7 +16,7 @@ from ..domains import ImageSet
 from ..losses import pairwise_sq_dists, triplet_loss
 from ..models import EmbeddingNet
 from ..runtime import Parallel, seeded_init, stream_seed
-from . import SourceStageBase, adam, epoch_batches, mean, zero_grad
+from . import SourceStageBase, adam, augment, epoch_batches, mean, zero_grad
 
 
 class TripletSourceStage(SourceStageBase):
@@ -40,11 +40,13 @@ class TripletSourceStage(SourceStageBase):
         # Indices stay on the CPU for the labels (triplets are enumerated there); only the
         # device copy goes to the model, so a GPU run never syncs to read labels back.
         parallel = self.parallel
+        warp = torch.Generator().manual_seed(stream_seed(config.seed, "augment", 0, epoch, parallel.rank))
         # the rank goes into the triplet stream only when there are ranks, so one process draws as before
         rank = (parallel.rank,) if parallel.world > 1 else ()
         for step, batch in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
             idx, share = parallel.shard(batch)
-            emb = model(self.source.images[idx.to(self.device)])
+            images = self.source.images[idx.to(self.device)]
+            emb = model(augment(images, warp) if config.augment else images)
             sq = None
             if config.negatives != "random":
                 with torch.no_grad():
