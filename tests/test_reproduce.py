@@ -58,6 +58,10 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
         run_state(tmp_path, run.config)
     (tmp_path / "config.json").write_text(json.dumps(run.config.replace(threads=1, device="cpu").to_dict()))
     assert run_state(tmp_path, run.config) == "new"  # where and how it ran does not make it another run
+    older = run.config.to_dict()
+    del older["augment"], older["guard"]  # saved before these settings existed: they take the preset's value
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert run_state(tmp_path, run.config) == "new"
 
 
 def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(generated_data_dir, tmp_path, capsys):

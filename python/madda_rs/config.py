@@ -77,6 +77,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         _PAPER,
         epochs_source=80,
         epochs_target=30,
+        k=10,
         negatives="semihard",
         augment=True,
         magnet_labels="clusters",

@@ -197,7 +197,8 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
 def run_state(folder: Path, config: TrainConfig) -> str:
     """'complete', 'resume' or 'new'. A folder holding a different run is a ValueError."""
     if (folder / CONFIG_FILE).is_file():
-        saved = json.loads((folder / CONFIG_FILE).read_text())
+        # through TrainConfig: settings added since the run was saved take their preset's value
+        saved = TrainConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())).to_dict()
         mine = config.to_dict()
         differ = sorted(k for k in set(saved) | set(mine) if k not in RUN_ONLY and saved.get(k) != mine.get(k))
         if differ:

@@ -85,7 +85,7 @@ class MaddaTargetStage:
     def _step_target(self) -> None:
         self.opt_t.step()
         if self.teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad():  # the update torch.optim.swa_utils.get_ema_multi_avg_fn makes, in place
                 torch._foreach_lerp_(list(self.teacher.parameters()), list(self.target.parameters()),
                                      1.0 - self.config.ema_decay)
 
