@@ -2,12 +2,16 @@
 teacher, target clustering, guard) checked one by one, and short runs on generated digits."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from madda_rs.config import PRESETS, TrainConfig
+from madda_rs.domains import load_npz
 from madda_rs.losses import information_maximisation_loss, labelled_magnet_loss
 from madda_rs.stages import augment
 from madda_rs.training import guard_verdict, resume, train
@@ -142,3 +146,16 @@ def test_guard_falls_back_to_the_source_model_when_adaptation_merges_classes(gen
     assert any(w.startswith("guard:") for w in result.warnings)
     off = train(_config(generated_data_dir, guard=False))
     assert off.guard is None and off.target_accuracy == 0.1
+
+
+def test_the_made_up_domains_script_writes_domains_madda_rs_reads(generated_data_dir, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "made_up_domains.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--data-dir", generated_data_dir],
+                   check=True, capture_output=True)
+    negative, slant = load_npz(tmp_path / "mnist-negative.npz"), load_npz(tmp_path / "mnist-slant-thick.npz")
+    for train_set, test_set in (negative, slant):
+        assert train_set.shape == (1, 28, 28) and test_set is not None
+        assert len(train_set) == 4 * len(test_set)
+        assert train_set.labels is not None and test_set.labels is not None
+    # the negative is the inversion of the same digits: backgrounds turn from dark to bright
+    assert negative[0].images.mean() > 0.5 and slant[0].images.mean() < -0.5

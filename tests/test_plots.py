@@ -144,6 +144,17 @@ def test_several_runs_share_one_curves_figure_in_the_out_folder(run_copies, tmp_
     assert "source.pt missing" in caplog.text
     assert not (run_copies[0] / "curves.png").exists()  # run folders are left alone
 
+    only = plot_runs([str(r) for r in run_copies], str(tmp_path / "time"), figures=("time",))
+    assert only == [tmp_path / "time" / "time.png"]
+    with pytest.raises(ValueError, match="unknown figures"):
+        plot_runs([str(r) for r in run_copies], figures=("tsne", "bars"))
+
+
+def test_the_command_line_names_the_same_figures():
+    from madda_rs.cli import FIGURES
+
+    assert FIGURES == plots.FIGURES
+
 
 def _fake_run(seed, accuracies, **config):
     history = [{"epoch": e, "magnet_loss": 1.0 / (e + 1), **({"target_accuracy": a} if a is not None else {})}

@@ -131,12 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, confusion")
+    g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, accuracy "
+                       "against wall time, confusion")
     g.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
     g.add_argument("--out", default=None, help="one folder for all figures (default: each run's own folder)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
     g.add_argument("--data-dir", default=None, help="override the data folder recorded in the runs")
+    g.add_argument("--figures", type=_figure_list, default=FIGURES,
+                   help=f"comma-separated, of {','.join(FIGURES)} (time needs --out) [default: all]")
     return parser
+
+
+# madda_rs.plots.FIGURES (that module is imported only when drawing)
+FIGURES = ("curves", "time", "tsne", "confusion")
+
+
+def _figure_list(text: str) -> Tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected names from {', '.join(FIGURES)}; got {text!r}")
+    return names
 
 
 def _seed_list(text: str) -> Tuple[int, ...]:
@@ -288,7 +303,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .plots import plot_runs
 
-    for path in plot_runs(args.runs, args.out, device=args.device, data_dir=args.data_dir):
+    for path in plot_runs(args.runs, args.out, device=args.device, data_dir=args.data_dir, figures=args.figures):
         print(f"figure: {path}")
     return 0
 

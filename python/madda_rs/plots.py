@@ -46,8 +46,11 @@ CURVES = {
 Run = Tuple[Dict[str, Any], Dict[str, Any]]  # (config.json, metrics.json)
 
 
+FIGURES = ("curves", "time", "tsne", "confusion")
+
+
 def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points: int = 1000, device: str = "cpu",
-              data_dir: Optional[str] = None) -> List[Path]:
+              data_dir: Optional[str] = None, figures: Sequence[str] = FIGURES) -> List[Path]:
     """Draw the figures of finished runs; returns the PNG files written.
 
     With `out` None, each run gets tsne.png, curves.png and confusion.png in its own folder. With
@@ -55,7 +58,8 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
     drawn as a mean line in a min-max band, time.png their accuracy against wall time, and each run adds <run folder name>-tsne.png and
     <run folder name>-confusion.png.
 
-    A figure a run lacks the data for is left out: no t-SNE without source.pt and target.pt or
+    `figures` names the kinds to draw (of :data:`FIGURES`; time.png only with `out`). A figure a
+    run lacks the data for is left out: no t-SNE without source.pt and target.pt or
     when the run's images cannot be rebuilt from its config (a run trained on in-memory images;
     logged as a warning), no confusion matrix without metrics.json's 'confusion', no curves
     without target epochs. The t-SNE rebuilds the data on `device` ('cpu', 'cuda' or 'auto'),
@@ -67,6 +71,9 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
     """
     if tsne_points < 1:
         raise ValueError(f"tsne_points must be at least 1, got {tsne_points}")
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figures {unknown}; expected some of {', '.join(FIGURES)}")
     runs = [(Path(d).resolve(), *load_run(d)) for d in run_dirs]
     names = [run.name for run, _, _ in runs]
     if out is not None and len(set(names)) != len(names):
@@ -74,15 +81,18 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None, *, tsne_points
     written: List[Optional[Path]] = []  # None: a figure left out
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        written.append(curves_figure([(c, m) for _, c, m in runs], Path(out) / "curves.png"))
-        written.append(time_figure([(c, m) for _, c, m in runs], Path(out) / "time.png"))
+        if "curves" in figures:
+            written.append(curves_figure([(c, m) for _, c, m in runs], Path(out) / "curves.png"))
+        if "time" in figures:
+            written.append(time_figure([(c, m) for _, c, m in runs], Path(out) / "time.png"))
     for run, config, metrics in runs:
         where = {name: run / name if out is None else Path(out) / f"{run.name}-{name}"
                  for name in ("curves.png", "tsne.png", "confusion.png")}
-        if out is None:
+        if out is None and "curves" in figures:
             written.append(curves_figure([(config, metrics)], where["curves.png"]))
-        written.append(run_tsne(run, config, where["tsne.png"], tsne_points, device, data_dir))
-        if "confusion" in metrics:
+        if "tsne" in figures:
+            written.append(run_tsne(run, config, where["tsne.png"], tsne_points, device, data_dir))
+        if "confusion" in metrics and "confusion" in figures:
             written.append(confusion_figure(metrics["confusion"], metrics["classes"], where["confusion.png"],
                                             f"{_title(config)}, seed {config['seed']}"))
     return [p for p in written if p is not None]
@@ -101,6 +111,9 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
     Target points are grey without a labelled target test set (the training images are drawn)."""
     if tsne_points < 1:
         raise ValueError(f"tsne_points must be at least 1, got {tsne_points}")
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figures {unknown}; expected some of {', '.join(FIGURES)}")
     import torch
     from matplotlib.lines import Line2D
     from sklearn.manifold import TSNE
@@ -334,4 +347,4 @@ def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]
 
 
-__all__ = ["plot_runs", "tsne_figure", "curves_figure", "time_figure", "confusion_figure"]
+__all__ = ["FIGURES", "plot_runs", "tsne_figure", "curves_figure", "time_figure", "confusion_figure"]
