@@ -93,6 +93,8 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     # a finished run is skipped; a run cut short (metrics.json gone, checkpoint kept) resumes
     victim = tmp_path / "runs" / "mnist2usps-standard-full-madda-paper-e1+2-s0-quick"
     (victim / "metrics.json").unlink()
+    assert main(args + ["--no-figures", "--no-run"]) == 0  # the table from what is complete, nothing trained
+    assert ": resume" not in capsys.readouterr().out and not (victim / "metrics.json").is_file()
     assert main(args + ["--no-figures"]) == 0
     out = capsys.readouterr().out
     assert out.count("complete, skipped") == 11 and out.count(": resume") == 1

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run these seeds at the paper's schedule, as their own table rows")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--no-run", action="store_true",
+                   help="train nothing: write the table (and figures) from the runs already complete in OUT")
     p.add_argument("--tsne-points", type=_int_at_least(1), default=1000,
                    help="images per domain in each t-SNE [default: 1000]")
     p.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
@@ -286,7 +288,8 @@ def _reproduce(args: argparse.Namespace) -> int:
               flush=True)
 
     try:
-        run_all(runs, out, progress, announce)
+        if not args.no_run:
+            run_all(runs, out, progress, announce)
     finally:  # an interrupted reproduce still writes what is complete
         md, csv_path = write_table(args.table, runs, out)
     print(md.read_text())
