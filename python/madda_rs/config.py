@@ -109,8 +109,8 @@ class TrainConfig:
     method: str = _setting("madda", "'madda': triplet source model, adversarial + center magnet, kNN vote; 'adda': "
                            "softmax source classifier, adversarial only (Tzeng et al. 2017, the paper's baseline)",
                            choices=METHODS)
-    preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; 'improved': ours "
-                           "(README, 'The improved preset')",
+    preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; "
+                           "'improved': ours (README, 'The improved preset')",
                            choices=tuple(PRESETS))
     protocol: str = _setting("adda", "'adda': seeded subsets of 2,000 MNIST / 1,800 USPS training images "
                              "(Table 1); 'full': all of them (Table 2). Other domains always use all",

@@ -15,10 +15,10 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from ..config import TrainConfig
-from ..domains import RunData
 import madda_rs
 
+from ..config import TrainConfig
+from ..domains import RunData
 from ..evaluation import SourceReference, class_means, embed
 from ..losses import (
     center_magnet_loss,
