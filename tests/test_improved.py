@@ -100,7 +100,8 @@ def test_improved_settings_are_refused_with_adda_and_checked():
 def test_improved_run_beats_chance_scores_the_teacher_and_resumes_exactly(generated_data_dir, tmp_path):
     # deterministic: the cluster labels and semi-hard negatives are discrete choices, so the last-bit
     # differences of multithreaded sums would otherwise grow into different runs
-    config = _config(generated_data_dir, epochs_target=3, checkpoint_every=1, deterministic=True)
+    # guard off: its fallback (tested below) would make target.pt the source model
+    config = _config(generated_data_dir, epochs_target=3, checkpoint_every=1, deterministic=True, guard=False)
     whole = train(config, out_dir=str(tmp_path / "whole"))
     assert whole.target_accuracy > 0.5  # chance is 0.1
     hist = whole.history["target"]
