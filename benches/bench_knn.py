@@ -22,6 +22,7 @@ from _peers import GEMMS, PEERS, blas_cores, cpu_coretype, faiss, limit_threads
 SIZES = [(2000, 1800, 256, 5), (7291, 2007, 256, 5), (60000, 10000, 256, 5)]
 QUICK_SIZES = [(500, 400, 64, 5), (1000, 600, 64, 5), (3000, 1000, 128, 5)]
 CLASSES = 10
+REPEATS_SMALL, REPEATS_MID = 15, 7  # best-of counts below the largest size (2 there)
 MEMORY_LIMIT_MB = 200
 FLOOR_FRACTION = 0.9  # madda_rs must reach this fraction of the sgemm floor's throughput
 OURS = f"madda_rs (threads={THREADS})"  # the row every ratio is taken against
@@ -110,7 +111,8 @@ def test_knn_predict_vs_peers():
     with limit_threads():
         for n_src, n_tgt, d, k in sizes:
             big = (n_src, n_tgt, d, k) == sizes[-1]
-            repeats = 2 if big else 3
+            # Calls of a few milliseconds vary by tens of percent on a shared VM: take the best of many.
+            repeats = 2 if big else REPEATS_SMALL if n_src * n_tgt < 1e7 else REPEATS_MID
             src, y, tgt = data(n_src, n_tgt, d)
             times, preds = {}, {}
             # Each thread count is timed in one go: the library caches a single pool, so alternating
@@ -145,20 +147,23 @@ def test_knn_predict_vs_peers():
                     agreed = f"{agree[name]:.2%}" if name in agree else ""
                     rows.append([size, label, f"{sec:.4g}", f"{gflops(sec):.0f}", f"{ours / sec:.3f}", agreed])
 
+            # At every size: ahead of every peer a user would pick instead (a missing peer is not a
+            # failure). At the largest, where the per-call work is amortised: FLOOR_FRACTION of the
+            # sgemm floor's throughput (at 2000 x 1800 it is 80-90%: the candidate bookkeeping and
+            # the exact re-rank are a fixed share of a small search).
+            r = {name: ours / sec for name, sec in times.items() if sec is not None}
+            checks = [(r[name] < 1.0, f"vs {name}: ratio {r[name]:.3f}, want < 1") for name in [*PEERS, FAISS_FORCED] if name in r]
             if big:
                 memory = peak_extra_mb(n_src, n_tgt, d, k)
-                r = {name: ours / sec for name, sec in times.items() if sec is not None}
-                checks = [
-                    (r["madda_rs (threads=1)"] < 0.8, f"{THREADS} threads vs 1: ratio {r['madda_rs (threads=1)']:.3f}, want < 0.8"),
+                checks += [
                     (
                         times[FLOOR] / ours >= FLOOR_FRACTION,
                         f"{times[FLOOR] / ours:.1%} of the sgemm floor's throughput, want >= {FLOOR_FRACTION:.0%}",
                     ),
+                    (r["madda_rs (threads=1)"] < 0.8, f"{THREADS} threads vs 1: ratio {r['madda_rs (threads=1)']:.3f}, want < 0.8"),
                     (memory < MEMORY_LIMIT_MB, f"peak extra memory {memory:.1f} MB, want < {MEMORY_LIMIT_MB}"),
                 ]
-                # ahead of every peer a user would pick instead (a missing peer is not a failure)
-                checks += [(r[name] < 1.0, f"vs {name}: ratio {r[name]:.3f}, want < 1") for name in [*PEERS, FAISS_FORCED] if name in r]
-                failures = [msg for ok, msg in checks if not ok]
+            failures += [f"{size}: {msg}" for ok, msg in checks if not ok]
 
     write_table(
         "knn",
@@ -167,13 +172,14 @@ def test_knn_predict_vs_peers():
         rows,
         setting=f"madda_rs kernel: {kernel}",
         notes=[
-            f"Float32 standard-normal data (seed 0), {CLASSES} classes; best of 3 runs (2 at the largest size) "
-            f"after a warm-up call; every implementation limited to {THREADS} threads. "
+            f"Float32 standard-normal data (seed 0), {CLASSES} classes; best of {REPEATS_SMALL} calls below 10^7 "
+            f"source x target pairs, {REPEATS_MID} below the largest size and 2 at it, after a warm-up call; every "
+            f"implementation limited to {THREADS} threads. "
             "A ratio below 1 means madda_rs is faster. GFLOP/s counts the 2 n_src n_tgt d flops of the dot products.",
             "",
             f"The sgemm floor is the faster of NumPy's and torch's single-precision GEMM computing every dot product "
             f"(tgt @ src.T in 1024-row blocks) with no selection at all; madda_rs must reach {FLOOR_FRACTION:.0%} of its "
-            "throughput at the largest size.",
+            "throughput at the largest size, and be ahead of every peer at every size.",
             "",
             f"faiss as installed uses an OpenBLAS that chose the core type {', '.join(faiss_cores) or 'unknown'}; "
             f"the forced row runs it in a fresh process with OPENBLAS_CORETYPE={CORETYPE} "
