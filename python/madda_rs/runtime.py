@@ -234,3 +234,13 @@ class Parallel:
             import torch.distributed as dist
 
             dist.barrier()
+
+    @staticmethod
+    def shutdown() -> None:
+        """Leave the torchrun job's process group, if one was joined. Left to interpreter exit,
+        gloo's threads can be torn down while a peer still talks to them, and a rank aborts
+        ("terminate called without an active exception") after the run has finished."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
