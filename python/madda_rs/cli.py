@@ -332,11 +332,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"madda-rs: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if "torch" in sys.modules:  # a command that never loaded torch joined no process group
-            from .runtime import Parallel
-
-            Parallel.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ run folder (config, metrics, checkpoints; every write atomic)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
@@ -166,6 +167,7 @@ class Parallel:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            atexit.register(cls.shutdown)  # whoever joins the group leaves it (library or CLI)
         return cls(dist.get_rank(), dist.get_world_size())
 
     def shard(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -237,9 +239,9 @@ class Parallel:
 
     @staticmethod
     def shutdown() -> None:
-        """Leave the torchrun job's process group, if one was joined. Left to interpreter exit,
-        gloo's threads can be torn down while a peer still talks to them, and a rank aborts
-        ("terminate called without an active exception") after the run has finished."""
+        """Leave the torchrun job's process group, if one was joined. Left to interpreter
+        teardown, gloo's threads can be destroyed while a peer still talks to them, and a rank
+        aborts ("terminate called without an active exception") after the run has finished."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
