@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from madda_rs.data import read_uint8
+from madda_rs.data.files import read_uint8
 
 TRAIN_SHARE = 0.8  # of the MNIST test images (8,000 of 10,000); the rest is the domain's test set
 

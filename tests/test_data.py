@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from madda_rs.config import TrainConfig
-from madda_rs.data import DataError, read_uint8, resize_usps
-from madda_rs.domains import REGISTRY, load_named
+from madda_rs.data.domains import REGISTRY, load_named
+from madda_rs.data.files import DataError, read_uint8, resize_usps
 
 
 def _config(data_dir, **kw):
@@ -106,7 +106,7 @@ def test_reads_are_cached_and_read_only(generated_data_dir):
 
 
 def test_pooled_usps_split_is_seeded_disjoint_and_whole(generated_data_dir):
-    from madda_rs.domains import POOLED_USPS_TRAIN, pooled_usps
+    from madda_rs.data.domains import POOLED_USPS_TRAIN, pooled_usps
 
     config = _config(generated_data_dir, usps_split="pooled")
     train_x, _ = pooled_usps(True, config)

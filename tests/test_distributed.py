@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 import madda_rs
-from madda_rs.domains import ImageSet
-from madda_rs.evaluation import SourceReference, embed
+from madda_rs.data.domains import ImageSet
 from madda_rs.models import EmbeddingNet
-from madda_rs.runtime import Parallel
+from madda_rs.run.processes import Parallel
+from madda_rs.scores.predictors import KnnPredictor, embed
 
 from digits import make_data_dir
 
@@ -61,10 +61,10 @@ def test_sharded_evaluation_votes_like_one_process():
     source = ImageSet(torch.rand(103, 1, 28, 28) * 2 - 1, torch.randint(0, 4, (103,)))
     targets = torch.rand(37, 1, 28, 28) * 2 - 1
     for world in (2, 3):
-        refs = [SourceReference(model, source, 5, 1, Parallel(rank, world)) for rank in range(world)]
+        refs = [KnnPredictor(model, source, 5, 1, Parallel(rank, world)) for rank in range(world)]
         bounds = np.linspace(0, 103, world + 1).astype(int)
         tgt = embed(model, targets)
-        everyone = [ref._candidates(bounds[r], bounds[r + 1], tgt) for r, ref in enumerate(refs)]
+        everyone = [ref.candidates(bounds[r], bounds[r + 1], tgt) for r, ref in enumerate(refs)]
         for ref in refs:
             ref.parallel.gather = lambda obj: everyone
             expected = madda_rs.knn_predict(ref.emb, ref.labels, tgt, 5)

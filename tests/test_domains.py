@@ -6,7 +6,7 @@ import torch
 
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
-from madda_rs.domains import REGISTRY, ImageSet, as_image_set, load_npz, prepare_data, register_domain
+from madda_rs.data.domains import REGISTRY, ImageSet, as_image_set, load_npz, prepare_data, register_domain
 from madda_rs.models import EmbeddingNet
 from madda_rs.training import train
 

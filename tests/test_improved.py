@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from madda_rs.config import PRESETS, TrainConfig
-from madda_rs.domains import load_npz
+from madda_rs.data.domains import load_npz
 from madda_rs.losses import information_maximisation_loss, labelled_magnet_loss
-from madda_rs.stages import augment
+from madda_rs.methods.common import augment
 from madda_rs.training import guard_verdict, resume, train
 
 
@@ -133,8 +133,8 @@ def test_guard_falls_back_to_the_source_model_when_adaptation_merges_classes(gen
     real = training.target_scores
     calls = {"n": 0}
 
-    def merged_after_adaptation(reference, model, data):
-        scores = real(reference, model, data)
+    def merged_after_adaptation(reference, model, data, seed):
+        scores = real(reference, model, data, seed)
         calls["n"] += 1
         if calls["n"] > 1:  # the first call scores the source model; later ones the adapted model
             scores.update(pred_classes=1, pred_entropy=0.0, target_accuracy=0.1)

@@ -599,18 +599,18 @@ def test_cpu_tensors_are_not_copied():
     torch = pytest.importorskip("torch")
     x = torch.randn(50, 8)
     for form in (x, x.clone().requires_grad_(), torch.nn.Parameter(x.clone())):
-        arr = madda_rs._matrix("src_emb", form)
+        arr = madda_rs.native._matrix("src_emb", form)
         assert arr.__array_interface__["data"][0] == form.data_ptr()
     labels = torch.arange(10) % 3
-    assert madda_rs._labels("labels", labels).__array_interface__["data"][0] == labels.data_ptr()
+    assert madda_rs.native._labels("labels", labels).__array_interface__["data"][0] == labels.data_ptr()
     # A view with a row stride other than d is copied, exactly as for NumPy.
-    assert madda_rs._matrix("src_emb", x[::2]).__array_interface__["data"][0] != x.data_ptr()
+    assert madda_rs.native._matrix("src_emb", x[::2]).__array_interface__["data"][0] != x.data_ptr()
 
 
 def test_readme_pytorch_metric_learning_knn_func():
-    """The README's knn_func recipe, run as written, against a brute-force search."""
+    """The docs' knn_func recipe (docs/python-api.md), run as written, against a brute-force search."""
     torch = pytest.importorskip("torch")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
     code = readme.split("def madda_knn(", 1)[1].split("```", 1)[0]
     namespace: dict = {}
     exec("import torch, madda_rs\n\ndef madda_knn(" + code, namespace)

@@ -14,14 +14,18 @@ import pytest
 import sklearn.manifold
 from threadpoolctl import threadpool_limits
 
-import madda_rs.plots as plots
+import madda_rs.experiments.plots as plots
 from madda_rs.config import TrainConfig
-from madda_rs.domains import REGISTRY, RegisteredDomain, as_image_set, prepare_data
-from madda_rs.evaluation import load_model
-from madda_rs.plots import confusion_figure, curves_figure, plot_runs, time_figure, tsne_figure
+from madda_rs.data.domains import REGISTRY, RegisteredDomain, as_image_set, prepare_data
+from madda_rs.experiments.plots import confusion_figure, curves_figure, plot_runs, time_figure, tsne_figure
+from madda_rs.run.folder import load_model
+from madda_rs.run.streams import stream_seed
 from madda_rs.training import train
 
 from digits import bars
+
+# t-SNE is seeded from the run's 'figures' stream (these runs have seed 0)
+TSNE_SEED = stream_seed(0, "figures", 1) % 2**32
 
 # name -> (train images and labels, test images and labels): the runs' in-memory domains
 DOMAINS = {"bars-a": (bars(120, 16, 0), bars(40, 16, 1)), "bars-b": (bars(100, 16, 2), bars(60, 16, 3))}
@@ -100,14 +104,14 @@ def test_tsne_embeds_subsampled_points_and_the_centres_in_one_fit(runs, tmp_path
     assert path == tmp_path / "tsne.png"
     _readable(path)
     # two panels (before, after), each 30 source + 30 target points and the centres, seeded and PCA-initialised
-    assert tsne_inputs == [((30 + 30 + n_centers, 16), 0, "pca")] * 2
+    assert tsne_inputs == [((30 + 30 + n_centers, 16), TSNE_SEED, "pca")] * 2
 
 
 def test_tsne_without_target_labels_draws_the_target_training_images(runs, tmp_path, tsne_inputs):
     config = json.loads((runs / "seed0" / "config.json").read_text())
     models = load_model(runs / "seed0" / "source.pt"), load_model(runs / "seed0" / "target.pt")
     _readable(tsne_figure(*models, _data(with_labels=False), config, tmp_path / "tsne.png", tsne_points=1000))
-    assert tsne_inputs == [((120 + 100 + 10, 16), 0, "pca")] * 2  # fewer images than tsne_points: all of them
+    assert tsne_inputs == [((120 + 100 + 10, 16), TSNE_SEED, "pca")] * 2  # fewer images than tsne_points: all of them
 
 
 def test_a_run_in_its_own_folder_gets_curves_and_confusion_and_no_tsne_for_in_memory_data(run_copies, caplog):
@@ -129,7 +133,7 @@ def test_a_run_whose_data_can_be_rebuilt_gets_its_tsne(run_copies, monkeypatch, 
     written = plot_runs([str(run_copies[0])], tsne_points=50)
     assert written == [run_copies[0] / name for name in ("curves.png", "tsne.png", "confusion.png")]
     _readable(run_copies[0] / "tsne.png")
-    assert tsne_inputs == [((50 + 50 + 10, 16), 0, "pca")] * 2  # the target test set (60 images), subsampled
+    assert tsne_inputs == [((50 + 50 + 10, 16), TSNE_SEED, "pca")] * 2  # the target test set (60 images), subsampled
 
 
 def test_several_runs_share_one_curves_figure_in_the_out_folder(run_copies, tmp_path, caplog):

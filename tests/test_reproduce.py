@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from madda_rs.cli import main
-from madda_rs.reproduce import TABLES, plan, run_state, slug
+from madda_rs.experiments.reproduce import TABLES, plan, run_state, slug
 
 
 def test_plans_share_runs_between_tables_and_name_every_setting():

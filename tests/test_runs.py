@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import madda_rs
-import madda_rs.stages.madda as madda_stage
+import madda_rs.methods.madda as madda_stage
 from madda_rs.cli import main
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_source_epoch", "seconds_per_target_epoch", "out_dir"}
@@ -177,9 +177,9 @@ def test_cli_refuses_bad_flags_before_work(argv, message, capsys):
 
 
 def test_collapse_and_a_winning_discriminator_are_reported(generated_data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(madda_rs, "knn_predict", lambda src, y, tgt, k, threads=None: y[:1].repeat(len(tgt)))
-    real = madda_stage.MaddaTargetStage._adversarial
-    monkeypatch.setattr(madda_stage.MaddaTargetStage, "_adversarial",
+    monkeypatch.setattr(madda_rs.native, "knn_predict", lambda src, y, tgt, k, threads=None: y[:1].repeat(len(tgt)))
+    real = madda_stage.MaddaTargetStage.adversarial_epoch
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "adversarial_epoch",
                         lambda self, gen, warp: {**real(self, gen, warp), "d_acc": 1.0})
     argv = _argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "4")
     assert main([a for a in argv if a != "--quiet"]) == 0

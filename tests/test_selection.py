@@ -9,8 +9,8 @@ import torch
 
 from madda_rs.cli import main
 from madda_rs.config import SELECTION_SCORES, TrainConfig
-from madda_rs.evaluation import label_free_figures, nearest_center_labels, soft_neighbourhood_density
-from madda_rs.report import last_evaluations_mean, pick, selection_table
+from madda_rs.experiments.report import last_evaluations_mean, pick, selection_table
+from madda_rs.scores.label_free import label_free_figures, nearest_center_labels, soft_neighbourhood_density
 from madda_rs.training import resume, train
 
 
@@ -56,7 +56,7 @@ def test_nearest_center_labels_and_prediction_figures():
 
 
 def test_held_out_images_are_the_training_images_the_subset_left_out(adda_sized_dir):
-    from madda_rs.domains import HOLDOUT_IMAGES, prepare_data
+    from madda_rs.data.domains import HOLDOUT_IMAGES, prepare_data
 
     data = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
     assert len(data.tgt_train) == 1800 and len(data.tgt_holdout) == min(HOLDOUT_IMAGES, 2100 - 1800)
@@ -90,8 +90,8 @@ def test_select_keeps_the_model_the_score_picks_and_survives_resume(generated_da
     real = training.target_scores
     snd = iter([0.0, 5.0, 9.0, 1.0])  # source-only, then target epochs 1-3: epoch 2 is the pick
 
-    def fake(reference, model, data):
-        out = real(reference, model, data)
+    def fake(reference, model, data, seed):
+        out = real(reference, model, data, seed)
         out["snd"] = next(snd)
         return out
 
@@ -101,7 +101,7 @@ def test_select_keeps_the_model_the_score_picks_and_survives_resume(generated_da
     assert result.selected["target_accuracy"] == result.history["target"][1]["target_accuracy"]
     saved = torch.load(tmp_path / "selected.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 2 and saved["score"] == "snd"  # epochs trained, as in target.pt
-    from madda_rs.evaluation import load_model
+    from madda_rs.run.folder import load_model
 
     assert isinstance(load_model(tmp_path / "selected.pt"), torch.nn.Module)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

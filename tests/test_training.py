@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import madda_rs
-import madda_rs.stages.madda as madda_stage
-import madda_rs.stages.source as source_stage
+import madda_rs.methods.common as common
+import madda_rs.methods.madda as madda_stage
 from madda_rs.cli import main
 from madda_rs.config import PRESETS, TrainConfig
-from madda_rs.evaluation import evaluate_run, load_model
+from madda_rs.run.folder import load_model
+from madda_rs.scores.evaluate import evaluate_run
 from madda_rs.training import train
 
 
@@ -71,15 +72,15 @@ class Spy:
 
             monkeypatch.setattr(module, name, spy)
 
-        wrap(madda_rs, "triplets", lambda a, kw, out: (kw["negatives"], kw["margin"]))
-        wrap(madda_rs, "knn_predict", lambda a, kw, out: a[3])
-        wrap(source_stage, "triplet_loss", lambda a, kw, out: a[2])
-        for module in (source_stage, madda_stage):
+        wrap(madda_rs.native, "triplets", lambda a, kw, out: (kw["negatives"], kw["margin"]))
+        wrap(madda_rs.native, "knn_predict", lambda a, kw, out: a[3])
+        wrap(madda_stage, "triplet_loss", lambda a, kw, out: a[2])
+        for module in (common, madda_stage):
             wrap(module, "epoch_batches", lambda a, kw, out, m=module: (m.__name__.split(".")[-1], a[1]))
-            wrap(module, "adam", lambda a, kw, out: (out.param_groups[0]["lr"], out.param_groups[0]["betas"]))
             wrap(module, "zero_grad", lambda a, kw, out: not a[1].zero_grad_momentum)
+        wrap(common, "adam", lambda a, kw, out: (out.param_groups[0]["lr"], out.param_groups[0]["betas"]))
         wrap(madda_stage, "kmeans_centers", lambda a, kw, out: a[1])
-        wrap(madda_stage, "discriminator_loss", lambda a, kw, out: None)
+        wrap(common, "discriminator_loss", lambda a, kw, out: None)
         wrap(madda_stage, "center_magnet_loss", lambda a, kw, out: None)
         real_detached = madda_rs.models.EmbeddingNet.embed_detached_conv
 
@@ -101,7 +102,8 @@ def test_every_flag_reaches_the_code(generated_data_dir, tmp_path, monkeypatch):
     c = spy.calls
     assert set(c["triplets"]) == {("semihard", 0.5)} and set(c["triplet_loss"]) == {0.5}
     assert set(c["knn_predict"]) == {3}
-    assert set(c["epoch_batches"]) == {("source", 40), ("madda", 40), ("madda", 30)}
+    # source batches and the adversarial pairs come from the shared stages, the magnet's from M-ADDA's
+    assert set(c["epoch_batches"]) == {("common", 40), ("common", 30), ("madda", 30)}
     assert c["adam"] == [(2e-4, (0.6, 0.95)), (2e-4, (0.6, 0.95)), (5e-4, (0.6, 0.95))]  # source, target, D
     assert set(c["zero_grad"]) == {True}  # set_to_none: the momentum quirk is off
     assert c["kmeans_centers"] == [] and c["embed_detached_conv"] == []
@@ -125,7 +127,7 @@ def test_official_preset_values_reach_the_code(generated_data_dir, tmp_path, mon
     assert len(c["kmeans_centers"]) == 2 and set(c["kmeans_centers"]) == {10}
     assert len(c["embed_detached_conv"]) == len(c["center_magnet_loss"]) > 0
     assert len(c["discriminator_loss"]) == 2 * 3 * min(600 // 64, 600 // 50)  # epochs x passes x batches
-    assert set(c["epoch_batches"]) == {("source", 64), ("madda", 64), ("madda", 50)}
+    assert set(c["epoch_batches"]) == {("common", 64), ("common", 50), ("madda", 50)}
 
 
 def test_paper_preset_values_reach_the_code(generated_data_dir, tmp_path, monkeypatch):
@@ -157,8 +159,8 @@ def test_the_final_epoch_is_reported_not_the_best(generated_data_dir, monkeypatc
     scores = iter([0.9, 0.3, 0.6])  # source-only, then target epochs 1 and 2: best is not last
     real = training.target_scores
 
-    def fake(reference, model, data):
-        out = real(reference, model, data)
+    def fake(reference, model, data, seed):
+        out = real(reference, model, data, seed)
         out["target_accuracy"] = next(scores)
         return out
 

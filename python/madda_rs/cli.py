@@ -5,7 +5,7 @@ paper's tables.
     madda-rs train --resume runs/DIR
     madda-rs eval --run runs/DIR [--k K]
     madda-rs report runs/* [--by-epoch | --selection]
-    madda-rs reproduce table1|table2|table3 [--out results] [--seeds 0,1,2] [--quick]
+    madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
     madda-rs plot runs/DIR... [--out DIR]
 
 The train flags are generated from :class:`madda_rs.config.TrainConfig`'s fields: a flag left
@@ -28,13 +28,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
 
-# madda_rs.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
+# madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
 TABLE_NAMES = ("table1", "table2", "table3", "ablation")
 
-# Flags of `train` that are not settings of the run.
+# Flags of `train` that are not settings of the run. (Which settings a resume may change is
+# madda_rs.run.folder.RUN_ONLY.)
 _RUN_FLAGS = ("out", "resume", "overwrite", "quiet")
-# Settings a resumed run may change: where the data are, nothing that alters the computation.
-_RESUMABLE = ("data_dir",)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -79,6 +78,10 @@ def _add_setting(parser: argparse.ArgumentParser, f: "dataclasses.Field[Any]") -
         kw["nargs"] = meta["nargs"]
     if f.name in ("src", "tgt"):
         kw["required"] = False  # checked in _train: --resume needs neither
+    if f.name == "method":
+        from .methods import method_names
+
+        kw["help"] = f"{shown}; registered: {', '.join(method_names())}"
     parser.add_argument(flag, **kw)
 
 
@@ -95,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_setting(t, f)
     t.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
     t.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run in DIR from its last checkpoint, with the config saved there")
+                   help="continue the run in DIR from its last checkpoint, with the config saved there; only "
+                        "where and how it runs may change (--device, --threads, --data-dir, --no-download, "
+                        "--eval-every, --checkpoint-every)")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars or log lines; only the final line")
 
@@ -118,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="[default: results]")
     p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma-separated [default: 0,1,2]")
     p.add_argument("--schedule", choices=("short", "paper"), default="short",
-                   help="'short': what a CPU affords for three seeds (README, Results); 'paper': 200 + 200 epochs "
+                   help="'short': what a CPU affords for three seeds (docs/results.md); 'paper': 200 + 200 epochs "
                         "[default: short]")
     p.add_argument("--paper-seeds", type=_seed_list, default=(),
                    help="also run these seeds at the paper's schedule, as their own table rows")
@@ -144,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# madda_rs.plots.FIGURES (that module is imported only when drawing)
+# madda_rs.experiments.plots.FIGURES (that module is imported only when drawing)
 FIGURES = ("curves", "time", "tsne", "confusion")
 
 
@@ -172,7 +177,7 @@ def _settings_given(args: argparse.Namespace) -> Dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The flags given, over the preset's values; refuses unknown domains."""
-    from .domains import check_domain_name
+    from .data.domains import check_domain_name
 
     given = _settings_given(args)
     for side in ("src", "tgt"):
@@ -192,20 +197,20 @@ def _default_out(config: TrainConfig) -> Path:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .runtime import CONFIG_FILE, RunFolder
+    from .run.folder import CONFIG_FILE, RUN_ONLY, RunFolder, with_run_settings
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone checks, prints and writes
     try:
         if args.resume is not None:
             if args.out is not None or args.overwrite:
                 raise ValueError("--resume continues the run in its own folder; drop --out and --overwrite")
-            extra = sorted(set(_settings_given(args)) - set(_RESUMABLE))
+            extra = sorted(set(_settings_given(args)) - set(RUN_ONLY))
             if extra:
                 flags = ", ".join("--" + name.replace("_", "-") for name in extra)
                 raise ValueError(f"--resume takes the settings saved with the run; drop {flags}")
             if main_rank:
                 RunFolder(args.resume).check_usable(resume=True, overwrite=False)
-            config = TrainConfig.load(str(Path(args.resume) / CONFIG_FILE)).replace(**_settings_given(args))
+            config = with_run_settings(TrainConfig.load(str(Path(args.resume) / CONFIG_FILE)), _settings_given(args))
             out = Path(args.resume)
         else:
             config = config_from_args(args)
@@ -216,7 +221,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     from tqdm import tqdm
 
-    from .loop import Interrupted
+    from .run.loop import Interrupted
     from .training import train
 
     progress = None if args.quiet else partial(tqdm, dynamic_ncols=True, leave=True)
@@ -247,7 +252,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
+    from .scores.evaluate import evaluate_run
 
     scores = evaluate_run(args.run, device=args.device, data_dir=args.data_dir, k=args.k)
     if "source_accuracy" in scores:
@@ -260,7 +265,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import accuracy_by_epoch, selection_table, summarize
+    from .experiments.report import accuracy_by_epoch, selection_table, summarize
 
     if args.by_epoch:
         print(accuracy_by_epoch(args.runs))
@@ -274,7 +279,7 @@ def _report(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .reproduce import plan, run_all, write_table
+    from .experiments.reproduce import plan, run_all, write_table
 
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -295,7 +300,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
     if not args.no_figures:
-        from .reproduce import write_figures
+        from .experiments.reproduce import write_figures
 
         for path in write_figures(args.table, runs, out, device=args.device, data_dir=args.data_dir,
                                   tsne_points=args.tsne_points):
@@ -304,7 +309,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plots import plot_runs
+    from .experiments.plots import plot_runs
 
     for path in plot_runs(args.runs, args.out, device=args.device, data_dir=args.data_dir, figures=args.figures):
         print(f"figure: {path}")

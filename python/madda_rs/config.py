@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from .scores.label_free import SELECTION_SCORES  # scores that can pick a checkpoint (TrainConfig.select)
+
 PROTOCOLS = ("adda", "full")
 USPS_RESIZES = ("box20", "stretch", "pad3")
 USPS_SPLITS = ("standard", "pooled")
@@ -23,22 +25,9 @@ NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
 MAGNET_LABELS = ("nearest", "clusters")
-METHODS = ("madda", "adda")
-# Scores recorded at each evaluation that can pick a checkpoint without the target test labels,
-# and which way is better (+1: higher). holdout_accuracy uses labelled target *training* images
-# left out of the run's subset; the others use no target labels at all (madda_rs.evaluation).
-SELECTION_SCORES: Dict[str, int] = {
-    "snd": +1,  # soft neighbourhood density of the target embeddings
-    "knn_center_agreement": +1,  # share of target images whose kNN label is their nearest centre's
-    "pred_entropy": +1,  # balance of the predicted classes (0: all one class)
-    "source_test_accuracy": +1,  # the adapted model still separates the source test set
-    "d_acc": -1,  # the discriminator's accuracy: lower means better aligned features
-    "holdout_accuracy": +1,
-}
-
 # Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
 # the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
-# 'official' follows the released code (README, "Presets").
+# 'official' follows the released code (docs/presets.md).
 _PAPER: Dict[str, Any] = dict(
     epochs_source=200,
     epochs_target=200,
@@ -71,7 +60,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         adversarial_passes=3,
         zero_grad_momentum=True,  # PyTorch 0.4 zeroed grads, so Adam kept moving params via momentum
     ),
-    # Ours (README, "The improved preset"): every value below was chosen on held-out target
+    # Ours (docs/presets.md, "The improved preset"): every value below was chosen on held-out target
     # *training* images and source validation, never on a target test set.
     "improved": dict(
         _PAPER,
@@ -106,11 +95,10 @@ class TrainConfig:
                         type=str)
     tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps) or an .npz file",
                         type=str)
-    method: str = _setting("madda", "'madda': triplet source model, adversarial + center magnet, kNN vote; 'adda': "
-                           "softmax source classifier, adversarial only (Tzeng et al. 2017, the paper's baseline)",
-                           choices=METHODS)
+    method: str = _setting("madda", "a registered training method (madda_rs.methods), or FILE.py:NAME / "
+                           "MODULE:NAME for one defined elsewhere", type=str)
     preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; "
-                           "'improved': ours (README, 'The improved preset')",
+                           "'improved': ours (docs/presets.md)",
                            choices=tuple(PRESETS))
     protocol: str = _setting("adda", "'adda': seeded subsets of 2,000 MNIST / 1,800 USPS training images "
                              "(Table 1); 'full': all of them (Table 2). Other domains always use all",
@@ -124,7 +112,7 @@ class TrainConfig:
                                     "table scores on one test set)", type=int, minimum=0)
     resize_to_source: bool = _setting(False, "resize target images (and channels) to the source's shape; "
                                       "without it, a shape mismatch is an error")
-    seed: int = _setting(0, "seed of every training random stream (runtime.SEED_STREAMS)", type=int, minimum=0)
+    seed: int = _setting(0, "seed of every random stream (madda_rs.run.streams.SEED_STREAMS)", type=int, minimum=0)
     subset_seed: Optional[int] = _setting(None, "seed of the data subset alone (default: --seed)", type=int,
                                           minimum=0)
     # Where and how it runs.
@@ -180,7 +168,7 @@ class TrainConfig:
                                           "step labels the clusters and is the model scored and saved (0: off)",
                                           type=float)
     guard: Optional[bool] = _setting(None, "label-free safeguard: fall back to the source model when adaptation "
-                                     "merged classes (README, 'Safeguard')")
+                                     "merged classes (docs/presets.md, 'Safeguard')")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -195,12 +183,9 @@ class TrainConfig:
             raise ValueError("src and tgt must be non-empty domain names or .npz paths")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
-        if self.method == "adda":
-            extras = [n for n in ("augment", "im_weight", "ema_decay", "guard") if getattr(self, n)]
-            extras += ["magnet_labels"] if self.magnet_labels != "nearest" else []
-            if extras:
-                raise ValueError(f"{', '.join(extras)} belong to M-ADDA's metric model; --method adda takes "
-                                 f"none of them (use --preset paper or official with it)")
+        from .methods import get_method  # the registry imports the methods (and torch) only when a config is made
+
+        get_method(self.method).check(self)
         if not self.im_weight >= 0:
             raise ValueError(f"im_weight must be >= 0, got {self.im_weight}")
         if not 0 <= self.ema_decay < 1:

@@ -1,4 +1,4 @@
-"""A whole M-ADDA run: data, stage 1 (source), stage 2 (target), kNN scoring, the run folder.
+"""A whole run: data, stage 1 (source), stage 2 (target), scoring, the run folder.
 
     from madda_rs.config import TrainConfig
     from madda_rs.training import train, resume
@@ -7,8 +7,10 @@
     result = train(config, source=(images, labels), target=target_images, target_test=(x, y))
     result = resume("runs/m2u")  # after a kill or Ctrl-C
 
-Functions here neither parse arguments nor print: progress goes through the optional
-``progress`` factory (for example ``tqdm.tqdm``), results come back as values.
+The method (``config.method``) supplies the stages and the predictor (:mod:`madda_rs.methods`);
+what a run folder holds and what may change on resume is :mod:`madda_rs.run.folder`'s. Functions
+here neither parse arguments nor print: progress goes through the optional ``progress`` factory
+(for example ``tqdm.tqdm``), results come back as values.
 """
 
 from __future__ import annotations
@@ -18,40 +20,35 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .config import SELECTION_SCORES, TrainConfig
-from .domains import prepare_data
-from .evaluation import SCORERS, confusion, save_model, target_scores
-from .loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
+from .data.domains import RunData, prepare_data
+from .methods import Method, get_method
 from .models import EmbeddingNet
-from .runtime import (
+from .run.folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     PROGRESS_FILE,
     SELECTED_FILE,
-    Parallel,
+    SOURCE_MODEL_FILE,
+    TARGET_MODEL_FILE,
     RunFolder,
-    configure_threads,
-    resolve_device,
+    model_file,
+    resume_conflicts,
 )
-from .stages.adda import AddaTargetStage, SoftmaxSourceStage
-from .stages.madda import MaddaTargetStage
-from .stages.source import TripletSourceStage
+from .run.loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
+from .run.processes import Parallel, configure_threads, resolve_device
+from .scores.evaluate import confusion, target_scores
+from .scores.predictors import KnnPredictor
 
 log = logging.getLogger("madda_rs")
 
 CHECKPOINT_FORMAT = 1
-# Each training method's stages (its scorer is evaluation.SCORERS[method]); a new method is a
-# stage module in madda_rs.stages, a line here and one there, and its name in config.METHODS.
-METHODS = {
-    "madda": (TripletSourceStage, MaddaTargetStage),
-    "adda": (SoftmaxSourceStage, AddaTargetStage),
-}
 
 
 @dataclass
@@ -97,43 +94,28 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> RunResult:
-    """Run M-ADDA end to end: stage 1, stage 2 (unless ``source_only``), kNN scoring.
+    """Run ``config.method`` end to end: stage 1, stage 2 (unless ``source_only``), scoring.
 
     Data come from `source`/`target` (and the optional labelled `target_test`, `source_test`)
     when given, else from ``config.src``/``config.tgt`` (registered names or .npz files); see
-    :func:`madda_rs.domains.as_image_set` for what is accepted.
+    :func:`madda_rs.data.domains.as_image_set` for what is accepted.
 
     With `out_dir`, writes config.json, metrics.json, checkpoint.pt (every
     ``config.checkpoint_every`` epochs and at each stage's end), source.pt and target.pt there.
     A folder that already holds a run is refused unless `resume` (continue from its checkpoint;
-    `config` must equal the saved one) or `overwrite`.
+    `config` may differ from the saved one only in run-only settings,
+    :data:`madda_rs.run.folder.RUN_ONLY`) or `overwrite`.
 
     Raises:
         ValueError, DataError: bad data or run folder, before any training.
         TrainingDiverged: a loss became NaN or infinite (the last good checkpoint is kept).
         Interrupted: Ctrl-C; a checkpoint of every finished epoch was saved.
     """
-    progress = progress or no_progress
     wall = time.perf_counter()
-    device = resolve_device(config.device)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
+    device = _device(config)
     parallel = Parallel.from_environment(device)
-    folder = RunFolder(out_dir) if out_dir is not None else None
-    saved: Optional[Dict[str, Any]] = None
-    if folder is not None:
-        if parallel.is_main:
-            folder.check_usable(resume=resume, overwrite=overwrite)
-        if resume:
-            saved = folder.load(CHECKPOINT_FILE)
-            # where the data live may change between sessions; nothing else may
-            if {**saved["config"], "data_dir": None} != {**config.to_dict(), "data_dir": None}:
-                raise ValueError(f"the config differs from the one saved in {folder.path}; resume with "
-                                 f"madda_rs.training.resume({str(folder.path)!r})")
-    elif resume:
-        raise ValueError("resume=True needs the out_dir of the run to continue")
-    threads = configure_threads(config, parallel.world)
+    folder, saved = _open_folder(config, out_dir, parallel, resume=resume, overwrite=overwrite)
+    threads = configure_threads(config.threads, config.deterministic, parallel.world)
     data = prepare_data(config, device, source=source, target=target, target_test=target_test,
                         source_test=source_test)  # first: a data error must not leave an empty run folder
     log.info("data: %s train %d, %s train %d, %s test %s", config.src, len(data.src_train), config.tgt,
@@ -141,97 +123,128 @@ def train(
     if folder is not None and saved is None and parallel.is_main:
         folder.create(overwrite)
         folder.write_json(CONFIG_FILE, config.to_dict())
-    writer = folder if parallel.is_main else None  # rank 0 alone writes
-
-    history: Dict[str, List[Dict[str, Any]]] = saved["history"] if saved else {"source": [], "target": []}
-    warnings: List[str] = saved["warnings"] if saved else []
-    stages: Dict[str, Any] = {}
-
-    selection = _Selection(config, history["target"], folder)
-
-    def checkpoint() -> None:
-        assert folder is not None
-        current = list(stages)[-1]
-        selection.save()  # with the checkpoint, so selected.pt always matches the saved history
-        folder.save(CHECKPOINT_FILE, {
-            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "history": history, "warnings": warnings,
-            "stages": {name: stage.state_dict() for name, stage in stages.items()},
-        })
-        folder.write_json(PROGRESS_FILE, {"stage": current, "epoch": len(history[current]),
-                                          "epochs": stages[current].epochs})
-
-    # wall time since the run began, data loading included; a resumed run adds its earlier time
-    before = max((h.get("wall_seconds", 0.0) for part in history.values() for h in part), default=0.0)
-
-    def elapsed() -> float:
-        return before + time.perf_counter() - wall
-
-    settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
-                            checkpoint if folder is not None else None, str(out_dir), warnings, parallel,
-                            elapsed=elapsed)
-
-    source_cls, target_cls = METHODS[config.method]
-    source_stage = source_cls(config, data.src_train, device, parallel)
-    stages["source"] = source_stage
-    if saved:
-        source_stage.load_state_dict(saved["stages"]["source"])
-    run_stage(source_stage, history["source"], settings)
-    source_model = source_stage.model
-    if writer is not None:
-        save_model(writer, "source.pt", source_model, config, config.epochs_source)
-    guard: Optional[str] = None
-    reference = SCORERS[config.method](source_model, data.src_train, config.k, config.threads, parallel)
-    source_acc = reference.accuracy(source_model, data.src_test) if data.src_test is not None else None
-    source_only = target_scores(reference, source_model, data)
-    final = source_only
-
-    if not config.source_only:
-        target_stage = target_cls(config, source_model, reference, data, device, parallel)
-        stages["target"] = target_stage
-        if saved and "target" in saved["stages"]:
-            target_stage.load_state_dict(saved["stages"]["target"])
-        settings.evaluate = lambda: target_scores(reference, target_stage.output, data)
-        settings.evaluated = lambda rec: selection.consider(rec, target_stage.output)
-        run_stage(target_stage, history["target"], settings)
-        scored = [h for h in history["target"] if "pred_classes" in h]
-        final = scored[-1] if scored else source_only
-        target_model = target_stage.output
-        guard = guard_verdict(source_only, final) if config.guard else None
-        if guard is not None:
-            warnings.append(f"guard: {guard}; the run's output is the source model")
-            log.warning("%s: guard: %s; the run's output is the source model", out_dir or "run", guard)
-            final, target_model = source_only, source_model
-    else:
-        target_model = source_model
-    if writer is not None:
-        save_model(writer, "target.pt", target_model, config, config.epochs_target)
-        selection.save()
-    final_confusion = confusion(reference, target_model, data.tgt_test) if data.tgt_test is not None else {}
-
-    result = RunResult(
-        config=config,
-        target_accuracy=final.get("target_accuracy"),
-        source_accuracy=source_acc,
-        source_only_accuracy=source_only.get("target_accuracy"),
-        label_free={k: v for k, v in final.items() if k.startswith("pred_") or k in SELECTION_SCORES},
-        warnings=warnings,
-        wall_seconds=elapsed(),
-        device=str(device),
-        threads=threads,
-        processes=parallel.world,
-        seconds_per_source_epoch=_mean_seconds(history["source"]),
-        seconds_per_target_epoch=_mean_seconds(history["target"]),
-        history=history,
-        out_dir=str(folder.path) if folder is not None else None,
-        classes=final_confusion.get("classes"),
-        confusion=final_confusion.get("confusion"),
-        selected=selection.summary(),
-        guard=guard,
-    )
-    if writer is not None:
-        writer.write_json(METRICS_FILE, result.metrics())
+    run = _Run(config, data, device, parallel, folder, saved, progress or no_progress, wall)
+    result = run.execute(threads)
+    if run.writer is not None:
+        run.writer.write_json(METRICS_FILE, result.metrics())
     parallel.barrier()  # no rank leaves before the run folder is complete
     return result
+
+
+def _device(config: TrainConfig) -> torch.device:
+    device = resolve_device(config.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _open_folder(config: TrainConfig, out_dir: Optional[str], parallel: Parallel, *, resume: bool,
+                 overwrite: bool) -> Tuple[Optional[RunFolder], Optional[Dict[str, Any]]]:
+    """The run folder (None without `out_dir`) and, on resume, its checkpoint."""
+    if out_dir is None:
+        if resume:
+            raise ValueError("resume=True needs the out_dir of the run to continue")
+        return None, None
+    folder = RunFolder(out_dir)
+    if parallel.is_main:
+        folder.check_usable(resume=resume, overwrite=overwrite)
+    if not resume:
+        return folder, None
+    saved = folder.load(CHECKPOINT_FILE)
+    differ = resume_conflicts(saved["config"], config.to_dict())
+    if differ:
+        raise ValueError(f"the config differs from the one saved in {folder.path} in {', '.join(differ)} (only "
+                         f"where and how it runs may change); resume with "
+                         f"madda_rs.training.resume({str(folder.path)!r})")
+    return folder, saved
+
+
+class _Run:
+    """One run's moving parts: its method's stages, history, checkpoints and selection."""
+
+    def __init__(self, config: TrainConfig, data: RunData, device: torch.device, parallel: Parallel,
+                 folder: Optional[RunFolder], saved: Optional[Dict[str, Any]], progress: ProgressFactory,
+                 wall: float) -> None:
+        self.config, self.data, self.device, self.parallel = config, data, device, parallel
+        self.method: Method = get_method(config.method)
+        self.folder, self.saved, self.wall = folder, saved, wall
+        self.writer = folder if parallel.is_main else None  # rank 0 alone writes
+        self.history: Dict[str, List[Dict[str, Any]]] = saved["history"] if saved else {"source": [], "target": []}
+        self.warnings: List[str] = saved["warnings"] if saved else []
+        self.stages: Dict[str, Any] = {}
+        self.selection = _Selection(config, self.history["target"], folder)
+        # wall time since the run began, data loading included; a resumed run adds its earlier time
+        self.before = max((h.get("wall_seconds", 0.0) for part in self.history.values() for h in part), default=0.0)
+        self.settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
+                                     self.checkpoint if folder is not None else None,
+                                     str(folder.path) if folder is not None else "",
+                                     self.warnings, parallel, elapsed=self.elapsed)
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.wall
+
+    def checkpoint(self) -> None:
+        assert self.folder is not None
+        current = list(self.stages)[-1]
+        self.selection.save()  # with the checkpoint, so selected.pt always matches the saved history
+        self.folder.save(CHECKPOINT_FILE, {
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "history": self.history,
+            "warnings": self.warnings, "stages": {name: stage.state_dict() for name, stage in self.stages.items()},
+        })
+        self.folder.write_json(PROGRESS_FILE, {"stage": current, "epoch": len(self.history[current]),
+                                               "epochs": self.stages[current].epochs})
+
+    def _run(self, name: str, stage: Any) -> None:
+        self.stages[name] = stage
+        if self.saved and name in self.saved["stages"]:
+            stage.load_state_dict(self.saved["stages"][name])
+        run_stage(stage, self.history[name], self.settings)
+
+    def execute(self, threads: int) -> RunResult:
+        config, data = self.config, self.data
+        source_stage = self.method.source_stage(config, data.src_train, self.device, self.parallel)
+        self._run("source", source_stage)
+        source_model = source_stage.model
+        if self.writer is not None:
+            self.writer.save_model(SOURCE_MODEL_FILE, source_model, config, config.epochs_source)
+        predictor = self.method.predictor(source_model, data.src_train, config.k, config.threads, self.parallel)
+        source_acc = predictor.accuracy(source_model, data.src_test) if data.src_test is not None else None
+        source_only = target_scores(predictor, source_model, data, config.seed)
+        final, target_model, guard = source_only, source_model, None
+        if not config.source_only:
+            final, target_model, guard = self._adapt(source_model, predictor, source_only)
+        if self.writer is not None:
+            self.writer.save_model(TARGET_MODEL_FILE, target_model, config, config.epochs_target)
+            self.selection.save()
+        matrix = confusion(predictor, target_model, data.tgt_test) if data.tgt_test is not None else {}
+        return RunResult(
+            config=config, target_accuracy=final.get("target_accuracy"), source_accuracy=source_acc,
+            source_only_accuracy=source_only.get("target_accuracy"),
+            label_free={k: v for k, v in final.items() if k.startswith("pred_") or k in SELECTION_SCORES},
+            warnings=self.warnings, wall_seconds=self.elapsed(), device=str(self.device), threads=threads,
+            processes=self.parallel.world, seconds_per_source_epoch=_mean_seconds(self.history["source"]),
+            seconds_per_target_epoch=_mean_seconds(self.history["target"]), history=self.history,
+            out_dir=str(self.folder.path) if self.folder is not None else None, classes=matrix.get("classes"),
+            confusion=matrix.get("confusion"), selected=self.selection.summary(), guard=guard,
+        )
+
+    def _adapt(self, source_model: EmbeddingNet, predictor: KnnPredictor, source_only: Dict[str, Any],
+               ) -> Tuple[Dict[str, Any], EmbeddingNet, Optional[str]]:
+        """Stage 2: the final evaluation, the model the run yields, and the guard's verdict."""
+        config, data = self.config, self.data
+        stage = self.method.target_stage(config, source_model, predictor, data, self.device, self.parallel)
+        self.settings.evaluate = lambda: target_scores(predictor, stage.output, data, config.seed)
+        self.settings.evaluated = lambda rec: self.selection.consider(rec, stage.output)
+        self._run("target", stage)
+        scored = [h for h in self.history["target"] if "pred_classes" in h]
+        final = scored[-1] if scored else source_only
+        guard = guard_verdict(source_only, final) if config.guard else None
+        if guard is None:
+            return final, stage.output, None
+        self.warnings.append(f"guard: {guard}; the run's output is the source model")
+        log.warning("%s: guard: %s; the run's output is the source model", self.settings.where or "run", guard)
+        return source_only, source_model, guard
 
 
 def resume(run_dir: str, progress: Optional[ProgressFactory] = None, **data: Any) -> RunResult:
@@ -260,11 +273,7 @@ class _Selection:
         if self.score is None or self.score not in rec:
             return
         if self.saved is None or self._rated(rec) > self._rated(self.history[self.saved["epoch"] - 1]):
-            self.saved = {
-                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "config": self.config.to_dict(), "epoch": rec["epoch"] + 1, "score": self.score,  # epochs trained
-                "in_shape": list(model.encoder.in_shape), "out_dim": model.head[1].out_features,
-            }
+            self.saved = model_file(model, self.config, rec["epoch"] + 1, score=self.score)  # epochs trained
 
     def save(self) -> None:
         if self.saved is not None and self.folder is not None:

@@ -1,5 +1,5 @@
 """MNIST and USPS files, read through torchvision: where they live, and clear errors when they
-are missing or corrupt. Turning them into training tensors is :mod:`madda_rs.domains`' job.
+are missing or corrupt. Turning them into training tensors is :mod:`madda_rs.data.domains`' job.
 
 USPS is 16x16 with the digit filling the frame; `usps_resize` chooses how it reaches 28x28:
 

@@ -1,4 +1,5 @@
-"""Summaries of saved runs: the README's result tables come from here (`madda-rs report`)."""
+"""Summaries of saved runs (`madda-rs report`): one row per experiment, accuracy by epoch, and how
+well each label-free score picks a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,22 +10,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import SELECTION_SCORES
+from ..run.folder import experiment_key, load_run
+from ..scores.label_free import SELECTION_SCORES
 
-# Settings that do not make two runs different experiments: seeds vary within a group, and the
-# rest say where and how a run executed, not what it computed.
-NOT_GROUPED = {"seed", "subset_seed", "device", "data_dir", "download", "threads", "deterministic", "eval_every",
-               "checkpoint_every", "overridden", "select"}
 # The headline is the final epoch; beside it, the mean of this many last evaluations (steadier).
 LAST_EVALUATIONS = 5
-
-
-def load_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    run = Path(run_dir)
-    for name in ("config.json", "metrics.json"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} is missing: is {run} a finished 'madda-rs train' run?")
-    return json.loads((run / "config.json").read_text()), json.loads((run / "metrics.json").read_text())
 
 
 def _mean_std(values: Sequence[Optional[float]], digits: int = 3) -> str:
@@ -54,14 +44,19 @@ def _where(metrics: Dict[str, Any]) -> str:
     return metrics["device"] if n == 1 else f"{metrics['device']}, {n} processes"
 
 
+def _method_title(config: Dict[str, Any]) -> str:
+    """A method's name in tables: its registered name, upper-cased ('ADDA')."""
+    return config.get("method", "madda").rsplit(":", 1)[-1].upper()
+
+
 def summarize(run_dirs: Sequence[str]) -> str:
     """One markdown row per experiment: final-epoch target accuracy (mean ± sample std over
     seeds), source-only accuracy, source accuracy, wall time and seconds per epoch."""
     groups: Dict[Tuple[Any, ...], List[Tuple[Dict[str, Any], Dict[str, Any]]]] = defaultdict(list)
     for d in run_dirs:
         config, metrics = load_run(d)
-        key = tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_GROUPED))
-        key += (("processes", metrics.get("processes", 1)),)  # 1 and 2 processes are different experiments
+        # 1 and 2 processes are different experiments
+        key = experiment_key(config) + (("processes", json.dumps(metrics.get("processes", 1))),)
         groups[key].append((config, metrics))
     lines = [
         "| task | preset | USPS resize | epochs (src+tgt) | seeds | target accuracy | last 5 evaluations | "
@@ -73,7 +68,7 @@ def summarize(run_dirs: Sequence[str]) -> str:
         config = runs[0][0]
         m = [r[1] for r in runs]
         variant = ", ".join(
-            ([f"{config['method'].upper()} {config['preset']}"] if config.get("method", "madda") != "madda"
+            ([f"{_method_title(config)} {config['preset']}"] if config.get("method", "madda") != "madda"
              else [config["preset"]])
             + ([] if config["magnet"] else ["no magnet"])
             + ([] if config["adversarial"] else ["no adversarial"])

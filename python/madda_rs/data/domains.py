@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .data import read_uint8, resize_usps
-from .runtime import stream_seed
+from ..config import TrainConfig
+from ..run.streams import stream_seed
+from .files import read_uint8, resize_usps
 
 
 @dataclass(frozen=True)

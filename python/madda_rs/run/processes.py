@@ -1,60 +1,15 @@
-"""Where and how a run executes: device, threads and determinism, named random streams, and the
-run folder (config, metrics, checkpoints; every write atomic)."""
+"""Where a run executes: the device, the thread count and determinism, and the processes of a
+torchrun job (:class:`Parallel`)."""
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 import madda_rs
-
-from .config import TrainConfig
-
-# One seed feeds every random stream of a run; each stream has a name and a fixed index here, so
-# streams never collide and one can change without moving the others. 'subset' is drawn from
-# --subset-seed when given, so the data and the training randomness can be varied apart.
-SEED_STREAMS = {
-    "subset": 0,  # which training images the ADDA protocol keeps
-    "init_source": 1,  # source model weights
-    "init_discriminator": 2,  # discriminator weights (the target model starts as the source model)
-    "batches_source": 3,  # stage 1 batch order
-    "triplets": 4,  # stage 1 triplet sampling (negatives)
-    "batches_target": 5,  # stage 2 batch order
-    "centers": 6,  # KMeans centres (the 'official' preset)
-    "holdout": 7,  # which left-out training images score a run (domains.HOLDOUT_IMAGES)
-    "augment": 8,  # random warps of training batches (TrainConfig.augment)
-}
-
-CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
-CHECKPOINT_FILE, PROGRESS_FILE = "checkpoint.pt", "progress.json"  # progress.json: the checkpoint's stage and epoch
-SELECTED_FILE = "selected.pt"  # the target model a label-free score picked (TrainConfig.select)
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, "source.pt", "target.pt", SELECTED_FILE)
-
-
-def stream_seed(seed: int, stream: str, *extra: int) -> int:
-    """A 63-bit seed for `stream` (a key of :data:`SEED_STREAMS`), optionally per step (`extra`)."""
-    words = np.random.SeedSequence([seed, SEED_STREAMS[stream], *extra]).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1]))
-
-
-def torch_generator(seed: int, stream: str) -> torch.Generator:
-    return torch.Generator().manual_seed(stream_seed(seed, stream))
-
-
-@contextmanager
-def seeded_init(seed: int, stream: str) -> Iterator[None]:
-    """Build modules inside this block to draw their initial weights from `stream` alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(seed, stream))
-        yield
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,78 +21,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_threads(config: TrainConfig, processes: int = 1) -> int:
+def configure_threads(threads: Optional[int], deterministic: bool, processes: int = 1) -> int:
     """Set torch's thread count and determinism for this process; return the thread count used.
 
     Deterministic mode turns on torch's deterministic algorithms (on the CPU this mostly makes
     the scatter-add in the backward of indexing serial-order) and pins the thread count, so two
     runs of one command on one machine agree bit for bit. The native core is deterministic at any
     thread count."""
-    threads = config.threads or max(madda_rs.default_threads() // processes, 1)  # processes share the cores
+    threads = threads or max(madda_rs.default_threads() // processes, 1)  # processes share the cores
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=False)
-    if config.deterministic:
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
     return threads
-
-
-class RunFolder:
-    """A run's folder: config.json, metrics.json, checkpoint.pt (+ progress.json), source.pt, target.pt."""
-
-    def __init__(self, path: os.PathLike | str) -> None:
-        self.path = Path(path)
-
-    def holds_run(self) -> bool:
-        return any((self.path / name).exists() for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE))
-
-    def check_usable(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse, before any work, a folder that cannot be written or already holds a run."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path} exists and is not a folder")
-        if resume:
-            if not (self.path / CHECKPOINT_FILE).is_file():
-                raise ValueError(f"cannot resume: {self.path / CHECKPOINT_FILE} does not exist")
-        elif self.holds_run() and not overwrite:
-            raise ValueError(f"{self.path} already holds a run; choose another --out, or pass --resume or --overwrite")
-        probe = self.path
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(f"cannot write the run folder {self.path}: {probe} is not writable")
-
-    def create(self, overwrite: bool) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-
-    def write_json(self, name: str, values: Dict[str, Any]) -> None:
-        with self._atomic(name) as tmp:
-            tmp.write_text(json.dumps(values, indent=2) + "\n")
-
-    def read_json(self, name: str) -> Dict[str, Any]:
-        return json.loads((self.path / name).read_text())
-
-    def save(self, name: str, obj: Any) -> None:
-        """torch.save through a temporary file and a rename: a kill mid-save keeps the old file."""
-        with self._atomic(name) as tmp:
-            torch.save(obj, tmp)
-
-    def load(self, name: str, device: torch.device | str = "cpu") -> Any:
-        # weights_only=False: checkpoints hold RNG states and history, written by this package
-        return torch.load(self.path / name, map_location=device, weights_only=False)
-
-    @contextmanager
-    def _atomic(self, name: str) -> Iterator[Path]:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
-        os.close(fd)
-        try:
-            yield Path(tmp)
-            os.replace(tmp, self.path / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
 
 
 class Parallel:
@@ -246,3 +142,6 @@ class Parallel:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+__all__ = ["Parallel", "resolve_device", "configure_threads"]

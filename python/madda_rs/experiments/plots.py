@@ -2,7 +2,7 @@
 curves over the target epochs, accuracy against wall time, and the confusion matrix of the final
 target predictions.
 
-    from madda_rs.plots import plot_runs
+    from madda_rs.experiments.plots import plot_runs
 
     plot_runs(["runs/m2u-s0"])                            # tsne.png, curves.png, confusion.png in the run
     plot_runs(["runs/m2u-s0", "runs/m2u-s1"], "figures")  # one curves.png for both, per-run files beside it
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .report import NOT_GROUPED, load_run
+from ..run.folder import NOT_GROUPED, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, experiment_key, load_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .domains import RunData
-    from .models import EmbeddingNet
+    from ..data.domains import RunData
+    from ..models import EmbeddingNet
 
 log = logging.getLogger("madda_rs")
 
@@ -104,10 +104,11 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
     'before adaptation' (the source model embeds both domains) and 'after adaptation' (the
     target model embeds the target). `config` is the run's config.json.
 
-    At most `tsne_points` images per domain are drawn (numpy Generator(0) picks them). The magnet's
-    centres (stars) come from all source training embeddings, as in training: class means, or
-    KMeans seeded with config['seed'] (white, as KMeans centres carry no class); ADDA and runs
-    without the magnet ('magnet' false) have none.
+    At most `tsne_points` images per domain are drawn, and t-SNE is initialised, from the run's
+    'figures' stream. The centres (stars) are those the run's method pulled the target to at its
+    last epoch (:meth:`madda_rs.methods.Method.centres`: for M-ADDA class means, or KMeans from
+    the run's 'centers' stream, white as KMeans centres carry no class); ADDA and runs without
+    the magnet have none.
     Target points are grey without a labelled target test set (the training images are drawn)."""
     if tsne_points < 1:
         raise ValueError(f"tsne_points must be at least 1, got {tsne_points}")
@@ -115,24 +116,23 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
     from matplotlib.lines import Line2D
     from sklearn.manifold import TSNE
 
-    from .evaluation import embed
-    from .stages.madda import class_means, kmeans_centers
+    from ..config import TrainConfig
+    from ..methods import get_method
+    from ..run.streams import numpy_rng, stream_seed
+    from ..scores.predictors import embed
 
     src, tgt = data.src_train, data.tgt_test if data.tgt_test is not None else data.tgt_train
     assert src.labels is not None
-    rng = np.random.default_rng(0)
+    settings = TrainConfig.from_dict(config)
+    rng = numpy_rng(settings.seed, "figures", 0)
     src_keep = np.sort(rng.permutation(len(src))[:tsne_points])
     tgt_keep = np.sort(rng.permutation(len(tgt))[:tsne_points])
     src_labels = src.labels.cpu().numpy()
     tgt_labels = None if tgt.labels is None else tgt.labels.cpu().numpy()[tgt_keep]
     src_emb = embed(source_model, src.images)  # all of them: the centres are computed over all
     classes = np.unique(src_labels if tgt_labels is None else np.concatenate([src_labels, tgt_labels]))
-    centers, center_labels = np.zeros((0, src_emb.shape[1]), np.float32), None
-    if config.get("method", "madda") == "madda" and config.get("magnet", True):
-        if config["centers"] == "class_means":
-            centers, center_labels = class_means(src_emb, src_labels), np.unique(src_labels)
-        else:
-            centers = kmeans_centers(src_emb, len(np.unique(src_labels)), config["seed"])
+    found = get_method(settings.method).centres(settings, src_emb, src_labels)
+    centers, center_labels = found if found is not None else (np.zeros((0, src_emb.shape[1]), np.float32), None)
 
     fig = _figure(figsize=(13, 6))
     axes = fig.subplots(1, 2)
@@ -140,7 +140,8 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
     for ax, (title, model) in zip(axes, (("before adaptation", source_model), ("after adaptation", target_model))):
         points = np.concatenate([src_emb[src_keep], embed(model, tgt_images), centers])
         # perplexity must stay below the number of points: tiny runs and tests have few
-        xy = TSNE(2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=0).fit_transform(points)
+        xy = TSNE(2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca",
+                  random_state=stream_seed(settings.seed, "figures", 1) % 2**32).fit_transform(points)
         n_src = len(src_keep)
         ax.scatter(*xy[:n_src].T, c=_colours(src_labels[src_keep], classes), marker="o", s=8, alpha=0.6)
         tgt_colour = "grey" if tgt_labels is None else _colours(tgt_labels, classes)
@@ -173,7 +174,7 @@ def curves_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
 
     groups: Dict[str, List[Run]] = {}
     for config, metrics in runs:
-        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED}, sort_keys=True)
+        key = experiment_key(config)
         groups.setdefault(key, []).append((config, metrics))
     histories = [m.get("history", {}).get("target", []) for _, m in runs]
     keys = [k for k in CURVES if any(h.get(k) is not None for hist in histories for h in hist)]
@@ -220,7 +221,7 @@ def time_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     for config, metrics in runs:
         if not any("wall_seconds" in h for h in metrics.get("history", {}).get("target", [])):
             continue
-        key = json.dumps({k: v for k, v in config.items() if k not in NOT_GROUPED}, sort_keys=True)
+        key = experiment_key(config)
         task = f"{_domain(config['src'])} → {_domain(config['tgt'])}"
         tasks.setdefault(task, {}).setdefault(key, []).append((config, metrics))
     if not tasks:
@@ -231,10 +232,10 @@ def time_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     all_groups = [g for groups in tasks.values() for g in groups]
     labels = dict(zip(all_groups, _group_labels([g[0][0] for groups in tasks.values() for g in groups.values()])))
     # one colour per experiment whatever the task, so a preset reads alike in every panel
-    styles: List[str] = []
+    styles: List[Tuple[Tuple[str, str], ...]] = []
     for ax, (task, groups) in zip(axes, sorted(tasks.items())):
         for key, group in groups.items():
-            style = json.dumps({k: v for k, v in json.loads(key).items() if k not in ("src", "tgt")}, sort_keys=True)
+            style = tuple(kv for kv in key if kv[0] not in ("src", "tgt"))
             styles += [style] if style not in styles else []
             i = styles.index(style)
             curves = []
@@ -285,15 +286,15 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[Any],
 def run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int = 1000, device: str = "cpu",
              data_dir: Optional[str] = None) -> Optional[Path]:
     """:func:`tsne_figure` of a run folder (None, with a warning, when its models or images are gone)."""
-    missing = [name for name in ("source.pt", "target.pt") if not (run / name).is_file()]
+    missing = [name for name in (SOURCE_MODEL_FILE, TARGET_MODEL_FILE) if not (run / name).is_file()]
     if missing:  # a run committed to git keeps its JSON files only
         log.warning("%s: no t-SNE, %s missing", run, " and ".join(missing))
         return None
-    from .config import TrainConfig
-    from .data import DataError
-    from .domains import prepare_data
-    from .evaluation import load_model
-    from .runtime import resolve_device
+    from ..config import TrainConfig
+    from ..data.domains import prepare_data
+    from ..data.files import DataError
+    from ..run.folder import load_model
+    from ..run.processes import resolve_device
 
     settings = TrainConfig.from_dict(config).replace(device=device, **({"data_dir": data_dir} if data_dir else {}))
     dev = resolve_device(settings.device)
@@ -302,7 +303,7 @@ def run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int = 1
     except (ValueError, DataError, FileNotFoundError) as exc:
         log.warning("%s: no t-SNE, its images cannot be rebuilt from config.json (%s)", run, exc)
         return None
-    models = load_model(run / "source.pt", dev), load_model(run / "target.pt", dev)
+    models = load_model(run / SOURCE_MODEL_FILE, dev), load_model(run / TARGET_MODEL_FILE, dev)
     return tsne_figure(*models, data, config, path, tsne_points)
 
 
@@ -334,7 +335,7 @@ def _domain(name: str) -> str:
 
 def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     """Each group's title, plus the settings in which the groups differ (so no two read alike)."""
-    from .config import PRESET_FIELDS
+    from ..config import PRESET_FIELDS
 
     # the preset's name already says what its fields hold; list them only where they were overridden
     shown = NOT_GROUPED | {"src", "tgt", "method", "preset"} | (set(PRESET_FIELDS) - {

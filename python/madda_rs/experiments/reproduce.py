@@ -10,7 +10,7 @@ those (not checkpoints) lets a later session pick up where this one stopped.
 Schedules (epochs source + target): ``short`` is what this CPU affords for three seeds;
 ``paper`` is the preset's 200 + 200. Which one a row used is named in the table. The choice of
 ``short`` was made on accuracy on target *training* images held out of each run's subset
-(``holdout_accuracy``), never on the target test set (README, "Results").
+(``holdout_accuracy``), never on the target test set (docs/results.md).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import PRESETS, TrainConfig
-from .report import NOT_GROUPED, last_evaluations_mean, load_run
-from .runtime import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
+from ..config import PRESETS, TrainConfig
+from ..methods import get_method
+from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts, with_run_settings
+from .report import last_evaluations_mean
 
 log = logging.getLogger("madda_rs")
 
@@ -39,9 +40,6 @@ SCHEDULES: Dict[str, Dict[str, Tuple[int, int, int]]] = {
     "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1), "improved": (10, 10, 2)},
 }
 SCHEDULE_ORDER = ("quick", "short", "improved", "paper")
-# Settings of a run that do not change what it computes; a finished run is reused whatever they were
-# (the report's run-only settings, less those that pick or alter the computation).
-RUN_ONLY = NOT_GROUPED - {"seed", "subset_seed", "deterministic"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ TABLES: Dict[str, Table] = {
     "ablation": Table(
         "Ablation of the improved preset (ADDA protocol, standard USPS split)",
         "Each row takes one ingredient out of `improved` and keeps the rest; same seeds throughout. The "
-        "ingredients were chosen on held-out target training images, never on these test sets (README).",
+        "ingredients were chosen on held-out target training images, never on these test sets (docs/presets.md).",
         (
             _improved("Source only (improved preset's source model, kNN)", metric="source_only_accuracy"),
             _improved(_IMPROVED_LABEL),
@@ -152,7 +150,7 @@ class PlannedRun:
 
 def slug(config: TrainConfig, schedule: str) -> str:
     """A run folder name that spells out what the run computes."""
-    variant = config.method if config.method == "adda" else f"madda-{config.preset}"
+    variant = get_method(config.method).run_name(config)
     for name in config.overridden:  # an ablation: each setting that departs from its preset
         if name not in ("epochs_source", "epochs_target"):
             value = getattr(config, name)
@@ -197,10 +195,7 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
 def run_state(folder: Path, config: TrainConfig) -> str:
     """'complete', 'resume' or 'new'. A folder holding a different run is a ValueError."""
     if (folder / CONFIG_FILE).is_file():
-        # through TrainConfig: settings added since the run was saved take their preset's value
-        saved = TrainConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())).to_dict()
-        mine = config.to_dict()
-        differ = sorted(k for k in set(saved) | set(mine) if k not in RUN_ONLY and saved.get(k) != mine.get(k))
+        differ = resume_conflicts(json.loads((folder / CONFIG_FILE).read_text()), config.to_dict())
         if differ:
             raise ValueError(f"{folder} holds a different run (settings {', '.join(differ)} differ); "
                              f"move it away or choose another --out")
@@ -213,7 +208,7 @@ def run_all(runs: Sequence[PlannedRun], out: Path, progress: Optional[Callable[.
             on_run: Optional[Callable[[int, PlannedRun, str], None]] = None) -> None:
     """Run what is missing, one run at a time (two training processes on one machine slow each
     other far more than twice)."""
-    from .training import train
+    from ..training import train
 
     for i, run in enumerate(runs):
         folder = out / "runs" / run.slug
@@ -223,9 +218,8 @@ def run_all(runs: Sequence[PlannedRun], out: Path, progress: Optional[Callable[.
         if state == "complete":
             continue
         if state == "resume":
-            saved = TrainConfig.load(str(folder / CONFIG_FILE))  # resume with its own run-only settings
-            train(saved.replace(**{k: getattr(run.config, k) for k in ("device", "data_dir", "threads")}),
-                  str(folder), progress, resume=True)
+            saved = TrainConfig.load(str(folder / CONFIG_FILE))  # its settings, with this call's run-only ones
+            train(with_run_settings(saved, run.config), str(folder), progress, resume=True)
         else:
             train(run.config, str(folder), progress, overwrite=True)
 

@@ -1,4 +1,4 @@
-"""The run loop: drives any stage (:class:`madda_rs.stages.Stage`) epoch by epoch, with the
+"""The run loop: drives any stage (:class:`Stage`) epoch by epoch, with the
 evaluation schedule, checkpoints, resume, progress, health warnings, a clean stop on a NaN loss,
 and Ctrl-C that finishes the epoch and saves before stopping."""
 
@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
-from .runtime import Parallel
-from .stages import Stage
+from .processes import Parallel
 
 log = logging.getLogger("madda_rs")
 
@@ -22,6 +21,23 @@ log = logging.getLogger("madda_rs")
 D_WINS_ACCURACY = 0.99
 # ... for this many epochs in a row: adaptation has stalled.
 D_WINS_EPOCHS = 3
+
+
+class Stage(Protocol):
+    """What the loop drives: an explicit state (models, optimisers) plus `run_epoch`. A stage
+    derives its random streams per epoch (:mod:`madda_rs.run.streams`), so its state is its
+    tensors alone and a resumed stage draws what an uninterrupted one would."""
+
+    name: str  # 'source', 'target': the key of its history and checkpoint state
+    epochs: int
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Train one epoch; return its record (mean losses and other per-epoch figures)."""
+        ...
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
 
 
 class Bar(Protocol):
@@ -82,43 +98,60 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
     try:
         with _finish_epoch_on_interrupt() as stop:
             for epoch in range(start, stage.epochs):
-                began = time.perf_counter()
-                rec: Dict[str, Any] = {"epoch": epoch, **stage.run_epoch(epoch)}
-                rec["seconds"] = time.perf_counter() - began
-                bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
-                if bad:
-                    kept = (f"the last good checkpoint (after epoch {saved_epoch}) is kept in {settings.where}"
-                            if saved_epoch and settings.checkpoint else "no checkpoint was saved")
-                    raise TrainingDiverged(f"stage {stage.name}, epoch {epoch + 1}: {bad[0]} is {rec[bad[0]]}; {kept}")
-                last = epoch + 1 == stage.epochs
-                # every rank scores (a sharded kNN search is collective); rank 0 reports
-                if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
-                    rec.update(settings.evaluate())
-                    if settings.evaluated is not None:
-                        settings.evaluated(rec)
-                if settings.elapsed is not None:
-                    rec["wall_seconds"] = settings.elapsed()
+                rec = _train_epoch(stage, epoch, settings, saved_epoch)
                 d_wins = d_wins + 1 if rec.get("d_acc", 0.0) >= D_WINS_ACCURACY else 0
-                warning = _health_warning(rec, d_wins)
-                if warning:
-                    rec["warning"] = warning
-                    if not settings.warnings or not settings.warnings[-1].endswith(warning):
-                        settings.warnings.append(f"{stage.name} epoch {epoch + 1}: {warning}")
-                        if main:
-                            log.warning("%s epoch %d: %s", stage.name, epoch + 1, warning)
+                _note_health(stage, rec, d_wins, settings)
                 history.append(rec)
                 bar.update(1)
                 bar.set_postfix(_postfix(history))
                 stopping = settings.parallel.any(stop.is_set())  # every rank stops after the same epoch
-                due = last or (epoch + 1) % settings.checkpoint_every == 0 or stopping
-                if settings.checkpoint is not None and due:
+                if _checkpoint_due(epoch, stage, settings, stopping):
                     if main:
-                        settings.checkpoint()
+                        settings.checkpoint()  # type: ignore[misc]
                     saved_epoch = epoch + 1
                 if stopping:
                     raise Interrupted(f"interrupted in stage {stage.name} after epoch {epoch + 1}")
     finally:
         bar.close()
+
+
+def _train_epoch(stage: Stage, epoch: int, settings: LoopSettings, saved_epoch: Optional[int]) -> Dict[str, Any]:
+    """One epoch's record: the stage's figures, its time, and the evaluation when one is due."""
+    began = time.perf_counter()
+    rec: Dict[str, Any] = {"epoch": epoch, **stage.run_epoch(epoch)}
+    rec["seconds"] = time.perf_counter() - began
+    bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        kept = (f"the last good checkpoint (after epoch {saved_epoch}) is kept in {settings.where}"
+                if saved_epoch and settings.checkpoint else "no checkpoint was saved")
+        raise TrainingDiverged(f"stage {stage.name}, epoch {epoch + 1}: {bad[0]} is {rec[bad[0]]}; {kept}")
+    last = epoch + 1 == stage.epochs
+    # every rank scores (a sharded kNN search is collective); rank 0 reports
+    if settings.evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+        rec.update(settings.evaluate())
+        if settings.evaluated is not None:
+            settings.evaluated(rec)
+    if settings.elapsed is not None:
+        rec["wall_seconds"] = settings.elapsed()
+    return rec
+
+
+def _note_health(stage: Stage, rec: Dict[str, Any], d_wins: int, settings: LoopSettings) -> None:
+    """Mark the record, and warn once per stretch, when adaptation collapsed or stalled."""
+    warning = _health_warning(rec, d_wins)
+    if not warning:
+        return
+    rec["warning"] = warning
+    if not settings.warnings or not settings.warnings[-1].endswith(warning):
+        settings.warnings.append(f"{stage.name} epoch {rec['epoch'] + 1}: {warning}")
+        if settings.parallel.is_main:
+            log.warning("%s epoch %d: %s", stage.name, rec["epoch"] + 1, warning)
+
+
+def _checkpoint_due(epoch: int, stage: Stage, settings: LoopSettings, stopping: bool) -> bool:
+    if settings.checkpoint is None:
+        return False
+    return epoch + 1 == stage.epochs or (epoch + 1) % settings.checkpoint_every == 0 or stopping
 
 
 def _health_warning(rec: Dict[str, Any], d_wins: int) -> Optional[str]:

@@ -1,0 +1,82 @@
+"""ADDA (Tzeng et al. 2017), the paper's main baseline.
+
+Stage 1 trains the LeNet encoder and a softmax classifier with cross-entropy on the source.
+Stage 2 starts a target encoder from the source encoder and trains it adversarially against the
+same discriminator as M-ADDA (:class:`~madda_rs.methods.common.AdversarialTargetStage`; no center
+magnet). A target image gets the source classifier's label on its target-encoder features."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.domains import ImageSet, RunData
+from ..models import EmbeddingNet
+from ..run.processes import Parallel
+from ..scores.predictors import ClassifierPredictor, KnnPredictor
+from . import Method, register_method
+from .common import AdversarialTargetStage, BatchResult, SourceStage
+
+
+class SoftmaxSourceStage(SourceStage):
+    """The source encoder and classifier: EmbeddingNet's head outputs one logit per class."""
+
+    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
+                 parallel: Parallel = Parallel()) -> None:
+        assert source.labels is not None
+        classes, targets = np.unique(source.labels.cpu().numpy(), return_inverse=True)
+        super().__init__(config, source, device, parallel, len(classes))
+        self.targets = torch.from_numpy(targets.astype(np.int64)).to(device)  # class indices 0..C-1
+
+    def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
+        targets = self.targets[rows.to(self.device)]
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, targets)
+        return loss, {"loss": loss.detach(), "train_accuracy": (logits.argmax(1) == targets).float().mean()}
+
+
+class AddaTargetStage(AdversarialTargetStage):
+    """The target encoder against the discriminator, nothing else. The classifier (the head) is
+    never trained here: prediction uses the source classifier."""
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        return self.parallel.mean(self.adversarial_epoch(self.batches(epoch), None))
+
+
+# M-ADDA's metric-model settings, which ADDA's classifier does not take
+_METRIC_ONLY = ("augment", "im_weight", "ema_decay", "guard")
+
+
+@register_method("adda")
+class Adda(Method):
+    summary = "softmax source classifier, adversarial only (Tzeng et al. 2017, the paper's baseline)"
+    source_only_label = "softmax classifier"
+
+    def source_stage(self, config: TrainConfig, source: ImageSet, device: torch.device,
+                     parallel: Parallel) -> SoftmaxSourceStage:
+        return SoftmaxSourceStage(config, source, device, parallel)
+
+    def target_stage(self, config: TrainConfig, source_model: EmbeddingNet, predictor: KnnPredictor, data: RunData,
+                     device: torch.device, parallel: Parallel) -> AddaTargetStage:
+        return AddaTargetStage(config, source_model, data, device, parallel)
+
+    def predictor(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
+                  parallel: Optional[Parallel] = None) -> ClassifierPredictor:
+        return ClassifierPredictor(model, source, k, threads, parallel or Parallel())
+
+    def check(self, config: TrainConfig) -> None:
+        extras = [n for n in _METRIC_ONLY if getattr(config, n)]
+        extras += ["magnet_labels"] if config.magnet_labels != "nearest" else []
+        if extras:
+            raise ValueError(f"{', '.join(extras)} belong to M-ADDA's metric model; --method adda takes "
+                             f"none of them (use --preset paper or official with it)")
+
+    def run_name(self, config: TrainConfig) -> str:
+        return "adda"  # its runs predate presets in run names; the preset shows in config.json
+
+
+__all__ = ["Adda", "SoftmaxSourceStage", "AddaTargetStage"]

@@ -1,0 +1,239 @@
+"""Building blocks that methods share, each public: batches, augmentation, Adam as the presets
+set it up, the source stage's loop (:class:`SourceStage`) and the adversarial stage 2
+(:class:`AdversarialTargetStage`: a target model started from the source model, trained against a
+discriminator). A method subclasses or calls these; it never reaches into another method.
+
+Random streams are derived per epoch from the run's seed (:mod:`madda_rs.run.streams`), never
+carried from epoch to epoch, so a stage's state is its tensors alone and a resumed run draws
+exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.domains import ImageSet, RunData
+from ..losses import confusion_loss, discriminator_loss
+from ..models import Discriminator, EmbeddingNet
+from ..run.processes import Parallel
+from ..run.streams import seeded_init, stream_seed, torch_generator
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
+    """A shuffled epoch of CPU index batches; the last partial batch is dropped unless it is the only one."""
+    perm = torch.randperm(n, generator=gen)
+    cut = max(n // batch_size, 1) * batch_size
+    return list(perm[: min(cut, n)].split(batch_size))
+
+
+# Augmentation ranges: rotations of up to 10 degrees, shifts of up to 2 pixels at 28x28, and
+# scalings by 0.9-1.1: the variation between handwritten digit sets, short of changing a digit.
+AUG_DEGREES, AUG_SHIFT, AUG_SCALE = 10.0, 2.0 / 28, 0.1
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random affine warp per image, drawn from `gen` (CPU) and applied to the whole batch at
+    once on its device (affine_grid + grid_sample). torchvision's RandomAffine draws one warp per
+    call, so a batch would either share one or cost a Python loop per image."""
+    n = len(images)
+    angle, shift_x, shift_y, scale = (torch.rand(4, n, generator=gen) * 2 - 1).to(images.device)
+    angle = angle * (AUG_DEGREES * torch.pi / 180)
+    scale = 1 + scale * AUG_SCALE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # grid coordinates run from -1 to 1 across the image, so a shift of s of the width is 2s
+    theta = torch.stack([torch.stack([cos, -sin, shift_x * 2 * AUG_SHIFT], 1),
+                         torch.stack([sin, cos, shift_y * 2 * AUG_SHIFT], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # border padding repeats the edge pixels: the background of a digit image
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def adam(params: Any, config: TrainConfig, lr: float) -> torch.optim.Adam:
+    params = list(params)
+    if config.zero_grad_momentum:
+        # PyTorch 0.4 gave every parameter a gradient tensor from the start, so Adam stepped
+        # parameters a loss never reached (momentum, zero gradient). Creating them here makes
+        # that hold from the first step, whatever grads a copied or reloaded model carries.
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    # fused: one kernel per step instead of ~10 per parameter; Adam was 13% of CPU time unfused
+    return torch.optim.Adam(params, lr=lr, betas=tuple(config.betas), fused=True)
+
+
+def zero_grad(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    # set_to_none=False reproduces PyTorch 0.4, where Adam kept moving zero-grad params by momentum.
+    optimizer.zero_grad(set_to_none=not config.zero_grad_momentum)
+
+
+def mean(values: List[torch.Tensor]) -> float:
+    """Mean of per-step scalars, read back once per epoch (a .item() per step syncs a GPU)."""
+    return float(torch.stack(values).mean()) if values else 0.0
+
+
+BatchResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+
+
+class SourceStage:
+    """Stage 1's loop over the labelled source, shared by every method: one model (`out_dim`
+    outputs) and its optimiser, shuffled batches sharded over processes, augmentation when the
+    config asks. A method supplies :meth:`batch_loss`."""
+
+    name = "source"
+
+    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device, parallel: Parallel,
+                 out_dim: int) -> None:
+        assert source.labels is not None
+        self.config, self.source, self.device, self.parallel = config, source, device, parallel
+        self.epochs = config.epochs_source
+        with seeded_init(config.seed, "init_source"):
+            self.model = EmbeddingNet(out_dim, source.shape).to(device)
+        parallel.broadcast(self.model)
+        self.optimizer = adam(self.model.parameters(), config, config.lr)
+
+    def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
+        """The loss of one batch (`rows`: its CPU indices into the source) and the per-step figures
+        to average over the epoch; None skips the step on every rank."""
+        raise NotImplementedError
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        config, parallel = self.config, self.parallel
+        self.model.train()
+        figures: Dict[str, List[torch.Tensor]] = defaultdict(list)
+        gen = torch_generator(config.seed, "batches_source", epoch)
+        warp = torch_generator(config.seed, "augment", 0, epoch, parallel.rank)
+        for step, batch in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
+            rows, share = parallel.shard(batch)
+            images = self.source.images[rows.to(self.device)]
+            result = self.batch_loss(augment(images, warp) if config.augment else images, rows, epoch, step)
+            if result is None:
+                continue
+            loss, step_figures = result
+            zero_grad(self.optimizer, config)
+            loss.backward()
+            parallel.sync_grads(self.model.parameters(), share)
+            self.optimizer.step()
+            for key, value in step_figures.items():
+                figures[key].append(value)
+        return parallel.mean({key: mean(values) for key, values in figures.items()})
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class AdversarialTargetStage:
+    """Stage 2's adversarial part (ADDA, and M-ADDA's Eq. 3): a target model initialised from the
+    frozen source model, a discriminator on encoder features, their optimisers, and a mean-teacher
+    copy of the target model when ``config.ema_decay`` > 0 (the stage's :attr:`output`)."""
+
+    name = "target"
+
+    def __init__(self, config: TrainConfig, source_model: EmbeddingNet, data: RunData, device: torch.device,
+                 parallel: Parallel) -> None:
+        self.config, self.data, self.device, self.parallel = config, data, device, parallel
+        self.epochs = config.epochs_target
+        self.source_model = source_model.eval().requires_grad_(False)  # frozen: M_S in Eq. 3
+        self.target = copy.deepcopy(source_model).train().requires_grad_(True)
+        with seeded_init(config.seed, "init_discriminator"):
+            self.disc = Discriminator().to(device)
+        parallel.broadcast(self.disc)
+        self.opt_t = adam(self.target.parameters(), config, config.lr)
+        self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
+        # the mean teacher: an exponential moving average of the target model's weights
+        self.teacher = copy.deepcopy(self.target).eval().requires_grad_(False) if config.ema_decay > 0 else None
+
+    @property
+    def output(self) -> EmbeddingNet:
+        """The model this stage yields: the mean teacher when there is one, else the target model."""
+        return self.teacher if self.teacher is not None else self.target
+
+    def batches(self, epoch: int) -> torch.Generator:
+        """The epoch's batch-order generator (both passes of M-ADDA draw from it in turn)."""
+        return torch_generator(self.config.seed, "batches_target", epoch)
+
+    def warp(self, images: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
+        return augment(images, gen) if gen is not None else images
+
+    def step_target(self) -> None:
+        """The target model's optimiser step, then the teacher's moving-average update."""
+        self.opt_t.step()
+        if self.teacher is not None:
+            with torch.no_grad():  # the update torch.optim.swa_utils.get_ema_multi_avg_fn makes, in place
+                torch._foreach_lerp_(list(self.teacher.parameters()), list(self.target.parameters()),
+                                     1.0 - self.config.ema_decay)
+
+    def adversarial_epoch(self, gen: torch.Generator, warp: Optional[torch.Generator]) -> Dict[str, float]:
+        """`config.adversarial_passes` passes over paired source and target batches: a
+        discriminator step, then a target-encoder step that confuses it (Eq. 3)."""
+        config, src, tgt = self.config, self.data.src_train, self.data.tgt_train
+        d_losses: List[torch.Tensor] = []
+        g_losses: List[torch.Tensor] = []
+        d_correct: List[torch.Tensor] = []
+        for _ in range(config.adversarial_passes):
+            pairs = zip(epoch_batches(len(src), config.batch_size, gen),
+                        epoch_batches(len(tgt), config.target_batch_size, gen))
+            for src_batch, tgt_batch in pairs:
+                d_loss, g_loss, correct = self._adversarial_step(src_batch, tgt_batch, warp)
+                d_losses.append(d_loss)
+                g_losses.append(g_loss)
+                d_correct.append(correct)
+        # d_acc near 1 means D wins outright (adaptation stalls); near 0.5, D is fooled
+        return {"d_loss": mean(d_losses), "g_loss": mean(g_losses), "d_acc": mean(d_correct)}
+
+    def _adversarial_step(self, src_batch: torch.Tensor, tgt_batch: torch.Tensor,
+                          warp: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        config, parallel, src, tgt = self.config, self.parallel, self.data.src_train, self.data.tgt_train
+        (si, _), (ti, t_share) = parallel.shard(src_batch), parallel.shard(tgt_batch)
+        d_share = (len(si) + len(ti)) / (len(src_batch) + len(tgt_batch))
+        with torch.no_grad():
+            f_src = self.source_model.encoder(self.warp(src.images[si.to(self.device)], warp))
+        f_tgt = self.target.encoder(self.warp(tgt.images[ti.to(self.device)], warp))
+        s_logit, t_logit = self.disc(f_src), self.disc(f_tgt.detach())
+        d_loss = discriminator_loss(s_logit, t_logit)
+        zero_grad(self.opt_d, config)
+        d_loss.backward()
+        parallel.sync_grads(self.disc.parameters(), d_share)
+        self.opt_d.step()
+        # D is frozen for the encoder's step: its gradients would only be cleared unused
+        self.disc.requires_grad_(False)
+        g_loss = confusion_loss(self.disc(f_tgt))
+        zero_grad(self.opt_t, config)
+        g_loss.backward()
+        parallel.sync_grads(self.target.parameters(), t_share)
+        self.step_target()
+        self.disc.requires_grad_(True)
+        return d_loss.detach(), g_loss.detach(), torch.cat([s_logit > 0, t_logit < 0]).float().mean()
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {
+            "target": self.target.state_dict(), "discriminator": self.disc.state_dict(),
+            "opt_target": self.opt_t.state_dict(), "opt_discriminator": self.opt_d.state_dict(),
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.target.load_state_dict(state["target"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.disc.load_state_dict(state["discriminator"])
+        self.opt_t.load_state_dict(state["opt_target"])
+        self.opt_d.load_state_dict(state["opt_discriminator"])
+
+
+def stream(config: TrainConfig, name: str, *extra: int) -> int:
+    """The seed of stream `name` for this run (a shorthand for methods)."""
+    return stream_seed(config.seed, name, *extra)
+
+
+__all__ = ["epoch_batches", "augment", "adam", "zero_grad", "mean", "SourceStage", "AdversarialTargetStage", "stream"]

@@ -1,0 +1,207 @@
+"""M-ADDA (Laradji & Babanezhad 2018): the triplet-loss source model (Algorithm 1), the target
+model trained against a discriminator (Eq. 3) and pulled by the center magnet toward the source
+class centres (Eq. 4; Algorithm 2), and the kNN vote over source embeddings (Algorithm 3).
+
+The 'improved' preset's additions live here too, each behind its own setting: augmented batches,
+semi-hard negatives, magnet labels from clustering the target embeddings (started at the source
+centres, kept where the kNN vote agrees), information maximisation on soft assignments to the
+centres, and a mean-teacher (EMA) copy of the target model that labels the clusters and is the
+stage's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import native
+from ..config import TrainConfig
+from ..data.domains import ImageSet, RunData
+from ..losses import (
+    center_magnet_loss,
+    information_maximisation_loss,
+    labelled_magnet_loss,
+    pairwise_sq_dists,
+    triplet_loss,
+)
+from ..models import EmbeddingNet
+from ..run.processes import Parallel
+from ..run.streams import stream_seed, torch_generator
+from ..scores.label_free import class_means
+from ..scores.predictors import KnnPredictor, embed
+from . import Method, register_method
+from .common import AdversarialTargetStage, BatchResult, SourceStage, epoch_batches, mean, zero_grad
+
+# Lloyd iterations of the target clustering (magnet_labels='clusters'); it starts at the source
+# centres, so a few suffice and each cluster keeps its class.
+CLUSTER_ITERATIONS = 10
+
+
+def kmeans_centers(emb: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """KMeans centroids of the source embeddings (the official code's centres; labels unused)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: scikit-learn's parallel Lloyd step sums its chunks in finishing order,
+    # so the centres (and the whole run) would change from run to run; 2,000 x 256 is fast anyway
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed % 2**32).fit(emb)
+    return km.cluster_centers_.astype(np.float32)
+
+
+def magnet_centres(config: TrainConfig, emb: np.ndarray, labels: np.ndarray, epoch: int) -> np.ndarray:
+    """The centres of target epoch `epoch`: per-class means of the source embeddings (Alg. 2
+    line 8), or KMeans of them from the 'centers' stream (the official code; refit every epoch)."""
+    if config.centers == "class_means":
+        return class_means(emb, labels)
+    return kmeans_centers(emb, len(np.unique(labels)), stream_seed(config.seed, "centers", epoch))
+
+
+class TripletSourceStage(SourceStage):
+    """Stage 1 (Algorithm 1): triplets enumerated per batch by the native core
+    (:func:`madda_rs.triplets`), one per same-label pair, negatives drawn as the config says."""
+
+    def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
+                 parallel: Parallel = Parallel()) -> None:
+        super().__init__(config, source, device, parallel, config.embedding_dim)
+        assert source.labels is not None
+        # labels stay on the CPU (triplets are enumerated there): a GPU run never syncs to read them
+        self.labels = source.labels.cpu().numpy()
+
+    def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
+        config, parallel = self.config, self.parallel
+        emb = self.model(images)
+        sq = None
+        if config.negatives != "random":
+            with torch.no_grad():
+                sq = pairwise_sq_dists(emb, emb).double().cpu().numpy()
+        # the rank goes into the triplet stream only when there are ranks, so one process draws as before
+        rank = (parallel.rank,) if parallel.world > 1 else ()
+        trip = native.triplets(
+            self.labels[rows.numpy()], seed=stream_seed(config.seed, "triplets", epoch, step, *rank),
+            negatives=config.negatives, sq_dists=sq, margin=config.margin, threads=config.threads,
+        )
+        if not parallel.any(len(trip) > 0):
+            return None  # no same-label pair anywhere in the batch
+        if len(trip):
+            loss, n_active = triplet_loss(emb, torch.from_numpy(trip).to(self.device), config.margin)
+        else:  # other ranks have triplets: take part in the step with a zero gradient
+            loss, n_active = emb.sum() * 0.0, torch.zeros((), dtype=torch.int64)
+        return loss, {"loss": loss.detach(), "active_triplets": n_active.float()}
+
+
+class MaddaTargetStage(AdversarialTargetStage):
+    """Stage 2 (Algorithm 2): the adversarial epoch, then the magnet epoch, each when enabled."""
+
+    def __init__(self, config: TrainConfig, source_model: EmbeddingNet, predictor: KnnPredictor, data: RunData,
+                 device: torch.device, parallel: Parallel = Parallel()) -> None:
+        super().__init__(config, source_model, data, device, parallel)
+        self.predictor = predictor
+        self.classes = np.unique(predictor.labels)
+        self.n_classes = len(self.classes)
+        self._class_means: Optional[np.ndarray] = None
+        if config.im_weight > 0:
+            # soft assignments use distances in units of the source classes' own spread, so their
+            # sharpness does not depend on the embedding's scale
+            centers = class_means(predictor.emb, predictor.labels)
+            own = centers[np.searchsorted(self.classes, predictor.labels)]
+            self.spread = float(((predictor.emb - own) ** 2).sum(1).mean())
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        config = self.config
+        gen = self.batches(epoch)
+        warp = torch_generator(config.seed, "augment", 1, epoch, self.parallel.rank) if config.augment else None
+        rec: Dict[str, Any] = {}
+        if config.adversarial:
+            rec.update(self.adversarial_epoch(gen, warp))
+        if config.magnet or config.im_weight > 0:
+            rec.update(self.magnet_epoch(gen, warp, epoch))
+        return self.parallel.mean(rec)
+
+    def centers(self, epoch: int) -> np.ndarray:
+        if self.config.centers == "class_means":
+            if self._class_means is None:  # the source model is frozen: once per run
+                self._class_means = magnet_centres(self.config, self.predictor.emb, self.predictor.labels, epoch)
+            return self._class_means
+        return magnet_centres(self.config, self.predictor.emb, self.predictor.labels, epoch)
+
+    def cluster_labels(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centre index per target training image from k-means on the target embeddings (of the
+        teacher, when there is one) started at the source centres, and whether the kNN vote over
+        the source embeddings agrees with it (the images the magnet keeps)."""
+        emb = embed(self.output, self.data.tgt_train.images)
+        refined = centers.copy()
+        for _ in range(CLUSTER_ITERATIONS):
+            assign = native.knn_search(refined, emb, 1, threads=self.config.threads)[1][:, 0]
+            for j in np.unique(assign):
+                refined[j] = emb[assign == j].mean(axis=0)
+        assign = native.knn_search(refined, emb, 1, threads=self.config.threads)[1][:, 0]
+        agree = self.classes[assign] == self.predictor.predict_embedded(emb)
+        return assign, agree
+
+    def magnet_epoch(self, gen: torch.Generator, warp: Optional[torch.Generator], epoch: int) -> Dict[str, float]:
+        """One pass over the target batches: the center magnet (Eq. 4, or its cluster-label form) and
+        information maximisation, as the config asks."""
+        config, tgt = self.config, self.data.tgt_train
+        centers_np = self.centers(epoch)
+        centers = torch.from_numpy(centers_np).to(self.device)
+        rec: Dict[str, float] = {}
+        if config.magnet and config.magnet_labels == "clusters":
+            assign_np, agree_np = self.cluster_labels(centers_np)
+            assign, agree = torch.from_numpy(assign_np).to(self.device), torch.from_numpy(agree_np).to(self.device)
+            rec["magnet_kept"] = float(agree_np.mean())
+        losses: List[torch.Tensor] = []
+        im_losses: List[torch.Tensor] = []
+        for batch in epoch_batches(len(tgt), config.target_batch_size, gen):
+            ti, share = self.parallel.shard(batch)
+            rows = ti.to(self.device)
+            x = self.warp(tgt.images[rows], warp)
+            emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_conv(x)
+            loss = emb.sum() * 0.0
+            if config.magnet:
+                if config.magnet_labels == "nearest":
+                    magnet = center_magnet_loss(emb, centers)
+                else:
+                    magnet = labelled_magnet_loss(emb, centers, assign[rows], agree[rows])
+                loss = loss + magnet
+                losses.append(magnet.detach())
+            if config.im_weight > 0:
+                im = information_maximisation_loss(emb, centers, self.spread)
+                loss = loss + config.im_weight * im
+                im_losses.append(im.detach())
+            zero_grad(self.opt_t, config)
+            loss.backward()
+            self.parallel.sync_grads(self.target.parameters(), share)
+            self.step_target()
+        if losses:
+            rec["magnet_loss"] = mean(losses)
+        if im_losses:
+            rec["im_loss"] = mean(im_losses)
+        return rec
+
+
+@register_method("madda")
+class Madda(Method):
+    summary = "triplet source model, adversarial + center magnet, kNN vote (the paper)"
+    source_only_label = "triplet model, kNN"
+
+    def source_stage(self, config: TrainConfig, source: ImageSet, device: torch.device,
+                     parallel: Parallel) -> TripletSourceStage:
+        return TripletSourceStage(config, source, device, parallel)
+
+    def target_stage(self, config: TrainConfig, source_model: EmbeddingNet, predictor: KnnPredictor, data: RunData,
+                     device: torch.device, parallel: Parallel) -> MaddaTargetStage:
+        return MaddaTargetStage(config, source_model, predictor, data, device, parallel)
+
+    def centres(self, config: TrainConfig, src_emb: np.ndarray, src_labels: np.ndarray,
+                ) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
+        if not config.magnet:
+            return None
+        last = max(config.epochs_target - 1, 0)
+        labels = np.unique(src_labels) if config.centers == "class_means" else None  # KMeans' carry no class
+        return magnet_centres(config, src_emb, src_labels, last), labels
+
+
+__all__ = ["Madda", "TripletSourceStage", "MaddaTargetStage", "kmeans_centers", "magnet_centres"]

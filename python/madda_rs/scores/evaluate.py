@@ -1,0 +1,95 @@
+"""Scoring a run: the figures recorded at each evaluation (label-free ones on the target
+training images, accuracies where labelled test sets exist), the final confusion matrix, and
+re-scoring a saved run (``madda-rs eval``)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..data.domains import ImageSet, RunData, prepare_data
+from ..models import EmbeddingNet
+from ..run.folder import CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, RunFolder, load_model
+from ..run.processes import resolve_device
+from ..run.streams import numpy_rng, stream_seed
+from .label_free import label_free_figures, nearest_center_labels, soft_neighbourhood_density
+from .predictors import KnnPredictor, embed
+
+# source_test_accuracy scores at most this many source test images (a draw of the 'scores' stream)
+SOURCE_CHECK_IMAGES = 2000
+
+
+def target_scores(predictor: KnnPredictor, model: EmbeddingNet, data: RunData, seed: int) -> Dict[str, Any]:
+    """Label-free figures on the target training images (predicted classes, SND, kNN/centre
+    agreement, source test accuracy of `model`), plus accuracy on the held-out target training
+    images and the target test set where they exist. `seed` is the run's: the samples come from
+    its 'scores' stream, the same at every evaluation."""
+    n_classes = len(np.unique(predictor.labels))
+    tgt = embed(model, data.tgt_train.images)
+    pred = predictor.predict_embedded(tgt)
+    scores = label_free_figures(pred, n_classes)
+    scores["snd"] = soft_neighbourhood_density(tgt, rng=numpy_rng(seed, "scores", 0))
+    centre = nearest_center_labels(tgt, predictor.emb, predictor.labels)
+    scores["knn_center_agreement"] = float((pred == centre).mean())
+    if data.src_test is not None:
+        check = data.src_test.subset(SOURCE_CHECK_IMAGES, stream_seed(seed, "scores", 1))
+        scores["source_test_accuracy"] = predictor.accuracy(model, check)
+    if data.tgt_holdout is not None:
+        scores["holdout_accuracy"] = predictor.accuracy(model, data.tgt_holdout)
+    if data.tgt_test is not None:
+        scores["target_accuracy"] = predictor.accuracy(model, data.tgt_test)
+    return scores
+
+
+def confusion(predictor: KnnPredictor, model: EmbeddingNet, test: ImageSet) -> Dict[str, Any]:
+    """{"classes": labels, "confusion": counts[true][predicted]} on a labelled test set."""
+    assert test.labels is not None
+    truth = test.labels.cpu().numpy()
+    pred = predictor.predict(model, test.images)
+    classes = np.union1d(np.unique(predictor.labels), np.unique(truth))
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(counts, ([index[c] for c in truth.tolist()], [index[c] for c in pred.tolist()]), 1)
+    return {"classes": classes.tolist(), "confusion": counts.tolist()}
+
+
+def evaluate_run(
+    run_dir: str,
+    device: str = "auto",
+    data_dir: Optional[str] = None,
+    k: Optional[int] = None,
+    *,
+    source: Any = None,
+    target: Any = None,
+    target_test: Any = None,
+    source_test: Any = None,
+) -> Dict[str, Any]:
+    """Re-score a saved run: its config and models, its data rebuilt (or given, for a run trained
+    on in-memory images), its method's predictor with the run's k unless `k` is given."""
+    from ..methods import get_method
+
+    folder = RunFolder(run_dir)
+    for name in (CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE):
+        if not (folder.path / name).is_file():
+            raise FileNotFoundError(f"{folder.path / name} is missing: is {run_dir} a finished 'madda-rs train' run?")
+    config = TrainConfig.load(str(folder.path / CONFIG_FILE))
+    changes: Dict[str, Any] = {"device": device}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if k is not None:
+        changes["k"] = k
+    config = config.replace(**changes)
+    dev = resolve_device(config.device)
+    data = prepare_data(config, dev, source=source, target=target, target_test=target_test, source_test=source_test)
+    source_model = load_model(folder.path / SOURCE_MODEL_FILE, dev)
+    target_model = load_model(folder.path / TARGET_MODEL_FILE, dev)
+    predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)
+    scores = target_scores(predictor, target_model, data, config.seed)
+    if data.src_test is not None:
+        scores["source_accuracy"] = predictor.accuracy(source_model, data.src_test)
+    return scores
+
+
+__all__ = ["target_scores", "confusion", "evaluate_run", "SOURCE_CHECK_IMAGES"]

@@ -1,0 +1,85 @@
+"""How a method labels target images from its source model: a kNN vote over the labelled source
+embeddings (M-ADDA, Algorithm 3), or the source classifier's argmax (ADDA). A method names its
+predictor (:attr:`madda_rs.methods.Method.predictor`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import native
+from ..data.domains import ImageSet
+from ..models import EmbeddingNet
+from ..run.processes import Parallel
+
+
+@torch.no_grad()
+def embed(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
+    """(N, D) float32 embeddings in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out.float().cpu().numpy()
+
+
+class KnnPredictor:
+    """The labelled source embeddings that Algorithm 3 votes over (computed once per source model).
+
+    In a torchrun job every rank searches its shard of the source rows and the ranks' exact
+    candidates are merged (:func:`madda_rs.merge_knn`): the votes equal one process's, and each
+    rank does 1/N of the search. Every rank must then call :meth:`predict` together."""
+
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
+                 parallel: Parallel = Parallel()) -> None:
+        assert source.labels is not None
+        self.emb = embed(model, source.images)  # all rows on every rank: the magnet's centres need them
+        self.labels = source.labels.cpu().numpy()
+        self.k, self.threads, self.parallel = k, threads, parallel
+
+    def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
+        return self.predict_embedded(embed(model, images))
+
+    def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
+        """Algorithm 3 on target embeddings already computed."""
+        if self.parallel.world == 1:
+            return native.knn_predict(self.emb, self.labels, tgt, self.k, threads=self.threads)
+        bounds = np.linspace(0, len(self.labels), self.parallel.world + 1).astype(int)
+        lo, hi = bounds[self.parallel.rank], bounds[self.parallel.rank + 1]
+        parts = self.parallel.gather(self.candidates(lo, hi, tgt))
+        offsets = [int(b) for b, part in zip(bounds[:-1], parts) if part is not None]
+        _, _, labels = native.merge_knn([p for p in parts if p is not None], self.k, offsets=offsets,
+                                        threads=self.threads)
+        return native.knn_vote(labels)
+
+    def candidates(self, lo: int, hi: int, tgt: np.ndarray) -> Optional[tuple]:
+        """This rank's exact kNN candidates among source rows lo..hi (None when it holds none)."""
+        if hi == lo:
+            return None  # more ranks than source rows
+        index = native.KnnIndex(self.emb.shape[1])
+        index.add(self.emb[lo:hi], self.labels[lo:hi])
+        return index.candidates(tgt, min(self.k, hi - lo), threads=self.threads)
+
+    def accuracy(self, model: EmbeddingNet, test: ImageSet) -> float:
+        assert test.labels is not None
+        return float((self.predict(model, test.images) == test.labels.cpu().numpy()).mean())
+
+
+class ClassifierPredictor(KnnPredictor):
+    """ADDA's prediction: the source classifier's label (the model's head gives one logit per
+    class), not a kNN vote. `emb` holds the source logits, unused by ADDA's stages."""
+
+    def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
+                 parallel: Parallel = Parallel()) -> None:
+        super().__init__(model, source, k, threads, parallel)
+        self.classes = np.unique(self.labels)
+
+    def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
+        return self.classes[tgt.argmax(axis=1)]
+
+
+Predictor = KnnPredictor  # the interface every predictor offers (predict, predict_embedded, accuracy)
+
+__all__ = ["embed", "KnnPredictor", "ClassifierPredictor", "Predictor"]
