@@ -102,7 +102,7 @@ def discover() -> None:
 
 def method_names() -> Tuple[str, ...]:
     discover()
-    return tuple(_REGISTRY)
+    return tuple(sorted(_REGISTRY))
 
 
 def get_method(spec: str) -> Method:
@@ -112,13 +112,13 @@ def get_method(spec: str) -> Method:
     if spec in _REGISTRY:
         return _REGISTRY[spec]
     if ":" not in spec:
-        raise ValueError(f"method must be one of {', '.join(_REGISTRY)}, or FILE.py:NAME or MODULE:NAME for a "
+        raise ValueError(f"method must be one of {', '.join(sorted(_REGISTRY))}, or FILE.py:NAME or MODULE:NAME for a "
                          f"method defined elsewhere; got {spec!r}")
     where, name = spec.rsplit(":", 1)
     _import(where)
     if name not in _REGISTRY:
         raise ValueError(f"method {spec!r}: {where} registers no method {name!r} "
-                         f"(registered: {', '.join(_REGISTRY)})")
+                         f"(registered: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
 

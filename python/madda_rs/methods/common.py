@@ -22,7 +22,7 @@ from ..data.domains import ImageSet, RunData
 from ..losses import confusion_loss, discriminator_loss
 from ..models import Discriminator, EmbeddingNet
 from ..run.processes import Parallel
-from ..run.streams import seeded_init, stream_seed, torch_generator
+from ..run.streams import seeded_init, torch_generator
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
@@ -74,6 +74,13 @@ def zero_grad(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
 def mean(values: List[torch.Tensor]) -> float:
     """Mean of per-step scalars, read back once per epoch (a .item() per step syncs a GPU)."""
     return float(torch.stack(values).mean()) if values else 0.0
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, in place: the update
+    torch.optim.swa_utils.get_ema_multi_avg_fn makes (a decay near 1 moves the teacher slowly)."""
+    torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - decay)
 
 
 BatchResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
@@ -167,9 +174,7 @@ class AdversarialTargetStage:
         """The target model's optimiser step, then the teacher's moving-average update."""
         self.opt_t.step()
         if self.teacher is not None:
-            with torch.no_grad():  # the update torch.optim.swa_utils.get_ema_multi_avg_fn makes, in place
-                torch._foreach_lerp_(list(self.teacher.parameters()), list(self.target.parameters()),
-                                     1.0 - self.config.ema_decay)
+            ema_update(self.teacher, self.target, self.config.ema_decay)
 
     def adversarial_epoch(self, gen: torch.Generator, warp: Optional[torch.Generator]) -> Dict[str, float]:
         """`config.adversarial_passes` passes over paired source and target batches: a
@@ -231,9 +236,5 @@ class AdversarialTargetStage:
         self.opt_d.load_state_dict(state["opt_discriminator"])
 
 
-def stream(config: TrainConfig, name: str, *extra: int) -> int:
-    """The seed of stream `name` for this run (a shorthand for methods)."""
-    return stream_seed(config.seed, name, *extra)
-
-
-__all__ = ["epoch_batches", "augment", "adam", "zero_grad", "mean", "SourceStage", "AdversarialTargetStage", "stream"]
+__all__ = ["epoch_batches", "augment", "adam", "zero_grad", "mean", "ema_update", "SourceStage",
+           "AdversarialTargetStage"]

@@ -1,0 +1,120 @@
+"""The methods registry: a new method is one file, found when dropped into madda_rs.methods or
+named on the command line, and everything else (config checks, run names, eval) asks the registry."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+import madda_rs.methods as methods
+from madda_rs.cli import main
+from madda_rs.config import TrainConfig
+from madda_rs.experiments.reproduce import slug
+from madda_rs.scores.evaluate import evaluate_run
+
+# A whole method in one module, built from the public shared stages only: a softmax source model
+# (one logit per class) and an adversarial target stage; the kNN vote over its outputs predicts.
+TOY_METHOD = textwrap.dedent('''
+    import torch.nn.functional as F
+
+    from madda_rs.methods import Method, register_method
+    from madda_rs.methods.common import AdversarialTargetStage, SourceStage
+
+
+    class ToySource(SourceStage):
+        def __init__(self, config, source, device, parallel):
+            super().__init__(config, source, device, parallel, 10)
+
+        def batch_loss(self, images, rows, epoch, step):
+            loss = F.cross_entropy(self.model(images), self.source.labels[rows.to(self.device)])
+            return loss, {"loss": loss.detach()}
+
+
+    class ToyTarget(AdversarialTargetStage):
+        def run_epoch(self, epoch):
+            return self.adversarial_epoch(self.batches(epoch), None)
+
+
+    @register_method("NAME")
+    class Toy(Method):
+        summary = "a test's toy method"
+
+        def source_stage(self, config, source, device, parallel):
+            return ToySource(config, source, device, parallel)
+
+        def target_stage(self, config, source_model, predictor, data, device, parallel):
+            return ToyTarget(config, source_model, data, device, parallel)
+
+        def check(self, config):
+            if config.augment:
+                raise ValueError("toy takes no augment")
+''')
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A registry of its own for the test, so toy methods do not outlive it."""
+    methods.discover()  # the shipped methods register once, on first import: into the real registry
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    return methods._REGISTRY
+
+
+def test_a_method_in_its_own_file_trains_through_the_cli(registry, generated_data_dir, tmp_path):
+    module = tmp_path / "toy_method.py"
+    module.write_text(TOY_METHOD.replace("NAME", "toy"))
+    spec = f"{module}:toy"
+    out = tmp_path / "run"
+    argv = ["train", "--src", "mnist", "--tgt", "usps", "--data-dir", generated_data_dir, "--no-download",
+            "--device", "cpu", "--threads", "1", "--method", spec, "--epochs-source", "1", "--epochs-target", "1",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "config.json").read_text())["method"] == spec
+    assert len(metrics["history"]["source"]) == len(metrics["history"]["target"]) == 1
+    assert set(metrics["history"]["target"][0]) >= {"d_loss", "g_loss", "d_acc"}  # the shared adversarial stage ran
+    assert 0.0 <= metrics["target_accuracy"] <= 1.0
+    # everything else learns it from the registry: run names, config checks, re-scoring
+    config = TrainConfig(method=spec, src="mnist", tgt="usps")
+    assert slug(config, "short").startswith("mnist2usps-standard-adda-toy-paper-")
+    with pytest.raises(ValueError, match="toy takes no augment"):
+        TrainConfig(method=spec, augment=True)
+    scores = evaluate_run(str(out), device="cpu")
+    assert scores["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
+
+
+def test_a_module_dropped_into_the_methods_package_is_found(registry, tmp_path, monkeypatch):
+    (tmp_path / "dropped_in.py").write_text(TOY_METHOD.replace("NAME", "dropped"))
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "madda_rs.methods.dropped_in", raising=False)
+    assert "dropped" in methods.method_names()
+    assert {"madda", "adda"} <= set(methods.method_names())
+    assert TrainConfig(method="dropped").method == "dropped"
+    sys.modules.pop("madda_rs.methods.dropped_in", None)
+
+
+def test_unknown_methods_and_clashing_names_are_refused(registry, tmp_path):
+    with pytest.raises(ValueError, match="method must be one of adda, madda"):
+        TrainConfig(method="nope")
+    with pytest.raises(ValueError, match="does not exist"):
+        TrainConfig(method=str(tmp_path / "missing.py") + ":x")
+    module = tmp_path / "other.py"
+    module.write_text(TOY_METHOD.replace("NAME", "toy2"))
+    with pytest.raises(ValueError, match="registers no method 'nope'"):
+        TrainConfig(method=f"{module}:nope")
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register_method("madda")(type("Impostor", (methods.Method,), {}))
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--src", "mnist", "--tgt", "usps", "--method", "nope"])
+    assert exc.value.code == 2
+
+
+def test_the_shipped_methods_predict_as_documented(registry):
+    from madda_rs.scores.predictors import ClassifierPredictor, KnnPredictor
+
+    assert set(methods.method_names()) >= {"madda", "adda"}
+    madda, adda = methods.get_method("madda"), methods.get_method("adda")
+    assert madda.predictor.__func__ is methods.Method.predictor  # the kNN vote, the default
+    assert adda.predictor.__func__ is not methods.Method.predictor
+    assert issubclass(ClassifierPredictor, KnnPredictor)
+    assert slug(TrainConfig(method="adda"), "short").startswith("mnist2usps-standard-adda-adda-e")
