@@ -3,7 +3,7 @@ named on the command line, and everything else (config checks, run names, eval) 
 
 import json
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,43 +13,12 @@ from madda_rs.config import TrainConfig
 from madda_rs.experiments.reproduce import slug
 from madda_rs.scores.evaluate import evaluate_run
 
-# A whole method in one module, built from the public shared stages only: a softmax source model
-# (one logit per class) and an adversarial target stage; the kNN vote over its outputs predicts.
-TOY_METHOD = textwrap.dedent('''
-    import torch.nn.functional as F
-
-    from madda_rs.methods import Method, register_method
-    from madda_rs.methods.common import AdversarialTargetStage, SourceStage
-
-
-    class ToySource(SourceStage):
-        def __init__(self, config, source, device, parallel):
-            super().__init__(config, source, device, parallel, 10)
-
-        def batch_loss(self, images, rows, epoch, step):
-            loss = F.cross_entropy(self.model(images), self.source.labels[rows.to(self.device)])
-            return loss, {"loss": loss.detach()}
-
-
-    class ToyTarget(AdversarialTargetStage):
-        def run_epoch(self, epoch):
-            return self.adversarial_epoch(self.batches(epoch), None)
-
-
-    @register_method("NAME")
-    class Toy(Method):
-        summary = "a test's toy method"
-
-        def source_stage(self, config, source, device, parallel):
-            return ToySource(config, source, device, parallel)
-
-        def target_stage(self, config, source_model, predictor, data, device, parallel):
-            return ToyTarget(config, source_model, data, device, parallel)
-
-        def check(self, config):
-            if config.augment:
-                raise ValueError("toy takes no augment")
-''')
+# The whole method of docs/extending.md, as written there: one module, built from the public
+# shared stages only (a softmax source model, an adversarial target stage, the kNN vote).
+EXTENDING = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+TOY_METHOD = EXTENDING.split("## Add a method", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+assert '@register_method("toy")' in TOY_METHOD
+TOY_METHOD = TOY_METHOD.replace('@register_method("toy")', '@register_method("NAME")')
 
 
 @pytest.fixture

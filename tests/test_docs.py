@@ -1,0 +1,27 @@
+"""The README is the front door: short, and every path its layout names and every page it links exists."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _layout_paths():
+    block = README.split("## Layout", 1)[1].split("```", 2)[1]
+    for line in block.strip().splitlines():
+        names = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        yield from (name.strip() for name in names.split(",") if name.strip())
+
+
+def test_every_path_the_layout_names_exists():
+    paths = list(_layout_paths())
+    assert len(paths) > 20
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert not missing, missing
+
+
+def test_every_linked_page_exists_and_the_readme_stays_short():
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
+    assert links and all((ROOT / link).exists() for link in links), [x for x in links if not (ROOT / x).exists()]
+    assert len(README.splitlines()) <= 300
