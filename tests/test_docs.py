@@ -25,3 +25,10 @@ def test_every_linked_page_exists_and_the_readme_stays_short():
     links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
     assert links and all((ROOT / link).exists() for link in links), [x for x in links if not (ROOT / x).exists()]
     assert len(README.splitlines()) <= 300
+
+
+def test_the_stream_table_lists_every_stream():
+    from madda_rs.run.streams import SEED_STREAMS
+
+    page = (ROOT / "docs" / "reproducibility.md").read_text()
+    assert [name for name in SEED_STREAMS if f"| `{name}` |" not in page] == []

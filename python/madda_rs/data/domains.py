@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..run.streams import stream_seed
+from ..run.streams import stream_seed, usps_split_rng
 from .files import read_uint8, resize_usps
 
 
@@ -116,7 +116,7 @@ def pooled_usps(train: bool, config: TrainConfig) -> Tuple[np.ndarray, np.ndarra
     files hold other than 9,298 digits, as small test copies do)."""
     parts = [read_uint8("usps", split, config.data_dir, config.download) for split in (True, False)]
     images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    order = np.random.default_rng(config.usps_split_seed).permutation(len(labels))
+    order = usps_split_rng(config.usps_split_seed).permutation(len(labels))
     n_train = round(len(labels) * POOLED_USPS_TRAIN / POOLED_USPS_ALL)
     keep = order[:n_train] if train else order[n_train:]
     return images[keep], labels[keep]
