@@ -34,6 +34,38 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     assert len(metrics["history"]["target"]) == 2
 
 
+LEAVE_AND_LIST_THREADS = """
+import os, sys
+from pathlib import Path
+from madda_rs.config import TrainConfig
+from madda_rs.run.processes import Parallel
+from madda_rs.training import train
+
+config = TrainConfig(src="mnist", tgt="usps", data_dir=sys.argv[1], download=False, device="cpu", epochs_source=1,
+                     epochs_target=1, deterministic=True)
+train(config, out_dir=sys.argv[2])
+Parallel.shutdown()
+names = sorted(Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+print("rank", os.environ["RANK"], "threads:", ",".join(names))
+"""
+
+
+def test_leaving_the_process_group_joins_gloos_threads_before_interpreter_shutdown(tmp_path):
+    """The cause of a rank aborting after a finished run ("terminate called without an active
+    exception"): a process group kept alive past destroy_process_group (by torch modules imported
+    after joining it) keeps gloo's worker threads running into interpreter shutdown."""
+    data = make_data_dir(tmp_path / "data", n_train=200, n_test=100)
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_AND_LIST_THREADS)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(data), str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if " threads: " in line]
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        assert "gloo" not in line, line  # gloo_tcp_loop, pt_gloo_runloop: joined on leaving
+
+
 def test_two_processes_take_the_single_process_gradient_steps_in_stage_2(tmp_path):
     """From one (untrained) source model, a 2-process stage 2 equals the 1-process one up to float
     summation order: shards of every batch, share-weighted gradient averages, same batches."""

@@ -113,9 +113,10 @@ def train(
     """
     wall = time.perf_counter()
     device = _device(config)
+    # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
+    threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
     folder, saved = _open_folder(config, out_dir, parallel, resume=resume, overwrite=overwrite)
-    threads = configure_threads(config.threads, config.deterministic, parallel.world)
     data = prepare_data(config, device, source=source, target=target, target_test=target_test,
                         source_test=source_test)  # first: a data error must not leave an empty run folder
     log.info("data: %s train %d, %s train %d, %s test %s", config.src, len(data.src_train), config.tgt,

@@ -61,6 +61,14 @@ class Parallel:
             return cls()
         import torch.distributed as dist
 
+        # Imported before the group exists: its functions default to group=group.WORLD, evaluated
+        # at import, so a first import after init_process_group (torch.use_deterministic_algorithms
+        # pulls it in through torch._inductor) captures the group and keeps gloo's worker threads
+        # alive past destroy_process_group. A worker then frees a tensor during interpreter
+        # shutdown, cannot take the GIL, and aborts the rank ("terminate called without an active
+        # exception") after a finished run.
+        import torch.distributed.nn.functional  # noqa: F401
+
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             atexit.register(cls.shutdown)  # whoever joins the group leaves it (library or CLI)
