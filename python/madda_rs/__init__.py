@@ -22,5 +22,14 @@ from .native import (
 
 __version__ = _version("madda-rs")  # written once, in Cargo.toml; maturin copies it to the metadata
 
+
+def load_run(run_dir, **options):  # type: ignore[no-untyped-def]
+    """A finished run, ready to label new images: :func:`madda_rs.inference.predict.load_run`
+    (imports torch, so only when called)."""
+    from .inference.predict import load_run as load
+
+    return load(run_dir, **options)
+
+
 __all__ = ["knn_predict", "knn_search", "knn_vote", "merge_knn", "KnnIndex", "triplets", "default_threads",
-           "knn_kernel", "MAX_TRIPLETS", "__version__"]
+           "knn_kernel", "MAX_TRIPLETS", "load_run", "__version__"]

@@ -7,6 +7,8 @@ paper's tables.
     madda-rs report runs/* [--by-epoch | --selection]
     madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
     madda-rs plot runs/DIR... [--out DIR]
+    madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
+    madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
 
 The train flags are generated from :class:`madda_rs.config.TrainConfig`'s fields: a flag left
 out takes the preset's value (or the config's default), and ``--help`` shows both presets'
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
+from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
 TABLE_NAMES = ("table1", "table2", "table3", "ablation")
@@ -137,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder in torchvision's layout (default: $MADDA_DATA_DIR)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    q = sub.add_parser("predict", help="label new images with a finished run: one row per image",
+                       description="One row per image: its path (or its index in a lone .npz), label (class name), "
+                                   "vote_share, centre_distance and unfamiliar (beyond the 99th percentile of the "
+                                   "source's own distances to its class centre).")
+    q.add_argument("run", help="a folder written by 'madda-rs train'")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (any depth) or .npz files")
+    q.add_argument("--out", required=True, help="output file: .csv, .jsonl or .npz (by its suffix)")
+    q.add_argument("--k", type=_int_at_least(1), default=None, help="neighbours in the vote [default: the run's]")
+    q.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
+    q.add_argument("--device", choices=DEVICES, default="cpu", help="[default: cpu]")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    x = sub.add_parser("export", help="a folder that labels images without madda_rs's training code")
+    x.add_argument("run", help="a folder written by 'madda-rs train'")
+    x.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    x.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
 
     g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, accuracy "
                        "against wall time, confusion")
@@ -316,6 +335,37 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".jsonl", ".npz"):
+        parser.error(f"--out {out}: expected a .csv, .jsonl or .npz file")
+    if out.exists() and not args.overwrite:
+        parser.error(f"--out {out} exists; choose another file or pass --overwrite")
+    from .inference.predict import load_run
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run = load_run(args.run, k=args.k, threads=args.threads, device=args.device)
+    path, rows = run.predict_files(args.inputs, out)
+    print(f"{rows} images labelled: {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .inference.export import export_run
+
+    info = export_run(args.run, args.out, overwrite=args.overwrite)
+    onnx = info["onnx"]
+    note = ("no ONNX (install onnx for encoder.onnx)" if onnx is None else
+            f"encoder.onnx, outputs within {onnx['max_abs_difference']:.1e} of torch's" if onnx["checked"] else
+            "encoder.onnx (unchecked: install onnxruntime to compare it with torch)")
+    print(f"exported to {args.out}: encoder.pt, {note}; run: python {Path(args.out) / 'predict.py'} INPUT... "
+          f"--out FILE")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -330,10 +380,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _reproduce(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "predict":
+            return _predict(args, parser)
+        if args.command == "export":
+            return _export(args)
         return _eval(args)
     except KeyboardInterrupt:
         print("madda-rs: interrupted", file=sys.stderr)
         return 130
+    except FolderError as exc:  # bad input, refused before any training: like a bad argument
+        print(f"madda-rs: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"madda-rs: error: {exc}", file=sys.stderr)
         return 1

@@ -76,10 +76,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     ),
 }
 PRESET_FIELDS = tuple(_PAPER)
+# Keys of config.json that are not settings: what the settings imply, recorded beside them.
+DERIVED = ("overridden", "class_names")
 
 
 def _setting(default: Any, help: str, *, type: Any = None, choices: Tuple[str, ...] = (), minimum: Any = None,
-             nargs: Optional[int] = None) -> Any:
+             nargs: Any = None) -> Any:
     """A dataclass field whose metadata validates it and describes its command-line flag."""
     meta = dict(help=help, type=type, choices=choices, minimum=minimum, nargs=nargs)
     return field(default=default, metadata=meta)
@@ -91,10 +93,19 @@ class TrainConfig:
     preset's value; see each field's help (``madda-rs train --help``)."""
 
     # What to adapt, and how the data are drawn (no preset controls these).
-    src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps) or an .npz file",
-                        type=str)
-    tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps) or an .npz file",
-                        type=str)
+    src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps), an .npz file, or a "
+                        "folder with one subfolder of images per class", type=str)
+    tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps), an .npz file, or a "
+                        "folder of images at any depth (no labels read)", type=str)
+    src_test: Optional[str] = _setting(None, "labelled source test folder (one subfolder per class), for scoring "
+                                       "only", type=str)
+    tgt_test: Optional[str] = _setting(None, "labelled target test folder (one subfolder per class, among the "
+                                       "source's), for scoring only", type=str)
+    image_size: Optional[Tuple[int, int]] = _setting(None, "height and width (one number: square) that folder "
+                                                     "images are resized to (default: the source's most common)",
+                                                     type=int, minimum=8, nargs="+")
+    channels: Optional[int] = _setting(None, "1 (grey) or 3 (colour) for folder images (default: the source's "
+                                       "most common)", type=int, minimum=1)
     method: str = _setting("madda", "a registered training method (madda_rs.methods), or FILE.py:NAME / "
                            "MODULE:NAME for one defined elsewhere", type=str)
     preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; "
@@ -177,10 +188,15 @@ class TrainConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, PRESETS[self.preset][name])
         object.__setattr__(self, "betas", tuple(self.betas))  # JSON gives a list
+        if self.image_size is not None:
+            size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else (self.image_size,)
+            object.__setattr__(self, "image_size", size * 2 if len(size) == 1 else size)
         for f in dataclasses.fields(self):
             _validate(f, getattr(self, f.name))
         if not self.src or not self.tgt:
             raise ValueError("src and tgt must be non-empty domain names or .npz paths")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
         from .methods import get_method  # the registry imports the methods (and torch) only when a config is made
@@ -218,13 +234,14 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
+        values["image_size"] = None if self.image_size is None else list(self.image_size)
         values["overridden"] = list(self.overridden)
         return values
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys (e.g. from a newer version) are refused."""
-        values = {k: v for k, v in values.items() if k != "overridden"}
+        values = {k: v for k, v in values.items() if k not in DERIVED}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config settings: {', '.join(sorted(unknown))}")
@@ -248,6 +265,12 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
     if kind is None and not meta["choices"]:  # a switch
         if not isinstance(value, bool):
             raise TypeError(f"{f.name} must be True or False, got {value!r}")
+    elif kind is int and meta["nargs"] == "+":  # one or two integers (image_size: H W)
+        values = value if isinstance(value, tuple) else (value,)
+        if not 1 <= len(values) <= 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < meta["minimum"]
+                                            for v in values):
+            raise ValueError(f"{f.name} must be one or two integers >= {meta['minimum']}, got {value!r}")
+        return
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")

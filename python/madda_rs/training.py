@@ -26,15 +26,18 @@ import numpy as np
 import torch
 
 from .config import SELECTION_SCORES, TrainConfig
-from .data.domains import RunData, prepare_data
+from .data.domains import RunData, prepare_data, resolve_geometry
 from .methods import Method, get_method
 from .models import EmbeddingNet
 from .run.folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    PREDICTOR_FILE,
     PROGRESS_FILE,
     SELECTED_FILE,
+    SOURCE_EMBEDDINGS_FILE,
+    SOURCE_LABELS_FILE,
     SOURCE_MODEL_FILE,
     TARGET_MODEL_FILE,
     RunFolder,
@@ -112,18 +115,19 @@ def train(
         Interrupted: Ctrl-C; a checkpoint of every finished epoch was saved.
     """
     wall = time.perf_counter()
+    config = resolve_geometry(config, config.threads)  # config.json records a folder source's image geometry
     device = _device(config)
     # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
     threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
     folder, saved = _open_folder(config, out_dir, parallel, resume=resume, overwrite=overwrite)
     data = prepare_data(config, device, source=source, target=target, target_test=target_test,
-                        source_test=source_test)  # first: a data error must not leave an empty run folder
+                        source_test=source_test, progress=progress)  # first: a data error leaves no run folder
     log.info("data: %s train %d, %s train %d, %s test %s", config.src, len(data.src_train), config.tgt,
              len(data.tgt_train), config.tgt, len(data.tgt_test) if data.tgt_test is not None else "none")
     if folder is not None and saved is None and parallel.is_main:
         folder.create(overwrite)
-        folder.write_json(CONFIG_FILE, config.to_dict())
+        folder.write_json(CONFIG_FILE, {**config.to_dict(), "class_names": list(data.class_names)})
     run = _Run(config, data, device, parallel, folder, saved, progress or no_progress, wall)
     result = run.execute(threads)
     if run.writer is not None:
@@ -218,7 +222,11 @@ class _Run:
         if self.writer is not None:
             self.writer.save_model(TARGET_MODEL_FILE, target_model, config, config.epochs_target)
             self.selection.save()
+            self._save_predictor(predictor)
         matrix = confusion(predictor, target_model, data.tgt_test) if data.tgt_test is not None else {}
+        if matrix:  # classes by name
+            names = dict(zip(np.unique(predictor.labels).tolist(), data.class_names))
+            matrix["classes"] = [names.get(c, str(c)) for c in matrix["classes"]]
         return RunResult(
             config=config, target_accuracy=final.get("target_accuracy"), source_accuracy=source_acc,
             source_only_accuracy=source_only.get("target_accuracy"),
@@ -229,6 +237,15 @@ class _Run:
             out_dir=str(self.folder.path) if self.folder is not None else None, classes=matrix.get("classes"),
             confusion=matrix.get("confusion"), selected=self.selection.summary(), guard=guard,
         )
+
+    def _save_predictor(self, predictor: KnnPredictor) -> None:
+        """What labelling new images needs beside target.pt (madda_rs.inference.load_run)."""
+        assert self.writer is not None
+        self.writer.save_array(SOURCE_EMBEDDINGS_FILE, predictor.emb)
+        self.writer.save_array(SOURCE_LABELS_FILE, predictor.labels)
+        self.writer.write_json(PREDICTOR_FILE, {"predictor": predictor.kind, "k": self.config.k,
+                                                "class_names": list(self.data.class_names),
+                                                "shape": list(self.data.src_train.shape)})
 
     def _adapt(self, source_model: EmbeddingNet, predictor: KnnPredictor, source_only: Dict[str, Any],
                ) -> Tuple[Dict[str, Any], EmbeddingNet, Optional[str]]:

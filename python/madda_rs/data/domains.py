@@ -21,6 +21,7 @@ import torch
 from ..config import TrainConfig
 from ..run.streams import stream_seed, usps_split_rng
 from .files import read_uint8, resize_usps
+from .folders import FolderError, Geometry, common_geometry, is_image_folder, labelled_files, read_folder
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class RunData:
     # labelled target training images the run's subset left out (ADDA protocol, registered domains):
     # settings may be tuned on these, never on tgt_test
     tgt_holdout: Optional[ImageSet] = None
+    # the name of each class, in the order of the sorted source labels (folder names for a folder
+    # source, else the labels themselves)
+    class_names: Tuple[str, ...] = ()
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -133,14 +137,15 @@ def _usps(train: bool, config: TrainConfig) -> ImageSet:
 
 
 def check_domain_name(name: str) -> None:
-    """A registered name or an existing .npz file; anything else is a ValueError saying which."""
-    if name in REGISTRY:
+    """A registered name, an existing .npz file or a folder; anything else is a ValueError saying which."""
+    if name in REGISTRY or is_image_folder(name):
         return
     if name.endswith(".npz"):
         if not Path(name).expanduser().is_file():
             raise ValueError(f"domain file {name} does not exist")
         return
-    raise ValueError(f"{name!r} is neither a registered domain ({', '.join(REGISTRY)}) nor an .npz file")
+    raise ValueError(f"{name!r} is neither a registered domain ({', '.join(REGISTRY)}), nor an .npz file, nor a "
+                     f"folder of images")
 
 
 # At most this many held-out training images score a run (RunData.tgt_holdout): enough to tell
@@ -312,6 +317,22 @@ def match_shape(images: ImageSet, shape: Tuple[int, int, int]) -> ImageSet:
     return replace(images, images=x.contiguous())
 
 
+def resolve_geometry(config: TrainConfig, threads: Optional[int] = None) -> TrainConfig:
+    """`config` with ``image_size`` and ``channels`` filled in from a folder source's most common
+    size and channel count (headers only); unchanged for other sources. Either setting given for a
+    source that is not a folder is a ValueError."""
+    if not is_image_folder(config.src):
+        if config.image_size is not None or config.channels is not None:
+            raise ValueError("image_size and channels set the geometry of image folders; the source "
+                             f"{config.src!r} is not a folder")
+        return config
+    if config.image_size is not None and config.channels is not None:
+        return config
+    common = common_geometry(labelled_files(Path(config.src))[1], threads)
+    return config.replace(image_size=config.image_size or (common.height, common.width),
+                          channels=config.channels or common.channels)
+
+
 def prepare_data(
     config: TrainConfig,
     device: torch.device,
@@ -320,24 +341,18 @@ def prepare_data(
     target: Any = None,
     target_test: Any = None,
     source_test: Any = None,
+    progress: Optional[Callable[..., Any]] = None,
 ) -> RunData:
-    """The run's four image sets on `device`, from the given data or else from config.src/tgt.
+    """The run's four image sets on `device`, from the given data or else from config.src/tgt
+    (and the test folders config.src_test/tgt_test).
 
-    Raises ValueError (or DataError for files) before any training: missing labels on the
-    source, shapes that disagree without ``resize_to_source``, unknown names."""
-
-    def side(name: str, given: Any, given_test: Any, what: str) -> Tuple[ImageSet, Optional[ImageSet],
-                                                                          Optional[ImageSet]]:
-        if given is not None:
-            train, test, holdout = as_image_set(given, name, what=what), None, None
-        else:
-            train, test, holdout = _load_named_with_holdout(name, config)
-        if given_test is not None:
-            test = as_image_set(given_test, name, what=f"{what}_test")
-        return train, test, holdout
-
-    src_train, src_test, _ = side(config.src, source, source_test, "source")
-    tgt_train, tgt_test, tgt_holdout = side(config.tgt, target, target_test, "target")
+    Raises ValueError (FolderError, or DataError for dataset files) before any training: missing
+    labels on the source, shapes that disagree without ``resize_to_source``, unknown names, empty
+    folders, undecodable images, test classes the source lacks."""
+    folders = _FolderSide(config, progress)
+    src_train, src_test, _ = _side(config, config.src, source, source_test, config.src_test, "source", folders)
+    tgt_train, tgt_test, tgt_holdout = _side(config, config.tgt, target, target_test, config.tgt_test, "target",
+                                             folders)
 
     if src_train.labels is None:
         raise ValueError(f"the source domain {config.src!r} has no labels; the source must be labelled")
@@ -358,10 +373,70 @@ def prepare_data(
             s = match_shape(s, shape)
         fixed.append(s)
     tgt_train, tgt_test, src_test, tgt_holdout = fixed
+    classes = np.unique(src_train.labels.numpy())
+    names = folders.classes if folders.classes is not None else tuple(str(c) for c in classes.tolist())
     return RunData(
         src_train.to(device),
         None if src_test is None else src_test.to(device),
         tgt_train.to(device),  # type: ignore[union-attr]
         None if tgt_test is None else tgt_test.to(device),
         None if tgt_holdout is None else tgt_holdout.to(device),
+        tuple(names),
     )
+
+
+Sets = Tuple[ImageSet, Optional[ImageSet], Optional[ImageSet]]  # train, test, holdout
+
+
+def _side(config: TrainConfig, name: str, given: Any, given_test: Any, test_folder: Optional[str], what: str,
+          folders: "_FolderSide") -> Sets:
+    """One domain's sets: given arrays first, else the named domain (registered, .npz, folder)."""
+    if given is not None:
+        train, test, holdout = as_image_set(given, name, what=what), None, None
+    elif is_image_folder(name):
+        train, test, holdout = folders.train(name, labelled=what == "source"), None, None
+    else:
+        train, test, holdout = _load_named_with_holdout(name, config)
+    if given_test is not None:
+        test = as_image_set(given_test, name, what=f"{what}_test")
+    elif test_folder is not None:
+        test = folders.test(test_folder, "--src-test" if what == "source" else "--tgt-test")
+    return train, test, holdout
+
+
+class _FolderSide:
+    """Reads the run's image folders at one geometry: the source's classes name every label."""
+
+    def __init__(self, config: TrainConfig, progress: Optional[Callable[..., Any]]) -> None:
+        self.config, self.progress = config, progress
+        self.classes: Optional[Tuple[str, ...]] = None
+        self.geometry: Optional[Geometry] = None
+        if config.image_size is not None and config.channels is not None:
+            self.geometry = Geometry(config.channels, *config.image_size)
+
+    def _geometry(self) -> Geometry:
+        if self.geometry is None:
+            if is_image_folder(self.config.src):
+                resolved = resolve_geometry(self.config)
+                self.geometry = Geometry(resolved.channels, *resolved.image_size)  # type: ignore[arg-type, misc]
+            else:  # a folder target beside a registered or .npz source: the source's shape
+                self.geometry = Geometry(*load_named(self.config.src, self.config)[0].shape)
+        return self.geometry
+
+    def train(self, name: str, labelled: bool) -> ImageSet:
+        folder = read_folder(Path(name), self._geometry(), labelled=labelled, threads=self.config.threads,
+                             progress=self.progress)
+        if labelled:
+            self.classes = folder.classes
+        return ImageSet(_images(folder.images, name), None if folder.labels is None else torch.from_numpy(
+            folder.labels), Path(name).name)
+
+    def test(self, name: str, flag: str) -> ImageSet:
+        if not is_image_folder(name):
+            raise FolderError(f"{flag} {name}: not a folder (a labelled test set is a folder with one subfolder "
+                              f"per class)")
+        if self.classes is None:
+            raise FolderError(f"{flag} {name}: test folders need a folder source (its classes name the labels)")
+        folder = read_folder(Path(name), self._geometry(), labelled=True, classes=self.classes,
+                             threads=self.config.threads, progress=self.progress)
+        return ImageSet(_images(folder.images, name), torch.from_numpy(folder.labels), Path(name).name)

@@ -22,8 +22,12 @@ CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 CHECKPOINT_FILE, PROGRESS_FILE = "checkpoint.pt", "progress.json"  # progress.json: the checkpoint's stage and epoch
 SOURCE_MODEL_FILE, TARGET_MODEL_FILE = "source.pt", "target.pt"  # model files (save_model / load_model)
 SELECTED_FILE = "selected.pt"  # the target model a label-free score picked (TrainConfig.select)
+# What predicting new images needs beside target.pt (madda_rs.inference): the source embeddings and
+# labels the kNN vote searches (memory-mapped), and how to read an image and name its class.
+SOURCE_EMBEDDINGS_FILE, SOURCE_LABELS_FILE = "source_embeddings.npy", "source_labels.npy"
+PREDICTOR_FILE = "predictor.json"  # {"predictor": "knn" | "classifier", "k", "class_names", "shape": [C, H, W]}
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE,
-             SELECTED_FILE)
+             SELECTED_FILE, SOURCE_EMBEDDINGS_FILE, SOURCE_LABELS_FILE, PREDICTOR_FILE)
 
 # Where and how a run executes, not what it computes: a resume may change them, and they neither
 # split a report's groups nor tell two of reproduce's runs apart. (The run folder itself, --out,
@@ -142,6 +146,13 @@ class RunFolder:
 
     def save_model(self, name: str, model: EmbeddingNet, config: TrainConfig, epoch: int) -> None:
         self.save(name, model_file(model, config, epoch))
+
+    def save_array(self, name: str, array: Any) -> None:
+        import numpy as np
+
+        with self._atomic(name) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
 
 
 __all__ = ["RunFolder", "RUN_FILES", "RUN_ONLY", "REPLICATES", "NOT_GROUPED", "resume_conflicts", "with_run_settings",

@@ -32,6 +32,8 @@ class KnnPredictor:
     candidates are merged (:func:`madda_rs.merge_knn`): the votes equal one process's, and each
     rank does 1/N of the search. Every rank must then call :meth:`predict` together."""
 
+    kind = "knn"  # how madda_rs.inference labels new images with it
+
     def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
                  parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
@@ -70,6 +72,8 @@ class KnnPredictor:
 class ClassifierPredictor(KnnPredictor):
     """ADDA's prediction: the source classifier's label (the model's head gives one logit per
     class), not a kNN vote. `emb` holds the source logits, unused by ADDA's stages."""
+
+    kind = "classifier"
 
     def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
                  parallel: Parallel = Parallel()) -> None:

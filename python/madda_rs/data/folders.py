@@ -1,0 +1,195 @@
+"""Folders of the user's own image files as domains.
+
+A labelled folder has one subfolder per class (torchvision's ImageFolder layout; the class is the
+subfolder's name, classes in sorted order). An unlabelled folder holds images at any depth. Files
+are PNG, JPEG, BMP or TIFF, grey or colour, any size; each is decoded with Pillow, converted to
+the run's channel count and resized to its size, in parallel threads (Pillow decodes without the
+GIL) behind an optional progress bar.
+
+Decoded folders are cached as one uint8 array per folder and geometry, keyed by every file's path,
+size and modification time, so a second run over a large folder starts in seconds. The cache is
+``$MADDA_CACHE_DIR``, else ``~/.cache/madda_rs/folders``.
+
+Every problem is a :class:`FolderError` (a ValueError) naming the path, raised before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..inference.standalone import GREY_MODES, IMAGE_SUFFIXES, decode_images, image_files
+
+CACHE_ENV = "MADDA_CACHE_DIR"
+CACHE_FORMAT = 1
+
+Progress = Callable[..., Any]  # a tqdm-like factory: progress(total=, desc=) -> bar with update(), close()
+
+
+class FolderError(ValueError):
+    """An image folder that cannot be a domain: empty, unreadable, too few classes, a bad file."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What every image of a run becomes: `channels` x `size` x `size` (size may be (H, W))."""
+
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """A decoded folder: uint8 (N, C, H, W), labels (N,) as indices into `classes` (None when
+    unlabelled), and each image's path relative to the folder."""
+
+    images: np.ndarray
+    labels: Optional[np.ndarray]
+    classes: Tuple[str, ...]
+    paths: Tuple[str, ...]
+
+
+def is_image_folder(name: str) -> bool:
+    return Path(name).expanduser().is_dir()
+
+
+def list_images(root: Path) -> List[Path]:
+    """Image files under `root`, at any depth, in sorted order (hidden files and folders skipped)."""
+    return image_files(root)
+
+
+def labelled_files(root: Path) -> Tuple[Tuple[str, ...], List[Path], np.ndarray]:
+    """(class names, files, class index per file) of an ImageFolder-layout folder."""
+    root = _existing(root)
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not classes:
+        loose = list_images(root)
+        raise FolderError(f"{root}: no class subfolders (expected one subfolder of images per class"
+                          + (f"; found {len(loose)} images directly in it" if loose else "") + ")")
+    files: List[Path] = []
+    labels: List[int] = []
+    for i, name in enumerate(classes):
+        mine = list_images(root / name)
+        if not mine:
+            raise FolderError(f"{root / name}: a class folder without images ({', '.join(IMAGE_SUFFIXES)})")
+        files += mine
+        labels += [i] * len(mine)
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def unlabelled_files(root: Path) -> List[Path]:
+    root = _existing(root)
+    files = list_images(root)
+    if not files:
+        raise FolderError(f"{root}: no images at any depth ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _existing(root: Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FolderError(f"{root}: not a folder")
+    return root
+
+
+def common_geometry(files: Sequence[Path], threads: Optional[int] = None) -> Geometry:
+    """The most common size and channel count among `files` (headers only; nothing decoded)."""
+    from PIL import Image
+
+    def header(path: Path) -> Tuple[int, int, int]:
+        try:
+            with Image.open(path) as im:
+                return (1 if im.mode in GREY_MODES else 3), im.height, im.width
+        except Exception as exc:  # Pillow raises many types for a bad file
+            raise FolderError(f"{path}: cannot be read as an image ({exc})") from None
+
+    with ThreadPoolExecutor(_workers(threads)) as pool:
+        counts = Counter(pool.map(header, files))
+    return Geometry(*counts.most_common(1)[0][0])
+
+
+def read_folder(root: Path, geometry: Geometry, *, labelled: bool, classes: Optional[Sequence[str]] = None,
+                threads: Optional[int] = None, progress: Optional[Progress] = None) -> FolderImages:
+    """Decode a folder (cached). With `labelled`, the class subfolders' names must be among
+    `classes` when given (the source's), and labels index into them."""
+    root = _existing(root)
+    if labelled:
+        names, files, labels = labelled_files(root)
+        if classes is not None:
+            unknown = [c for c in names if c not in classes]
+            if unknown:
+                raise FolderError(f"{root}: classes {', '.join(unknown)} are not among the source's "
+                                  f"({', '.join(classes)})")
+            labels = np.asarray([list(classes).index(names[i]) for i in labels], dtype=np.int64)
+            names = tuple(classes)
+        if classes is None and len(names) < 2:
+            raise FolderError(f"{root}: {len(names)} class folder ({names[0]}); a labelled source needs at least two")
+    else:
+        names, files, labels = (), unlabelled_files(root), None
+    rel = tuple(str(f.relative_to(root)) for f in files)
+    cached = _cache_path(root, files, geometry)
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as f:
+            images = f["images"]
+    else:
+        images = _decode(files, geometry, threads, progress, desc=f"decoding {root.name}")
+        _save_cache(cached, images)
+    return FolderImages(images, labels, tuple(names), rel)
+
+
+def _decode(files: List[Path], geometry: Geometry, threads: Optional[int], progress: Optional[Progress],
+            desc: str) -> np.ndarray:
+    bar = progress(total=len(files), desc=desc) if progress is not None else None
+    try:
+        return decode_images(files, geometry.shape, threads, on_image=None if bar is None else bar.update)
+    except ValueError as exc:  # a truncated or corrupt file, named
+        raise FolderError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _workers(threads: Optional[int]) -> int:
+    return threads or min(32, (os.cpu_count() or 1) * 2)  # decoding also waits on the disk
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "madda_rs" / "folders").expanduser()
+
+
+def _cache_path(root: Path, files: Sequence[Path], geometry: Geometry) -> Path:
+    """The cache file of this folder's exact contents (paths, sizes, mtimes) at this geometry."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, str(root.resolve()), geometry.shape]).encode())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return cache_dir() / f"{root.name}-{digest.hexdigest()[:24]}.npz"
+
+
+def _save_cache(path: Path, images: np.ndarray) -> None:
+    """Write through a temporary file and a rename; an unwritable cache only costs the next run time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+__all__ = ["FolderError", "Geometry", "FolderImages", "is_image_folder", "read_folder",
+           "common_geometry", "labelled_files", "unlabelled_files", "list_images", "IMAGE_SUFFIXES"]
