@@ -3,8 +3,8 @@ images, an exported folder that predicts without the training code, and a one-li
 2) for every bad folder."""
 
 import ast
-import importlib.util
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -183,3 +183,32 @@ def test_bad_folders_are_refused_before_training_with_one_line_naming_the_path(t
     line = _refused(capsys, "--src", str(tree / "src"), "--tgt", str(tree / "tgt"), "--tgt-test", str(extra), *out)
     assert "extra: classes seventh are not among the source's" in line
     assert not (tmp_path / "run").exists()  # refused before any run folder was made
+
+
+def test_the_readmes_own_image_commands_run_as_written(data_dir, tmp_path, monkeypatch):
+    """The README's lines on a generated tree (10 images per class, 1 + 1 epochs: the commands,
+    not the accuracy, are under test)."""
+    import shlex
+
+    monkeypatch.setenv(folders.CACHE_ENV, str(tmp_path / "cache"))
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text().split("## Your own images", 1)[1].split("```bash", 1)[1]
+    lines = [line.split("  #")[0].strip() for line in readme.split("```", 1)[0].strip().splitlines()]
+    assert len(lines) == 4
+    for line in lines:
+        for command in line.split(" && "):
+            argv = shlex.split(command.replace("../shared/data", data_dir))
+            if argv[0] == "python":
+                argv = [sys.executable, str(root / argv[1]) if argv[1].startswith("scripts/") else argv[1], *argv[2:]]
+            else:
+                assert argv[0] == "madda-rs"
+                argv = [sys.executable, "-m", "madda_rs", *argv[1:]]
+            if "image_folders.py" in argv[1]:
+                argv += ["--per-class", "10"]
+            if "train" in argv:
+                argv += ["--epochs-source", "1", "--epochs-target", "1", "--threads", "1", "--quiet"]
+            proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    ours, shipped = ((tmp_path / name).read_text().splitlines() for name in ("labels.csv", "shipped.csv"))
+    assert len(ours) == len(shipped) > 1
+    assert [row.split(",")[:2] for row in ours] == [row.split(",")[:2] for row in shipped]
