@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..run.folder import PREDICTOR_FILE, SOURCE_EMBEDDINGS_FILE, SOURCE_LABELS_FILE, TARGET_MODEL_FILE, load_model
+from ..scores.predictors import for_inference
 from .standalone import NeighbourVote, embed_batches, load_inputs, write_predictions
 
 
@@ -42,7 +43,7 @@ class TrainedRun:
         self.k = k or int(self.info["k"])
         self.class_names = list(self.info["class_names"])
         self.shape: Tuple[int, int, int] = tuple(self.info["shape"])  # type: ignore[assignment]
-        self.model = load_model(self.path / TARGET_MODEL_FILE, device).eval()
+        self.model = for_inference(load_model(self.path / TARGET_MODEL_FILE, device))
         self.threads = threads
         self.vote = NeighbourVote(np.load(self.path / SOURCE_EMBEDDINGS_FILE, mmap_mode="r"),
                                   np.load(self.path / SOURCE_LABELS_FILE), self.class_names, self.k,

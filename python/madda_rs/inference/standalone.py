@@ -176,8 +176,9 @@ def _vote(votes: np.ndarray) -> np.ndarray:
     return madda_rs.knn_vote(votes)  # the most frequent label; a tie goes to the smallest
 
 
-def embed_batches(model: Callable[[Any], Any], images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """The model's outputs, in eval mode and without gradients, batch by batch."""
+def embed_batches(model: Callable[[Any], Any], images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs, without gradients, batch by batch (the model in eval mode, weights
+    channels-last: the batches and layout training scores with, so the numbers agree)."""
     import torch
 
     outs = []
