@@ -139,8 +139,11 @@ def test_a_second_read_of_a_folder_comes_from_the_cache(tree, tmp_path, monkeypa
     monkeypatch.setattr(folders, "decode_images", lambda *a, **k: pytest.fail("decoded again"))
     again = folders.read_folder(tree / "src", geometry, labelled=True)
     assert np.array_equal(first.images, again.images) and np.array_equal(first.labels, again.labels)
-    assert len(list(tmp_path.glob("*.npz"))) == 1
-    assert folders.common_geometry(folders.unlabelled_files(tree / "tgt")) == folders.Geometry(3, 32, 32)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    files = folders.unlabelled_files(tree / "tgt")
+    assert folders.common_geometry(tree / "tgt", files) == folders.Geometry(3, 32, 32)  # the most common
+    assert folders.common_geometry(tree / "tgt", files) == folders.Geometry(3, 32, 32)  # from the cache
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 def _refused(capsys, *argv):

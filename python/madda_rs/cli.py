@@ -141,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    _add_inference_commands(sub)
+
+    g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, accuracy "
+                       "against wall time, confusion")
+    g.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
+    g.add_argument("--out", default=None, help="one folder for all figures (default: each run's own folder)")
+    g.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
+    g.add_argument("--data-dir", default=None, help="override the data folder recorded in the runs")
+    g.add_argument("--figures", type=_figure_list, default=FIGURES,
+                   help=f"comma-separated, of {','.join(FIGURES)} (time needs --out) [default: all]")
+    return parser
+
+
+def _add_inference_commands(sub: Any) -> None:
+    """`predict` and `export`: using a finished run."""
     q = sub.add_parser("predict", help="label new images with a finished run: one row per image",
                        description="One row per image: its path (or its index in a lone .npz), label (class name), "
                                    "vote_share, centre_distance and unfamiliar (beyond the 99th percentile of the "
@@ -156,16 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="a folder written by 'madda-rs train'")
     x.add_argument("--out", required=True, help="the folder to write (new or empty)")
     x.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
-
-    g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, accuracy "
-                       "against wall time, confusion")
-    g.add_argument("runs", nargs="+", help="run folders written by 'madda-rs train'")
-    g.add_argument("--out", default=None, help="one folder for all figures (default: each run's own folder)")
-    g.add_argument("--device", choices=DEVICES, default="auto", help="[default: auto]")
-    g.add_argument("--data-dir", default=None, help="override the data folder recorded in the runs")
-    g.add_argument("--figures", type=_figure_list, default=FIGURES,
-                   help=f"comma-separated, of {','.join(FIGURES)} (time needs --out) [default: all]")
-    return parser
 
 
 # madda_rs.experiments.plots.FIGURES (that module is imported only when drawing)

@@ -328,7 +328,7 @@ def resolve_geometry(config: TrainConfig, threads: Optional[int] = None) -> Trai
         return config
     if config.image_size is not None and config.channels is not None:
         return config
-    common = common_geometry(labelled_files(Path(config.src))[1], threads)
+    common = common_geometry(Path(config.src), labelled_files(Path(config.src))[1], threads)
     return config.replace(image_size=config.image_size or (common.height, common.width),
                           channels=config.channels or common.channels)
 

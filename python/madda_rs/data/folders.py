@@ -16,6 +16,7 @@ Every problem is a :class:`FolderError` (a ValueError) naming the path, raised b
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import Counter
@@ -105,9 +106,14 @@ def _existing(root: Path) -> Path:
     return root
 
 
-def common_geometry(files: Sequence[Path], threads: Optional[int] = None) -> Geometry:
-    """The most common size and channel count among `files` (headers only; nothing decoded)."""
+def common_geometry(root: Path, files: Sequence[Path], threads: Optional[int] = None) -> Geometry:
+    """The most common size and channel count among `files` under `root` (headers only, nothing
+    decoded; cached like the decoded folders)."""
     from PIL import Image
+
+    cached = cache_dir() / f"{root.name}-{_listing_digest(root, files, 'geometry')}.json"
+    if cached.is_file():
+        return Geometry(*json.loads(cached.read_text()))
 
     def header(path: Path) -> Tuple[int, int, int]:
         try:
@@ -118,7 +124,9 @@ def common_geometry(files: Sequence[Path], threads: Optional[int] = None) -> Geo
 
     with ThreadPoolExecutor(_workers(threads)) as pool:
         counts = Counter(pool.map(header, files))
-    return Geometry(*counts.most_common(1)[0][0])
+    common = Geometry(*counts.most_common(1)[0][0])
+    _write_cache(cached, json.dumps(list(common.shape)).encode())
+    return common
 
 
 def read_folder(root: Path, geometry: Geometry, *, labelled: bool, classes: Optional[Sequence[str]] = None,
@@ -140,13 +148,14 @@ def read_folder(root: Path, geometry: Geometry, *, labelled: bool, classes: Opti
     else:
         names, files, labels = (), unlabelled_files(root), None
     rel = tuple(str(f.relative_to(root)) for f in files)
-    cached = _cache_path(root, files, geometry)
+    cached = cache_dir() / f"{root.name}-{_listing_digest(root, files, list(geometry.shape))}.npy"
     if cached.is_file():
-        with np.load(cached, allow_pickle=False) as f:
-            images = f["images"]
+        images = np.load(cached, allow_pickle=False)
     else:
         images = _decode(files, geometry, threads, progress, desc=f"decoding {root.name}")
-        _save_cache(cached, images)
+        buffer = io.BytesIO()
+        np.save(buffer, images)
+        _write_cache(cached, buffer.getvalue())
     return FolderImages(images, labels, tuple(names), rel)
 
 
@@ -170,22 +179,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "madda_rs" / "folders").expanduser()
 
 
-def _cache_path(root: Path, files: Sequence[Path], geometry: Geometry) -> Path:
-    """The cache file of this folder's exact contents (paths, sizes, mtimes) at this geometry."""
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, str(root.resolve()), geometry.shape]).encode())
+def _listing_digest(root: Path, files: Sequence[Path], what: Any) -> str:
+    """A key of this folder's exact contents (every file's path, size, mtime) and of `what`."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, str(root.resolve()), what]).encode())
     for f in files:
         st = f.stat()
         digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return cache_dir() / f"{root.name}-{digest.hexdigest()[:24]}.npz"
+    return digest.hexdigest()[:24]
 
 
-def _save_cache(path: Path, images: np.ndarray) -> None:
+def _write_cache(path: Path, data: bytes) -> None:
     """Write through a temporary file and a rename; an unwritable cache only costs the next run time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError:
         pass
