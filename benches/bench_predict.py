@@ -25,8 +25,8 @@ from _bench import QUICK, THREADS, best_time, write_table
 
 N_SRC, N_NEW, D, K = (6_000, 1_000, 256, 5) if QUICK else (60_000, 10_000, 256, 5)
 # Images per second from an .npz: a floor against regressions. The goal was 10,000, which this
-# setting cannot reach on 2 cores: the exact kNN alone (307 GFLOP) takes about 1.1 s at the
-# kernel's 276 GFLOP/s (docs/speed.md), so embedding + vote + output reach about 7,000.
+# setting cannot reach on 2 cores: the exact kNN alone (307 GFLOP) takes about 1.15 s (docs/speed.md),
+# so embedding + vote + output reach about 6,500-7,000.
 MIN_RATE = 5_000
 MIN_SPEEDUP = 2.0  # over the plain pipeline
 
