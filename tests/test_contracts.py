@@ -169,7 +169,7 @@ def test_evaluation_scores_unaugmented_images(improved_run):
     assert result.target_accuracy == _accuracy_by_hand(source, target, data, result.config.k)
     # a continuous score too: accuracy on easy digits could match by chance
     snd = soft_neighbourhood_density(_embed(target, data.tgt_train.images))
-    assert result.history["target"][-1]["snd"] == pytest.approx(snd, rel=1e-9)
+    assert result.history["target"][-1]["snd"] == pytest.approx(snd, rel=1e-6)
 
 
 def test_the_mean_teacher_is_the_model_scored_not_the_student(improved_run):
@@ -182,5 +182,5 @@ def test_the_mean_teacher_is_the_model_scored_not_the_student(improved_run):
     assert result.target_accuracy == _accuracy_by_hand(source, teacher, data, result.config.k)
     snd = {name: soft_neighbourhood_density(_embed(model, data.tgt_train.images))
            for name, model in (("teacher", teacher), ("student", student))}
-    assert snd["teacher"] != pytest.approx(snd["student"], rel=1e-9)  # so the check below tells them apart
-    assert result.history["target"][-1]["snd"] == pytest.approx(snd["teacher"], rel=1e-9)
+    assert snd["teacher"] != pytest.approx(snd["student"], rel=1e-6)  # so the check below tells them apart
+    assert result.history["target"][-1]["snd"] == pytest.approx(snd["teacher"], rel=1e-6)

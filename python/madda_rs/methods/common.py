@@ -99,7 +99,8 @@ class SourceStage:
         self.config, self.source, self.device, self.parallel = config, source, device, parallel
         self.epochs = config.epochs_source
         with seeded_init(config.seed, "init_source"):
-            self.model = EmbeddingNet(out_dim, source.shape).to(device)
+            # channels-last weights: LeNet's training step ran 1.5-1.7x faster so on a 2-core CPU
+            self.model = EmbeddingNet(out_dim, source.shape).to(device, memory_format=torch.channels_last)
         parallel.broadcast(self.model)
         self.optimizer = adam(self.model.parameters(), config, config.lr)
 
