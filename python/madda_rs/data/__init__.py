@@ -1,2 +1,15 @@
-"""Data: the files of the registered datasets (:mod:`.files`) and the domains a run adapts
-between (:mod:`.domains`: the registry, the user's own images, the image sets of one run)."""
+"""Data: the files of the registered datasets (:mod:`.files`), image folders (:mod:`.folders`) and
+the domains a run adapts between (:mod:`.domains`: the registry, the user's own images, the image
+sets of one run). Importing this package is light (no torch)."""
+
+from pathlib import Path
+
+
+def display_name(name: str) -> str:
+    """A domain's name in tables and figures: MNIST for a registered name, the stem of an .npz
+    file, the folder's own name for an image folder."""
+    if name.endswith(".npz"):
+        return Path(name).stem
+    if "/" in name or Path(name).is_dir():
+        return Path(name).name
+    return name.upper()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data import display_name
 from ..run.folder import NOT_GROUPED, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, experiment_key, load_run
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def time_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
         if not any("wall_seconds" in h for h in metrics.get("history", {}).get("target", [])):
             continue
         key = experiment_key(config)
-        task = f"{_domain(config['src'])} → {_domain(config['tgt'])}"
+        task = f"{display_name(config['src'])} → {display_name(config['tgt'])}"
         tasks.setdefault(task, {}).setdefault(key, []).append((config, metrics))
     if not tasks:
         log.info("%s not drawn: no run recorded wall_seconds", path)
@@ -326,11 +327,8 @@ def _colours(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _title(config: Dict[str, Any]) -> str:
-    return f"{_domain(config['src'])}→{_domain(config['tgt'])} {config.get('method', 'madda')} {config['preset']}"
-
-
-def _domain(name: str) -> str:
-    return Path(name).stem if name.endswith(".npz") else name.upper()
+    task = f"{display_name(config['src'])}→{display_name(config['tgt'])}"
+    return f"{task} {config.get('method', 'madda')} {config['preset']}"
 
 
 def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data import display_name
 from ..run.folder import experiment_key, load_run
 from ..scores.label_free import SELECTION_SCORES
 
@@ -23,10 +24,6 @@ def _mean_std(values: Sequence[Optional[float]], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def _domain(name: str) -> str:
-    return Path(name).stem if name.endswith(".npz") else name.upper()
 
 
 def _protocol(config: Dict[str, Any]) -> str:
@@ -80,7 +77,7 @@ def summarize(run_dirs: Sequence[str]) -> str:
             for key in ("seconds_per_source_epoch", "seconds_per_target_epoch")
         ]
         lines.append(
-            f"| {_domain(config['src'])} → {_domain(config['tgt'])} ({_protocol(config)}) | {variant} | "
+            f"| {display_name(config['src'])} → {display_name(config['tgt'])} ({_protocol(config)}) | {variant} | "
             f"{config['usps_resize']} | {config['epochs_source']}+{config['epochs_target']} | "
             f"{','.join(str(r[0]['seed']) for r in runs)} | {_mean_std([x['target_accuracy'] for x in m])} | "
             f"{_mean_std([last_evaluations_mean(x) for x in m])} | {_mean_std([_final_holdout(x) for x in m])} | "

@@ -11,12 +11,14 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple
 
 from ..config import TrainConfig
-from ..models import EmbeddingNet
+
+if TYPE_CHECKING:  # torch loads when a model or checkpoint is read or written, so reports stay light
+    import torch
+
+    from ..models import EmbeddingNet
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 CHECKPOINT_FILE, PROGRESS_FILE = "checkpoint.pt", "progress.json"  # progress.json: the checkpoint's stage and epoch
@@ -70,7 +72,7 @@ def load_run(run_dir: os.PathLike | str) -> Tuple[Dict[str, Any], Dict[str, Any]
     return json.loads((run / CONFIG_FILE).read_text()), json.loads((run / METRICS_FILE).read_text())
 
 
-def model_file(model: EmbeddingNet, config: TrainConfig, epoch: int, **extra: Any) -> Dict[str, Any]:
+def model_file(model: "EmbeddingNet", config: TrainConfig, epoch: int, **extra: Any) -> Dict[str, Any]:
     """What a model file holds: weights, the run's config, epochs trained and the geometry that
     rebuilds the network (:func:`load_model`)."""
     return {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -78,8 +80,12 @@ def model_file(model: EmbeddingNet, config: TrainConfig, epoch: int, **extra: An
             "out_dim": model.head[1].out_features, **extra}
 
 
-def load_model(path: os.PathLike | str, device: torch.device | str = "cpu") -> EmbeddingNet:
+def load_model(path: os.PathLike | str, device: "torch.device | str" = "cpu") -> "EmbeddingNet":
     """Rebuild an EmbeddingNet from a model file of a run (source.pt, target.pt, selected.pt), any device to any."""
+    import torch
+
+    from ..models import EmbeddingNet
+
     ckpt = torch.load(path, map_location=device, weights_only=True)
     out_dim = int(ckpt.get("out_dim", ckpt["config"]["embedding_dim"]))
     model = EmbeddingNet(out_dim, tuple(ckpt.get("in_shape", (1, 28, 28))))
@@ -126,10 +132,14 @@ class RunFolder:
 
     def save(self, name: str, obj: Any) -> None:
         """torch.save through a temporary file and a rename: a kill mid-save keeps the old file."""
+        import torch
+
         with self._atomic(name) as tmp:
             torch.save(obj, tmp)
 
-    def load(self, name: str, device: torch.device | str = "cpu") -> Any:
+    def load(self, name: str, device: "torch.device | str" = "cpu") -> Any:
+        import torch
+
         # weights_only=False: checkpoints hold RNG states and history, written by this package
         return torch.load(self.path / name, map_location=device, weights_only=False)
 
@@ -144,7 +154,7 @@ class RunFolder:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def save_model(self, name: str, model: EmbeddingNet, config: TrainConfig, epoch: int) -> None:
+    def save_model(self, name: str, model: "EmbeddingNet", config: TrainConfig, epoch: int) -> None:
         self.save(name, model_file(model, config, epoch))
 
     def save_array(self, name: str, array: Any) -> None:
