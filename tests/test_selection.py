@@ -80,8 +80,26 @@ def test_every_evaluation_records_the_selection_scores(generated_data_dir):
     scored = [h for h in result.history["target"] if "pred_classes" in h]
     assert len(scored) == 3
     for h in scored:
-        missing = set(SELECTION_SCORES) - {"holdout_accuracy"} - set(h)  # the generated set is smaller than a subset
+        missing = set(SELECTION_SCORES) - set(h)
         assert not missing, missing
+
+
+def test_holdout_accuracy_is_a_labelled_tuning_figure_never_a_label_free_one(adda_sized_dir, tmp_path):
+    """It reads labelled target training images: recorded and rated under its own name, never
+    offered by --select nor counted among a run's label-free figures."""
+    assert "holdout_accuracy" not in SELECTION_SCORES
+    with pytest.raises(ValueError, match="select must be one of"):
+        TrainConfig(select="holdout_accuracy")
+    result = train(_config(adda_sized_dir, epochs_target=1))
+    assert "holdout_accuracy" in result.history["target"][-1] and "holdout_accuracy" not in result.label_free
+    metrics = _metrics([0.5, 0.9, 0.7], snd=[1, 2, 3], d_acc=[0.9, 0.6, 0.5])
+    for h, held in zip(metrics["history"]["target"], (0.4, 0.8, 0.6)):
+        h["holdout_accuracy"] = held
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{}")
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    rows = [line for line in selection_table([str(tmp_path / "a")]).splitlines() if line.startswith("| holdout")]
+    assert len(rows) == 1 and "labelled: up to 2,000 target training images" in rows[0]
 
 
 def test_select_keeps_the_model_the_score_picks_and_survives_resume(generated_data_dir, tmp_path, monkeypatch):

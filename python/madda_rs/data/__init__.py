@@ -4,6 +4,10 @@ sets of one run). Importing this package is light (no torch)."""
 
 from pathlib import Path
 
+# At most this many held-out labelled training images score a run (RunData.tgt_holdout,
+# holdout_accuracy): enough to tell settings apart by a point, cheap enough for every evaluation.
+HOLDOUT_IMAGES = 2000
+
 
 def display_name(name: str) -> str:
     """A domain's name in tables and figures: MNIST for a registered name, the stem of an .npz

@@ -20,6 +20,7 @@ import torch
 
 from ..config import TrainConfig
 from ..run.streams import stream_seed, usps_split_rng
+from . import HOLDOUT_IMAGES
 from .files import read_uint8, resize_usps
 from .folders import FolderError, Geometry, common_geometry, is_image_folder, labelled_files, read_folder
 
@@ -148,9 +149,6 @@ def check_domain_name(name: str) -> None:
                      f"folder of images")
 
 
-# At most this many held-out training images score a run (RunData.tgt_holdout): enough to tell
-# settings apart by a point, cheap enough to score at every evaluation.
-HOLDOUT_IMAGES = 2000
 
 
 def load_named(name: str, config: TrainConfig) -> Tuple[ImageSet, Optional[ImageSet]]:

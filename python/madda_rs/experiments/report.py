@@ -10,9 +10,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data import display_name
+from ..data import HOLDOUT_IMAGES, display_name
 from ..run.folder import experiment_key, load_run
-from ..scores.label_free import SELECTION_SCORES
+from ..scores.label_free import LABELLED_TUNING_SCORES, SELECTION_SCORES
+
+# the direction of every recorded score (+1: higher is better), label-free or not
+DIRECTIONS = {**SELECTION_SCORES, **LABELLED_TUNING_SCORES}
 
 # The headline is the final epoch; beside it, the mean of this many last evaluations (steadier).
 LAST_EVALUATIONS = 5
@@ -115,11 +118,11 @@ def last_evaluations_mean(metrics: Dict[str, Any], n: int = LAST_EVALUATIONS) ->
 
 
 def pick(evals: List[Dict[str, Any]], score: str) -> Optional[Dict[str, Any]]:
-    """The evaluation `score` rates best (SELECTION_SCORES gives the direction; the earliest of equals)."""
+    """The evaluation `score` rates best (DIRECTIONS gives the direction; the earliest of equals)."""
     rated = [h for h in evals if score in h]
     if not rated:
         return None
-    return max(rated, key=lambda h: SELECTION_SCORES[score] * h[score])
+    return max(rated, key=lambda h: DIRECTIONS[score] * h[score])
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
@@ -134,7 +137,8 @@ def selection_table(run_dirs: Sequence[str]) -> str:
     """For each selection score: its rank correlation with target accuracy (pooled over every
     evaluation of every run, and the mean of the per-run correlations), and the mean target
     accuracy of the checkpoint it picks in each run, beside the final epoch and the checkpoint
-    picked by the target test labels themselves (an oracle, not a result)."""
+    picked by the target test labels themselves (an oracle, not a result). Scores that read
+    labelled target training images come last, marked as such."""
     runs = [evaluations(load_run(d)[1]) for d in run_dirs]
     runs = [r for r in runs if r and all("target_accuracy" in h for h in r)]
     if not runs:
@@ -150,17 +154,20 @@ def selection_table(run_dirs: Sequence[str]) -> str:
     def fmt(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:+.2f}"
 
-    for score in SELECTION_SCORES:
+    for score in DIRECTIONS:
         mine = [r for r in runs if any(score in h for h in r)]
         if not mine:
             continue
-        sign = SELECTION_SCORES[score]  # so that a positive ρ always means "the score picks well"
+        sign = DIRECTIONS[score]  # so that a positive ρ always means "the score picks well"
+        name = f"{score} ({'max' if sign > 0 else 'min'})"
+        if score in LABELLED_TUNING_SCORES:
+            name += f"; labelled: up to {HOLDOUT_IMAGES:,} target training images a run"
         pooled = [(sign * h[score], h["target_accuracy"]) for r in mine for h in r if score in h]
         within = [_spearman(*zip(*[(sign * h[score], h["target_accuracy"]) for h in r if score in h]))
                   for r in mine if sum(score in h for h in r) >= 3]
         within = [w for w in within if w is not None]
         picks = [p["target_accuracy"] for p in (pick(r, score) for r in mine) if p is not None]
-        lines.append(f"| {score} ({'max' if sign > 0 else 'min'}) | {len(mine)} | "
+        lines.append(f"| {name} | {len(mine)} | "
                      f"{fmt(_spearman([a for a, _ in pooled], [b for _, b in pooled]))} | "
                      f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(picks):.4f} | "
                      f"{np.mean([r[-1]['target_accuracy'] for r in mine]):.4f} | "

@@ -23,7 +23,7 @@ SEED_STREAMS = {
     "triplets": 4,  # stage 1 triplet sampling (negatives)
     "batches_target": 5,  # stage 2 batch order
     "centers": 6,  # KMeans centres (the 'official' preset), in training and in figures alike
-    "holdout": 7,  # which left-out training images score a run (data.domains.HOLDOUT_IMAGES)
+    "holdout": 7,  # which left-out training images score a run (data.HOLDOUT_IMAGES)
     "augment": 8,  # random warps of training batches (TrainConfig.augment)
     "scores": 9,  # samples that scores draw: SND's target images, the source test check's images
     "figures": 10,  # which points a t-SNE shows, and t-SNE's own initialisation
