@@ -100,3 +100,27 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     out = capsys.readouterr().out
     assert out.count("complete, skipped") == 11 and out.count(": resume") == 1
     assert json.loads((victim / "metrics.json").read_text())["threads"] == 1
+
+
+def test_tables_say_which_labels_chose_each_row_and_mark_the_guards_fallbacks(tmp_path):
+    from madda_rs.config import PRESET_TARGET_LABELS
+    from madda_rs.experiments.reproduce import build_table
+
+    runs = plan("table1", (0,))
+    improved = next(r for r in runs if r.config.preset == "improved" and r.config.src == "mnist"
+                    and r.config.usps_split == "standard")
+    paper = next(r for r in runs if r.config.preset == "paper" and r.config.method == "madda"
+                 and r.config.src == "mnist" and r.config.usps_split == "standard")
+    for run, guard in ((improved, "adaptation predicts 3 classes on the target, the source model 10"), (paper, None)):
+        folder = tmp_path / "runs" / run.slug
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
+        (folder / "metrics.json").write_text(json.dumps({"target_accuracy": 0.5, "source_only_accuracy": 0.4,
+                                                         "guard": guard, "wall_seconds": 1.0, "history": {}}))
+    markdown, rows = build_table("table1", runs, tmp_path)
+    lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| M-ADDA")}
+    assert f"| {PRESET_TARGET_LABELS['improved']} | 0.500 (0) †1 |" in lines["M-ADDA, preset improved (ours)"]
+    assert "| none | 0.500 (0) |" in lines["M-ADDA, preset paper"]
+    assert "† N: in N of the cell's runs the guard" in markdown
+    assert {r["target_labels"] for r in rows} == {"none", PRESET_TARGET_LABELS["improved"]}
+    assert sum(r["guarded_runs"] for r in rows) == 1

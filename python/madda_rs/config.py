@@ -76,6 +76,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     ),
 }
 PRESET_FIELDS = tuple(_PAPER)
+# What labelled target data chose each preset's values (the label rule: tables say it on every row).
+PRESET_TARGET_LABELS: Dict[str, str] = {
+    "paper": "none",  # the paper's text and the authors' code
+    "official": "none",
+    # docs/presets.md: tuning seeds 100 and 101, 2,000 held-out labelled target training images each
+    "improved": "4,000 target train / direction",
+}
 # Keys of config.json that are not settings: what the settings imply, recorded beside them.
 DERIVED = ("overridden", "class_names")
 
@@ -287,4 +294,4 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
         raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "SELECTION_SCORES"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES"]

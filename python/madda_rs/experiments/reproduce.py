@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import PRESETS, TrainConfig
+from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
 from ..methods import get_method
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts, with_run_settings
 from .report import last_evaluations_mean
@@ -244,10 +244,12 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
         for row_label, col_label in run.cells:
             done.setdefault((row_label, col_label, run.schedule), []).append((run, metrics))
     schedules = sorted({r.schedule for r in runs}, key=SCHEDULE_ORDER.index)
-    header = ["method", "schedule"] + [c.label for c in spec.columns] + ["paper: MNIST → USPS", "paper: USPS → MNIST"]
+    header = (["method", "schedule", "labelled target images that chose the settings"] + [c.label for c in spec.columns]
+              + ["paper: MNIST → USPS", "paper: USPS → MNIST"])
     lines = [f"**{spec.title}.** Final-epoch target accuracy, mean ± sample std over seeds (seeds in brackets). "
              + spec.note, "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     rows_csv: List[Dict[str, Any]] = []
+    guarded_cells = 0
     for row in spec.rows:
         for sched in schedules:
             cells = []
@@ -256,10 +258,15 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 vals = [m[row.metric] for _, m in got if m.get(row.metric) is not None]
                 seeds = [r.config.seed for r, _ in got]
                 es, et, _ = SCHEDULES[col.protocol][sched]
-                cells.append(f"{_cell(vals)} ({','.join(map(str, seeds))})" if vals else "-")
+                # the guard's fallback made the run's output the source model's (not a source-only row's concern)
+                guarded = sum(1 for _, m in got if m.get("guard")) if row.metric == "target_accuracy" else 0
+                guarded_cells += bool(guarded)
+                mark = f" †{guarded}" if guarded else ""
+                cells.append(f"{_cell(vals)} ({','.join(map(str, seeds))}){mark}" if vals else "-")
                 last5 = [v for v in (last_evaluations_mean(m) for _, m in got) if v is not None]
                 rows_csv.append({
-                    "table": table, "method": row.label, "schedule": f"{sched} ({es}+{et})", "task": col.label,
+                    "table": table, "method": row.label, "schedule": f"{sched} ({es}+{et})",
+                    "target_labels": _target_labels(row), "task": col.label, "guarded_runs": guarded,
                     "seeds": " ".join(map(str, seeds)), "runs": len(vals),
                     "mean": round(float(np.mean(vals)), 4) if vals else "",
                     "std": round(float(np.std(vals, ddof=1)), 4) if len(vals) > 1 else "",
@@ -270,8 +277,18 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 continue
             es, et, _ = SCHEDULES[spec.columns[0].protocol][sched]
             paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper]
-            lines.append(f"| {row.label} | {sched} ({es}+{et}) | " + " | ".join(cells + paper) + " |")
+            lines.append(f"| {row.label} | {sched} ({es}+{et}) | {_target_labels(row)} | " + " | ".join(cells + paper)
+                         + " |")
+    if guarded_cells:
+        lines += ["", "† N: in N of the cell's runs the guard found that adaptation merged classes and the run's "
+                      "output is the source model (metrics.json 'guard')."]
     return "\n".join(lines), rows_csv
+
+
+def _target_labels(row: Row) -> str:
+    """What labelled target data chose the row's settings (config.PRESET_TARGET_LABELS); ADDA and
+    the paper's presets use none."""
+    return PRESET_TARGET_LABELS[row.settings.get("preset", "paper")]
 
 
 def write_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[Path, Path]:
