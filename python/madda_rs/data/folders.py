@@ -67,23 +67,18 @@ def is_image_folder(name: str) -> bool:
     return Path(name).expanduser().is_dir()
 
 
-def list_images(root: Path) -> List[Path]:
-    """Image files under `root`, at any depth, in sorted order (hidden files and folders skipped)."""
-    return image_files(root)
-
-
 def labelled_files(root: Path) -> Tuple[Tuple[str, ...], List[Path], np.ndarray]:
     """(class names, files, class index per file) of an ImageFolder-layout folder."""
     root = _existing(root)
     classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
     if not classes:
-        loose = list_images(root)
+        loose = image_files(root)
         raise FolderError(f"{root}: no class subfolders (expected one subfolder of images per class"
                           + (f"; found {len(loose)} images directly in it" if loose else "") + ")")
     files: List[Path] = []
     labels: List[int] = []
     for i, name in enumerate(classes):
-        mine = list_images(root / name)
+        mine = image_files(root / name)
         if not mine:
             raise FolderError(f"{root / name}: a class folder without images ({', '.join(IMAGE_SUFFIXES)})")
         files += mine
@@ -93,7 +88,7 @@ def labelled_files(root: Path) -> Tuple[Tuple[str, ...], List[Path], np.ndarray]
 
 def unlabelled_files(root: Path) -> List[Path]:
     root = _existing(root)
-    files = list_images(root)
+    files = image_files(root)
     if not files:
         raise FolderError(f"{root}: no images at any depth ({', '.join(IMAGE_SUFFIXES)})")
     return files
@@ -200,4 +195,4 @@ def _write_cache(path: Path, data: bytes) -> None:
 
 
 __all__ = ["FolderError", "Geometry", "FolderImages", "is_image_folder", "read_folder",
-           "common_geometry", "labelled_files", "unlabelled_files", "list_images", "IMAGE_SUFFIXES"]
+           "common_geometry", "labelled_files", "unlabelled_files", "IMAGE_SUFFIXES"]
