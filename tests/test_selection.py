@@ -99,7 +99,7 @@ def test_holdout_accuracy_is_a_labelled_tuning_figure_never_a_label_free_one(add
     (tmp_path / "a" / "config.json").write_text("{}")
     (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
     rows = [line for line in selection_table([str(tmp_path / "a")]).splitlines() if line.startswith("| holdout")]
-    assert len(rows) == 1 and "labelled: up to 2,000 target training images" in rows[0]
+    assert len(rows) == 2 and all("labelled: up to 2,000 target training images" in r for r in rows)  # both tables
 
 
 def test_select_keeps_the_model_the_score_picks_and_survives_resume(generated_data_dir, tmp_path, monkeypatch):
@@ -145,20 +145,26 @@ def test_report_rates_each_score_and_its_pick(tmp_path):
         "a": _metrics([0.5, 0.8, 0.9, 0.7], snd=[1, 2, 3, 1.5], d_acc=[0.9, 0.6, 0.5, 0.7]),
         "b": _metrics([0.6, 0.7, 0.95, 0.85], snd=[1, 2, 4, 3], d_acc=[0.8, 0.7, 0.6, 0.65]),
     }
+    tasks = {"a": {"src": "mnist", "tgt": "usps"}, "b": {"src": "usps", "tgt": "mnist", "usps_split": "pooled"}}
     for name, metrics in runs.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text(json.dumps(tasks[name]))
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     assert pick(runs["a"]["history"]["target"], "d_acc")["epoch"] == 2  # lower is better
     assert last_evaluations_mean(runs["a"], n=2) == pytest.approx(0.8)
-    table = selection_table([str(tmp_path / "a"), str(tmp_path / "b")])
+    overall, by_task = selection_table([str(tmp_path / "a"), str(tmp_path / "b")]).split("task by task")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:8]]
-            for line in table.splitlines() if line.startswith("| ") and "picked by" not in line}
+            for line in overall.splitlines() if line.startswith("| ") and "picked by" not in line}
     # snd ranks the evaluations exactly as accuracy does in both runs: rho = 1, and it picks the best
     runs_, pooled, within, picked, final, oracle = rows["snd (max)"]
     assert (runs_, within) == ("2", "+1.00") and float(picked) == pytest.approx(0.925)
     assert float(final) == pytest.approx(0.775) and float(oracle) == pytest.approx(0.925)
     assert float(rows["d_acc (min)"][3]) == pytest.approx(0.925)
+    # task by task: MNIST → USPS (standard) holds run a alone, USPS → MNIST (pooled) run b
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
+             for line in by_task.splitlines() if line.startswith("| ")}
+    assert cells["picked by"] == ["MNIST → USPS (standard)", "USPS → MNIST (pooled)"]
+    assert cells["snd (max)"] == ["0.9000", "0.9500"] and cells["final epoch"] == ["0.7000", "0.8500"]
 
 
 def test_select_names_a_known_score(generated_data_dir):

@@ -221,9 +221,13 @@ def test_adda_is_a_method_of_the_same_framework(generated_data_dir, tmp_path, mo
     assert _cli(generated_data_dir, tmp_path / "run", "--method", "adda", "--epochs-source", "2",
                 "--epochs-target", "2") == 0
     c = spy.calls
-    assert c["triplets"] == [] and c["center_magnet_loss"] == [] and c["knn_predict"] == []  # softmax, no magnet
+    assert c["triplets"] == [] and c["center_magnet_loss"] == []  # softmax, no magnet
     assert len(c["discriminator_loss"]) == 2 * min(600 // 64, 600 // 50)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # no kNN vote predicts: the only ones are the reverse validator's, one per scored model
+    # (the source model, then each evaluation of the target stage)
+    scored = [h for h in metrics["history"]["target"] if "reverse_accuracy" in h]
+    assert len(c["knn_predict"]) == 1 + len(scored)
     assert metrics["source_accuracy"] > 0.5 and metrics["target_accuracy"] > 0.2  # chance is 0.1
     assert "train_accuracy" in metrics["history"]["source"][0]
     assert load_model(tmp_path / "run" / "target.pt").head[1].out_features == 10  # one logit per class

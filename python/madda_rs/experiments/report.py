@@ -133,43 +133,66 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     return float(spearmanr(x, y).statistic)
 
 
+def _task(config: Dict[str, Any]) -> str:
+    """A run's task in selection tables: 'MNIST → USPS (pooled)'."""
+    split = config.get("usps_split", "standard")
+    usps = "usps" in (config.get("src"), config.get("tgt"))
+    name = f"{display_name(config.get('src', '?'))} → {display_name(config.get('tgt', '?'))}"
+    return f"{name} ({split})" if usps else name
+
+
 def selection_table(run_dirs: Sequence[str]) -> str:
     """For each selection score: its rank correlation with target accuracy (pooled over every
     evaluation of every run, and the mean of the per-run correlations), and the mean target
     accuracy of the checkpoint it picks in each run, beside the final epoch and the checkpoint
-    picked by the target test labels themselves (an oracle, not a result). Scores that read
-    labelled target training images come last, marked as such."""
-    runs = [evaluations(load_run(d)[1]) for d in run_dirs]
-    runs = [r for r in runs if r and all("target_accuracy" in h for h in r)]
+    picked by the target test labels themselves (an oracle, not a result); then the accuracy of
+    its pick task by task. Scores that read labelled target training images come last, marked."""
+    runs, tasks = [], []
+    for d in run_dirs:
+        config, metrics = load_run(d)
+        evals = evaluations(metrics)
+        if evals and all("target_accuracy" in h for h in evals):
+            runs.append(evals)
+            tasks.append(_task(config))
     if not runs:
         return "no run has scored evaluations with target labels"
+    task_names = sorted(set(tasks))
     lines = [
-        f"{len(runs)} runs, {sum(map(len, runs))} evaluations. Each row compares on the runs that record its score.",
+        f"{len(runs)} runs, {sum(map(len, runs))} evaluations, {len(task_names)} tasks. Each row compares on the "
+        "runs that record its score.",
         "",
         "| picked by | runs | Spearman ρ with target accuracy (pooled) | mean ρ within runs | "
         "target accuracy of the pick | final epoch | best on the target test set (oracle) |",
         "|---|---|---|---|---|---|---|",
     ]
+    by_task = ["", "Target accuracy of each score's pick, task by task (mean over the task's runs):", "",
+               "| picked by | " + " | ".join(task_names) + " |", "|---|" + "---|" * len(task_names)]
 
     def fmt(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:+.2f}"
 
     for score in DIRECTIONS:
-        mine = [r for r in runs if any(score in h for h in r)]
+        mine = [i for i, r in enumerate(runs) if any(score in h for h in r)]
         if not mine:
             continue
         sign = DIRECTIONS[score]  # so that a positive ρ always means "the score picks well"
         name = f"{score} ({'max' if sign > 0 else 'min'})"
         if score in LABELLED_TUNING_SCORES:
             name += f"; labelled: up to {HOLDOUT_IMAGES:,} target training images a run"
-        pooled = [(sign * h[score], h["target_accuracy"]) for r in mine for h in r if score in h]
-        within = [_spearman(*zip(*[(sign * h[score], h["target_accuracy"]) for h in r if score in h]))
-                  for r in mine if sum(score in h for h in r) >= 3]
+        pooled = [(sign * h[score], h["target_accuracy"]) for i in mine for h in runs[i] if score in h]
+        within = [_spearman(*zip(*[(sign * h[score], h["target_accuracy"]) for h in runs[i] if score in h]))
+                  for i in mine if sum(score in h for h in runs[i]) >= 3]
         within = [w for w in within if w is not None]
-        picks = [p["target_accuracy"] for p in (pick(r, score) for r in mine) if p is not None]
+        picks = {i: p["target_accuracy"] for i in mine if (p := pick(runs[i], score)) is not None}
         lines.append(f"| {name} | {len(mine)} | "
                      f"{fmt(_spearman([a for a, _ in pooled], [b for _, b in pooled]))} | "
-                     f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(picks):.4f} | "
-                     f"{np.mean([r[-1]['target_accuracy'] for r in mine]):.4f} | "
-                     f"{np.mean([max(h['target_accuracy'] for h in r) for r in mine]):.4f} |")
-    return "\n".join(lines)
+                     f"{fmt(float(np.mean(within)) if within else None)} | {np.mean(list(picks.values())):.4f} | "
+                     f"{np.mean([runs[i][-1]['target_accuracy'] for i in mine]):.4f} | "
+                     f"{np.mean([max(h['target_accuracy'] for h in runs[i]) for i in mine]):.4f} |")
+        cells = [[a for i, a in picks.items() if tasks[i] == t] for t in task_names]
+        by_task.append(f"| {name} | " + " | ".join(f"{np.mean(c):.4f}" if c else "-" for c in cells) + " |")
+    for label, choose in (("final epoch", lambda r: r[-1]), ("oracle (target test labels)",
+                                                            lambda r: max(r, key=lambda h: h["target_accuracy"]))):
+        cells = [[choose(r)["target_accuracy"] for r, t in zip(runs, tasks) if t == task] for task in task_names]
+        by_task.append(f"| {label} | " + " | ".join(f"{np.mean(c):.4f}" for c in cells) + " |")
+    return "\n".join(lines + by_task)

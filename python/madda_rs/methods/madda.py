@@ -29,7 +29,7 @@ from ..losses import (
 from ..models import EmbeddingNet
 from ..run.processes import Parallel
 from ..run.streams import stream_seed, torch_generator
-from ..scores.label_free import class_means
+from ..scores.label_free import class_means, class_spread
 from ..scores.predictors import KnnPredictor, embed
 from . import Method, register_method
 from .common import AdversarialTargetStage, BatchResult, SourceStage, epoch_batches, mean, zero_grad
@@ -105,9 +105,7 @@ class MaddaTargetStage(AdversarialTargetStage):
         if config.im_weight > 0:
             # soft assignments use distances in units of the source classes' own spread, so their
             # sharpness does not depend on the embedding's scale
-            centers = class_means(predictor.emb, predictor.labels)
-            own = centers[np.searchsorted(self.classes, predictor.labels)]
-            self.spread = float(((predictor.emb - own) ** 2).sum(1).mean())
+            self.spread = class_spread(predictor.emb, predictor.labels)
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
         config = self.config

@@ -14,7 +14,17 @@ from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, RunFolder, load_model
 from ..run.processes import resolve_device
 from ..run.streams import numpy_rng, stream_seed
-from .label_free import label_free_figures, nearest_center_labels, soft_neighbourhood_density
+from .label_free import (
+    batch_nuclear_norm,
+    class_ami,
+    deep_embedded_validation,
+    information_maximisation,
+    label_free_figures,
+    mean_entropy,
+    nearest_center_labels,
+    reverse_accuracy,
+    soft_neighbourhood_density,
+)
 from .predictors import KnnPredictor, embed
 
 # source_test_accuracy scores at most this many source test images (a draw of the 'scores' stream)
@@ -22,24 +32,50 @@ SOURCE_CHECK_IMAGES = 2000
 
 
 def target_scores(predictor: KnnPredictor, model: EmbeddingNet, data: RunData, seed: int) -> Dict[str, Any]:
-    """Label-free figures on the target training images (predicted classes, SND, kNN/centre
-    agreement, source test accuracy of `model`), plus accuracy on the held-out target training
-    images and the target test set where they exist. `seed` is the run's: the samples come from
-    its 'scores' stream, the same at every evaluation."""
-    n_classes = len(np.unique(predictor.labels))
+    """Label-free figures on the target training images (predicted classes, SND, IM, BNM,
+    entropy, ClassAMI, kNN/centre agreement; with a labelled source test set also DEV, reverse
+    accuracy and the source test accuracy of `model`), plus accuracy on the held-out target
+    training images and the target test set where they exist. `seed` is the run's: the samples
+    come from its 'scores' stream, the same at every evaluation."""
+    classes = np.unique(predictor.labels)
     tgt = embed(model, data.tgt_train.images)
     pred = predictor.predict_embedded(tgt)
-    scores = label_free_figures(pred, n_classes)
+    proba = predictor.probabilities(tgt)
+    scores = label_free_figures(pred, len(classes))
     scores["snd"] = soft_neighbourhood_density(tgt, rng=numpy_rng(seed, "scores", 0))
+    scores["im"] = information_maximisation(proba)
+    scores["bnm"] = batch_nuclear_norm(proba)
+    scores["entropy"] = mean_entropy(proba)
+    scores["class_ami"] = class_ami(tgt, pred, len(classes), stream_seed(seed, "scores", 2))
     centre = nearest_center_labels(tgt, predictor.emb, predictor.labels)
     scores["knn_center_agreement"] = float((pred == centre).mean())
     if data.src_test is not None:
-        check = data.src_test.subset(SOURCE_CHECK_IMAGES, stream_seed(seed, "scores", 1))
-        scores["source_test_accuracy"] = predictor.accuracy(model, check)
+        scores.update(_source_side_scores(predictor, model, data.src_test, tgt, pred, classes, seed))
     if data.tgt_holdout is not None:
         scores["holdout_accuracy"] = predictor.accuracy(model, data.tgt_holdout)
     if data.tgt_test is not None:
         scores["target_accuracy"] = predictor.accuracy(model, data.tgt_test)
+    return scores
+
+
+def _source_side_scores(predictor: KnnPredictor, model: EmbeddingNet, src_test: ImageSet, tgt: np.ndarray,
+                        pred: np.ndarray, classes: np.ndarray, seed: int) -> Dict[str, float]:
+    """The scores that read labelled source test images beside the unlabelled target ones:
+    source test accuracy, DEV (a third of the draw validates, two thirds teach its domain
+    classifier, as skada splits) and the reverse kNN's accuracy."""
+    check = src_test.subset(SOURCE_CHECK_IMAGES, stream_seed(seed, "scores", 1))
+    assert check.labels is not None
+    labels = check.labels.cpu().numpy()
+    src = embed(model, check.images)
+    scores = {"source_test_accuracy": float((predictor.predict_embedded(src) == labels).mean())}
+    known = np.isin(labels, classes)  # DEV's loss needs each image's class among the predictor's
+    order = numpy_rng(seed, "scores", 3).permutation(np.flatnonzero(known))
+    n_val = len(order) // 3
+    if n_val >= 2 and len(tgt) >= 2:
+        val, fit = order[:n_val], order[n_val:]
+        scores["dev"] = deep_embedded_validation(src[fit], src[val], predictor.probabilities(src[val]),
+                                                 np.searchsorted(classes, labels[val]), tgt)
+    scores["reverse_accuracy"] = reverse_accuracy(tgt, pred, src, labels, predictor.k, predictor.threads)
     return scores
 
 

@@ -17,6 +17,12 @@ from .. import native
 # Which way is better for each score (+1: higher). None of them reads a target label.
 SELECTION_SCORES: Dict[str, int] = {
     "snd": +1,  # soft neighbourhood density of the target embeddings
+    "im": +1,  # information maximisation of the soft predictions (SHOT; Musgrave et al. 2022)
+    "bnm": +1,  # batch nuclear norm of the soft predictions (Cui et al. 2020)
+    "entropy": -1,  # mean entropy of each image's soft prediction (Morerio et al. 2018)
+    "class_ami": +1,  # agreement of k-means clusters of the target embeddings with the predictions
+    "dev": -1,  # deep embedded validation: importance-weighted source loss (You et al. 2019)
+    "reverse_accuracy": +1,  # source accuracy of a kNN trained on the target's own predictions
     "knn_center_agreement": +1,  # share of target images whose kNN label is their nearest centre's
     "pred_entropy": +1,  # balance of the predicted classes (0: all one class)
     "source_test_accuracy": +1,  # the adapted model still separates the source test set
@@ -66,6 +72,92 @@ def soft_neighbourhood_density(emb: np.ndarray, temperature: float = SND_TEMPERA
     return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1).mean())
 
 
+def soft_predictions(emb: np.ndarray, centers: np.ndarray, spread: float) -> np.ndarray:
+    """(n, C) soft class assignments p_ij = softmax_j(-|emb_i - C_j|^2 / spread): the
+    probabilities the validators read for a kNN method (the same assignments its IM loss uses)."""
+    sq = (emb.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * emb.astype(np.float64) @ centers.T.astype(np.float64)
+    sq += (centers.astype(np.float64) ** 2).sum(1)[None, :]
+    return _softmax(-sq / spread)
+
+
+def class_spread(emb: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared distance of the source embeddings to their own class mean: the unit of
+    :func:`soft_predictions`, so their sharpness does not depend on the embedding's scale."""
+    classes = np.unique(labels)
+    own = class_means(emb, labels)[np.searchsorted(classes, labels)]
+    return float(((emb - own) ** 2).sum(1).mean())
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _row_entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+
+
+def information_maximisation(p: np.ndarray) -> float:
+    """IM: the entropy of the mean prediction minus the mean entropy of each (high: confident
+    and balanced; log C at best)."""
+    return float(_row_entropy(p.mean(0, keepdims=True))[0] - _row_entropy(p).mean())
+
+
+def batch_nuclear_norm(p: np.ndarray) -> float:
+    """BNM: the nuclear norm of the (n, C) prediction matrix (high: confident and diverse), over
+    sqrt(n * min(n, C)) so that balanced one-hot rows score 1 whatever n is (Cui et al. divide by n)."""
+    n, c = p.shape
+    return float(np.linalg.svd(p.astype(np.float64), compute_uv=False).sum() / np.sqrt(n * min(n, c)))
+
+
+def mean_entropy(p: np.ndarray) -> float:
+    """The mean entropy (nats) of each image's soft prediction: low means confident."""
+    return float(_row_entropy(p.astype(np.float64)).mean())
+
+
+def class_ami(emb: np.ndarray, pred: np.ndarray, n_classes: int, seed: int) -> float:
+    """ClassAMI (Musgrave et al. 2022): adjusted mutual information between k-means clusters
+    (k = the number of classes) of the target embeddings and the predicted labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+    from threadpoolctl import threadpool_limits
+
+    if len(emb) < n_classes or n_classes < 2:
+        return 0.0
+    with threadpool_limits(limits=1, user_api="openmp"):  # one thread: the same clusters run to run
+        clusters = KMeans(n_clusters=n_classes, n_init=1, random_state=seed % 2**32).fit_predict(emb)
+    return float(adjusted_mutual_info_score(clusters, pred))
+
+
+def deep_embedded_validation(src_train: np.ndarray, src_val: np.ndarray, val_proba: np.ndarray,
+                             val_labels: np.ndarray, tgt: np.ndarray) -> float:
+    """DEV (You et al., ICML 2019), as skada's DeepEmbeddedValidation computes it: a logistic
+    regression tells source features (`src_train`) from target ones (`tgt`); its odds weight the
+    cross-entropy of each source validation image's prediction (`val_proba` over the classes
+    0..C-1, true class `val_labels`), and a control variate on the weights cuts the variance.
+    Lower is better."""
+    from sklearn.linear_model import LogisticRegression
+
+    domain = LogisticRegression().fit(np.concatenate([src_train, tgt]),
+                                      np.r_[np.ones(len(src_train)), np.zeros(len(tgt))])
+    odds = domain.predict_proba(src_val)
+    weights = (len(src_train) / len(tgt)) * odds[:, :1] / odds[:, 1:]
+    p_true = np.clip(val_proba[np.arange(len(val_labels)), val_labels], 1e-15, 1 - 1e-15)
+    weighted = weights * -np.log(p_true)[:, None]
+    var_w = np.var(weights, ddof=1)
+    eta = 0.0 if var_w == 0 else -np.cov(np.concatenate([weighted, weights], axis=1), rowvar=False)[0, 1] / var_w
+    return float(weighted.mean() + eta * weights.mean() - eta)
+
+
+def reverse_accuracy(tgt: np.ndarray, pred: np.ndarray, src: np.ndarray, src_labels: np.ndarray, k: int,
+                     threads: Optional[int] = None) -> float:
+    """Reverse (circular) validation (Zhong et al. 2010): a kNN vote over the target embeddings
+    labelled with their own predictions classifies labelled source images; its accuracy is high
+    only when the predictions kept the classes the source taught."""
+    return float((native.knn_predict(tgt, pred, src, min(k, len(tgt)), threads=threads) == src_labels).mean())
+
+
 def class_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-class mean embeddings (paper, Algorithm 2 line 8), rows in ascending label order."""
     return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
@@ -77,4 +169,5 @@ def nearest_center_labels(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.n
 
 
 __all__ = ["SELECTION_SCORES", "LABELLED_TUNING_SCORES", "label_free_figures", "soft_neighbourhood_density",
-           "class_means", "nearest_center_labels"]
+           "soft_predictions", "class_spread", "information_maximisation", "batch_nuclear_norm", "mean_entropy",
+           "class_ami", "deep_embedded_validation", "reverse_accuracy", "class_means", "nearest_center_labels"]

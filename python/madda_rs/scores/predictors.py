@@ -81,6 +81,16 @@ class KnnPredictor:
         assert test.labels is not None
         return float((self.predict(model, test.images) == test.labels.cpu().numpy()).mean())
 
+    def probabilities(self, emb: np.ndarray) -> np.ndarray:
+        """(n, C) soft predictions, columns in ascending label order: what the label-free
+        validators read. For a kNN vote, soft assignments to the source class means in units of
+        the classes' own spread (the assignments M-ADDA's IM loss sharpens)."""
+        from .label_free import class_means, class_spread, soft_predictions
+
+        if not hasattr(self, "_centres"):
+            self._centres = class_means(self.emb, self.labels), class_spread(self.emb, self.labels)
+        return soft_predictions(emb, *self._centres)
+
 
 class ClassifierPredictor(KnnPredictor):
     """ADDA's prediction: the source classifier's label (the model's head gives one logit per
@@ -95,6 +105,12 @@ class ClassifierPredictor(KnnPredictor):
 
     def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
         return self.classes[tgt.argmax(axis=1)]
+
+    def probabilities(self, emb: np.ndarray) -> np.ndarray:
+        """The softmax of the classifier's logits."""
+        z = emb.astype(np.float64) - emb.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
 
 
 Predictor = KnnPredictor  # the interface every predictor offers (predict, predict_embedded, accuracy)
