@@ -6,6 +6,7 @@ paper's tables.
     madda-rs eval --run runs/DIR [--k K]
     madda-rs report runs/* [--by-epoch | --selection]
     madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
+    madda-rs reproduce peers [--out results] [--epochs N] [--methods dann,...]   # skada's methods, our data
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
     madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "needs, then write it (markdown, CSV)",
                        description="Runs one at a time under OUT/runs/, skipping complete runs and resuming "
                                    "interrupted ones; writes OUT/TABLE.md, OUT/TABLE.csv and OUT/figures/TABLE/.")
-    p.add_argument("table", choices=TABLE_NAMES)
+    p.add_argument("table", choices=TABLE_NAMES + ("peers",),
+                   help="a table, or 'peers': skada's deep methods on the same data (needs the peers extra)")
     p.add_argument("--out", default="results", help="[default: results]")
     p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma-separated [default: 0,1,2]")
     p.add_argument("--schedule", choices=("short", "paper"), default="short",
@@ -131,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-seeds", type=_seed_list, default=(),
                    help="also run these seeds at the paper's schedule, as their own table rows")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="peers only: epochs of every skada method [default: 110, the improved preset's passes]")
+    p.add_argument("--methods", default=None,
+                   help="peers only: comma-separated skada methods (madda_rs.experiments.peers.PEER_NAMES) "
+                        "[default: all]")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-run", action="store_true",
                    help="train nothing: write the table (and figures) from the runs already complete in OUT")
@@ -301,6 +308,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    if args.table == "peers":
+        return _reproduce_peers(args)
     from tqdm import tqdm
 
     from .experiments.reproduce import plan, run_all, write_table
@@ -329,6 +338,30 @@ def _reproduce(args: argparse.Namespace) -> int:
         for path in write_figures(args.table, runs, out, device=args.device, data_dir=args.data_dir,
                                   tsne_points=args.tsne_points):
             print(f"figure: {path}")
+    return 0
+
+
+def _reproduce_peers(args: argparse.Namespace) -> int:
+    from .experiments.peers import DEFAULT_EPOCHS, check_runnable, plan_peers, run_peers, write_peers
+
+    out = Path(args.out)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    epochs = 1 if args.quick else args.epochs or DEFAULT_EPOCHS
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    runs = plan_peers(seeds, epochs, methods, data_dir=args.data_dir, threads=args.threads)
+    if not args.no_run:
+        check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
+
+    def announce(i: int, run: Any, state: str) -> None:
+        print(f"[{i + 1}/{len(runs)}] {run.name}: {'complete, skipped' if state == 'complete' else state}", flush=True)
+
+    try:
+        if not args.no_run:
+            run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
+    finally:  # an interrupted reproduce still writes what is complete
+        written = write_peers(runs, out, seeds, figure=not args.no_figures)
+    print(written[0].read_text())
+    print(f"written: {', '.join(map(str, written))}")
     return 0
 
 

@@ -261,6 +261,44 @@ def time_figure(runs: Sequence[Run], path: Path | str) -> Optional[Path]:
     return _save(fig, path)
 
 
+def peers_figure(rows: Sequence[Dict[str, Any]], path: Path | str) -> Optional[Path]:
+    """Target test accuracy against mean wall time per run, one panel per task and USPS split,
+    one point per method (its mean over seeds; the bar spans one sample std). `rows` are the CSV
+    rows of ``madda-rs reproduce peers`` (:func:`madda_rs.experiments.peers.build_peers_table`).
+    None when no row has a result."""
+    done = [r for r in rows if r.get("mean") not in ("", None) and r.get("wall_seconds") not in ("", None)]
+    if not done:
+        log.info("%s not drawn: no method has a finished run", path)
+        return None
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = "osD^v<>Ph*Xp"
+    cols = min(2, len(tasks))
+    fig = _figure(figsize=(6.5 * cols, 4.4 * -(-len(tasks) // cols)))
+    axes = np.atleast_1d(fig.subplots(-(-len(tasks) // cols), cols)).ravel()
+    for ax, task in zip(axes, tasks):
+        for i, method in enumerate(methods):  # a fixed colour and marker per method in every panel
+            got = [r for r in done if r["task"] == task and r["method"] == method]
+            for r in got:
+                std = float(r["std"]) if r.get("std") not in ("", None) else 0.0
+                ax.errorbar(float(r["wall_seconds"]), float(r["mean"]), yerr=std, color=f"C{i % 10}",
+                            marker=markers[i % len(markers)], ms=6, capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("mean wall time per run (s, log scale)")
+        ax.set_ylabel("target test accuracy (final epoch)")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    handles: Dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=8,
+               ncols=max(1, min(4, len(handles))))
+    return _save(fig, path)
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[Any], path: Path | str,
                      title: str = "") -> Path:
     """The confusion matrix (rows: true class, columns: predicted class), coloured by the share
@@ -343,4 +381,5 @@ def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]
 
 
-__all__ = ["FIGURES", "plot_runs", "tsne_figure", "curves_figure", "time_figure", "confusion_figure"]
+__all__ = ["FIGURES", "plot_runs", "tsne_figure", "curves_figure", "time_figure", "confusion_figure",
+           "peers_figure"]

@@ -1,0 +1,481 @@
+"""Peers through their own code: skada's deep methods on exactly the images a madda_rs run sees
+(`madda-rs reproduce peers`).
+
+Each run builds its data with :func:`madda_rs.data.domains.prepare_data` from the
+:class:`~madda_rs.config.TrainConfig` that a madda_rs ADDA run of the same task, USPS split and
+seed uses (ADDA protocol: the same 2,000 MNIST / 1,800 USPS training images, the same test set),
+then trains one of skada's deep estimators (``skada.deep.DANN`` and the others, built by skada's
+own factory functions and fitted by skorch) with:
+
+* the backbone ADDA trains: :class:`madda_rs.models.EmbeddingNet` with one output per class (the
+  LeNet encoder, ReLU, Linear 500 -> classes), started from the weights a madda_rs run of that
+  seed starts from (stream 'init_source'). skada's feature layer (``layer_name``) is
+  ``"encoder"``: its 500-d output is what ADDA's discriminator sees;
+* skada's defaults for every method argument (``reg`` and the rest), so no labelled target image
+  chose a setting; only sizes skada cannot infer (``num_features``, ``n_classes``) are given;
+* one optimiser and budget for all: Adam with the presets' lr 1e-4 and betas (0.5, 0.9), batches
+  of 64 source + 64 target images (skada's balanced loader), and as many epochs as the
+  ``improved`` preset's passes (80 + 30 = 110) unless told otherwise; no validation split, no
+  early stopping: the final epoch is what is scored.
+
+Every run writes ``OUT/runs/peers/<name>/config.json`` (what was run, with the data config) and
+``metrics.json`` (target test accuracy, wall time, label-free figures on the target *training*
+images). A run whose metrics.json exists is complete and skipped, so an interrupted table picks up
+where it stopped. skada and skorch are the optional ``peers`` extra; nothing here imports them
+until a run starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
+from ..data.domains import RunData, prepare_data
+from ..models import EmbeddingNet
+from ..run.folder import CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts
+from ..run.processes import configure_threads, resolve_device
+from ..run.streams import numpy_rng, seeded_init, stream_seed
+from ..scores.label_free import label_free_figures, soft_neighbourhood_density
+from .reproduce import SCHEDULES, TABLES, Column, plan
+
+log = logging.getLogger("madda_rs")
+
+MISSING_EXTRA = "madda-rs reproduce peers needs the 'peers' extra: pip install 'madda-rs[peers]'"
+FEATURE_LAYER = "encoder"  # EmbeddingNet's LeNet encoder: the 500-d features ADDA's discriminator sees
+# One optimiser and budget for every peer: the presets' Adam, the paper's batch size, and the
+# improved preset's passes over the data (its source + target epochs).
+LR, BETAS, BATCH_SIZE = PRESETS["paper"]["lr"], PRESETS["paper"]["betas"], PRESETS["paper"]["batch_size"]
+DEFAULT_EPOCHS = PRESETS["improved"]["epochs_source"] + PRESETS["improved"]["epochs_target"]
+SOURCE_DOMAIN, TARGET_DOMAIN = 1, -2  # skada's sample_domain convention: sources >= 0, targets < 0
+PEERS_DIR = Path("runs") / "peers"  # under OUT
+
+
+class MissingExtraError(ImportError, RuntimeError):
+    """skada or skorch is not installed (an ImportError; a RuntimeError too, so the CLI reports it
+    in one line)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One skada method: its row label, the factory in ``skada.deep`` and the sizes it must be told
+    (``features``: pass num_features; ``classes``: pass n_classes). ``sigmoid_domain_classifier``
+    passes a domain classifier ending in a sigmoid (see :class:`SigmoidDomainClassifier`)."""
+
+    label: str
+    factory: str
+    features: bool = False
+    classes: bool = False
+    sigmoid_domain_classifier: bool = False
+
+    @property
+    def slug(self) -> str:
+        return self.factory.lower() + ("-sigmoid" if self.sigmoid_domain_classifier else "")
+
+
+PEERS: Tuple[Peer, ...] = (
+    Peer("Source only (skada SourceOnly)", "SourceOnly"),
+    Peer("DANN", "DANN", features=True),
+    Peer("CDAN", "CDAN", features=True, classes=True),
+    Peer("MDD", "MDD", features=True, classes=True),
+    Peer("MCC", "MCC"),
+    Peer("DeepCORAL", "DeepCoral"),
+    Peer("DAN", "DAN"),
+    Peer("DeepJDOT", "DeepJDOT"),
+    Peer("SPA", "SPA", features=True),
+    Peer("CAN", "CAN"),
+    # skada 0.6.0's default domain classifier ends in a softmax over its single output, so it
+    # outputs 1 whatever the input and its loss has no gradient: DANN and CDAN at defaults train as
+    # source only, SPA without its adversarial term. These rows pass the same classifier ending in
+    # a sigmoid instead.
+    Peer("DANN, sigmoid domain classifier", "DANN", features=True, sigmoid_domain_classifier=True),
+    Peer("CDAN, sigmoid domain classifier", "CDAN", features=True, classes=True, sigmoid_domain_classifier=True),
+    Peer("SPA, sigmoid domain classifier", "SPA", features=True, sigmoid_domain_classifier=True),
+)
+PEER_NAMES = {p.slug: p for p in PEERS}
+
+# madda_rs's own rows, from Table 1's committed runs: (row label in reproduce.TABLES["table1"], schedule)
+MADDA_ROWS = (("ADDA", "short"), ("M-ADDA, preset paper", "short"), ("M-ADDA, preset improved (ours)", "improved"))
+
+
+def require_skada() -> Tuple[Any, Any]:
+    """(skada.deep, skorch), or :class:`MissingExtraError` saying how to install them."""
+    try:
+        import skada.deep
+        import skorch
+    except ImportError as exc:
+        raise MissingExtraError(f"{MISSING_EXTRA} ({exc})") from exc
+    return skada.deep, skorch
+
+
+class SkadaLeNet(EmbeddingNet):
+    """ADDA's network (LeNet encoder, ReLU, Linear 500 -> classes) with the forward skada calls:
+    it passes ``sample_weight`` when predicting, which the network does not use."""
+
+    def forward(self, x: torch.Tensor, sample_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+def sigmoid_domain_classifier(num_features: int) -> nn.Module:
+    """skada's DomainClassifier (gradient reversal, Linear -> 100, BatchNorm, ReLU, Linear -> 1)
+    with a sigmoid where skada 0.6.0 puts a softmax over the single output (a constant 1)."""
+    from skada.deep.modules import DomainClassifier
+
+    classifier = DomainClassifier(num_features=num_features)
+    classifier.classifier[-1] = nn.Sigmoid()
+    return classifier
+
+
+@dataclass
+class PeerRun:
+    name: str  # folder under OUT/runs/peers
+    peer: Peer
+    config: TrainConfig  # the madda_rs run whose data this run uses (and its seed)
+    epochs: int
+    column: Column
+
+    def record(self) -> Dict[str, Any]:
+        """config.json: what the run computes (run-only settings inside ``data`` aside)."""
+        return {
+            "method": self.peer.label, "library": "skada", "factory": f"skada.deep.{self.peer.factory}",
+            "sigmoid_domain_classifier": self.peer.sigmoid_domain_classifier,
+            "src": self.config.src, "tgt": self.config.tgt, "usps_split": self.config.usps_split,
+            "protocol": self.config.protocol, "seed": self.config.seed,
+            "backbone": "madda_rs.models.EmbeddingNet(n_classes): ADDA's LeNet", "feature_layer": FEATURE_LAYER,
+            "optimizer": "Adam", "lr": LR, "betas": list(BETAS), "batch_size": BATCH_SIZE, "max_epochs": self.epochs,
+            "data": self.config.to_dict(),
+        }
+
+
+def run_name(peer: Peer, config: TrainConfig, epochs: int) -> str:
+    return f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}-skada-{peer.slug}-e{epochs}-s{config.seed}"
+
+
+def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Optional[Sequence[str]] = None,
+               columns: Optional[Sequence[Column]] = None, **run_settings: Any) -> List[PeerRun]:
+    """Every peer run of the table: method x column (task, USPS split) x seed. `methods` are
+    :data:`PEER_NAMES` keys (default: all); `run_settings` (device, data_dir, threads) go into
+    every data config."""
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    unknown = [m for m in methods or () if m not in PEER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown peer methods {', '.join(unknown)}; expected some of {', '.join(PEER_NAMES)}")
+    peers = [PEER_NAMES[m] for m in methods] if methods else list(PEERS)
+    runs = []
+    for peer in peers:
+        for col in columns or TABLES["table1"].columns:
+            for seed in seeds:
+                config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
+                                     method="adda", seed=seed, **run_settings)
+                runs.append(PeerRun(run_name(peer, config, epochs), peer, config, epochs, col))
+    return runs
+
+
+def peer_state(folder: Path, run: PeerRun) -> str:
+    """'complete' or 'new'. A folder holding a different run is a ValueError; where and how it ran
+    (the data config's run-only settings) does not make another run."""
+    if (folder / CONFIG_FILE).is_file():
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+        want = json.loads(json.dumps(run.record()))
+        differ = sorted(k for k in set(saved) | set(want) if k != "data" and saved.get(k) != want.get(k))
+        try:  # the data config as reproduce compares it: settings added since take their default
+            differ += [f"data.{k}" for k in resume_conflicts(saved.get("data", {}), want["data"])]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{folder} holds a config.json that is not a peer run's ({exc})") from None
+        if differ:
+            raise ValueError(f"{folder} holds a different run (settings {', '.join(differ)} differ); move it away "
+                             f"or choose another --out")
+    return "complete" if (folder / METRICS_FILE).is_file() else "new"
+
+
+@contextmanager
+def _seeded_globals(seed: int) -> Iterator[None]:
+    """skada and skorch draw from the global generators (batch order, the domain classifier's
+    weights, CDAN's random layer): seed torch's, NumPy's and Python's from the run's seed, and put
+    them back afterwards."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(seed, "batches_source"))
+        np.random.seed(stream_seed(seed, "batches_source") % 2**32)
+        random.seed(stream_seed(seed, "batches_source"))
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.device) -> Any:
+    """The skada estimator of `peer`, built by skada's own factory with its defaults, around ADDA's
+    network started from the run's 'init_source' weights."""
+    deep, _ = require_skada()
+    n_classes = len(data.class_names)
+    with seeded_init(seed, "init_source"):
+        module = SkadaLeNet(n_classes, data.src_train.shape)
+    num_features = module.encoder.fc.out_features
+    kwargs: Dict[str, Any] = {}
+    if peer.features:
+        kwargs["num_features"] = num_features
+    if peer.classes:
+        kwargs["n_classes"] = n_classes
+    if peer.factory == "SPA":
+        kwargs["max_epochs"] = epochs  # SPA's own argument: it schedules its losses over the epochs
+    with seeded_init(seed, "init_discriminator"):
+        if peer.sigmoid_domain_classifier:
+            # CDAN's classifier reads the (randomised, at most 4,096-d) multilinear map, as skada builds it
+            width = min(num_features * n_classes, 4096) if peer.factory == "CDAN" else num_features
+            kwargs["domain_classifier"] = sigmoid_domain_classifier(width)
+        factory = getattr(deep, peer.factory)
+        common = dict(optimizer=torch.optim.Adam, lr=LR, optimizer__betas=tuple(BETAS), batch_size=BATCH_SIZE,
+                      train_split=None, device=str(device), verbose=0)
+        if peer.factory != "SPA":
+            common["max_epochs"] = epochs
+        return factory(module, FEATURE_LAYER, **kwargs, **common)
+
+
+def _merged(data: RunData) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """skada's layout (source_target_merge): images, labels (-1 on the target), sample_domain."""
+    from skada.utils import source_target_merge
+
+    assert data.src_train.labels is not None
+    src = data.src_train.images.cpu().numpy()
+    tgt = data.tgt_train.images.cpu().numpy()
+    domains = np.concatenate([np.full(len(src), SOURCE_DOMAIN), np.full(len(tgt), TARGET_DOMAIN)])
+    x, y, _ = source_target_merge(src, tgt, data.src_train.labels.cpu().numpy(), None, sample_domain=domains)
+    return x, y.astype(np.int64), domains
+
+
+def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None) -> Dict[str, Any]:
+    """Train one peer run and score it: metrics.json's contents."""
+    wall = time.perf_counter()
+    used_threads = configure_threads(threads, False)
+    data = prepare_data(run.config, torch.device("cpu"))  # skada reads NumPy; skorch moves batches to `device`
+    if data.tgt_test is None or data.tgt_test.labels is None:
+        raise ValueError(f"{run.name}: the target has no labelled test set to score on")
+    x, y, domains = _merged(data)
+    with _seeded_globals(run.config.seed):
+        net = build_net(run.peer, data, run.epochs, run.config.seed, device)
+        fit_start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # skorch's and torch's notes on skada's internals
+            net.fit(x, y, sample_domain=domains)
+        fit_seconds = time.perf_counter() - fit_start
+        test = data.tgt_test.images.cpu().numpy()
+        target_pred = net.predict(test, sample_domain=np.full(len(test), TARGET_DOMAIN))
+        tgt = data.tgt_train.images.cpu().numpy()
+        train_pred = net.predict(tgt, sample_domain=np.full(len(tgt), TARGET_DOMAIN))
+        features = net.predict_features(tgt)
+    classes = np.unique(data.src_train.labels.cpu().numpy())  # type: ignore[union-attr]
+    truth = data.tgt_test.labels.cpu().numpy()
+    scores = label_free_figures(classes[train_pred], len(classes))
+    scores["snd"] = soft_neighbourhood_density(features, rng=numpy_rng(run.config.seed, "scores", 0))
+    history = net.history
+    losses = [float(v) for v in history[:, "train_loss"]]
+    epoch_seconds = [float(v) for v in history[:, "dur"]]
+    if not np.isfinite(losses[-1]):
+        log.warning("%s: the final training loss is %s", run.name, losses[-1])
+    return {
+        "target_accuracy": float((classes[target_pred] == truth).mean()),
+        "wall_seconds": time.perf_counter() - wall,  # data, training and scoring, as madda_rs runs count it
+        "fit_seconds": fit_seconds,
+        "seconds_per_epoch": float(np.mean(epoch_seconds)),
+        "label_free": scores,  # on the target training images, no label read
+        "history": {"train_loss": losses, "seconds": epoch_seconds},
+        "epochs": len(losses),
+        "images": {"source_train": len(data.src_train), "target_train": len(data.tgt_train),
+                   "target_test": len(data.tgt_test)},
+        "versions": _versions(),
+        "device": str(device), "threads": used_threads,
+    }
+
+
+def _versions() -> Dict[str, str]:
+    out = {}
+    for name in ("skada", "skorch", "torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def check_runnable(runs: Sequence[PeerRun], out: Path) -> List[str]:
+    """Each run's :func:`peer_state`, after refusing (before any work) a folder holding another
+    run, or a missing skada when some run is still to train."""
+    states = [peer_state(out / PEERS_DIR / r.name, r) for r in runs]
+    if any(s != "complete" for s in states):
+        require_skada()
+    return states
+
+
+def run_peers(runs: Sequence[PeerRun], out: Path, *, device: str = "auto", threads: Optional[int] = None,
+              on_run: Optional[Callable[[int, PeerRun, str], None]] = None) -> None:
+    """Train what is missing, one run at a time; a complete run (metrics.json present) is skipped."""
+    states = check_runnable(runs, out)
+    dev = resolve_device(device)
+    for i, (run, state) in enumerate(zip(runs, states)):
+        if on_run is not None:
+            on_run(i, run, state)
+        if state == "complete":
+            continue
+        folder = out / PEERS_DIR / run.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS_FILE).unlink(missing_ok=True)
+        _write_json(folder / CONFIG_FILE, run.record())
+        _write_json(folder / METRICS_FILE, train_peer(run, dev, threads))  # last: its presence marks completion
+
+
+def _write_json(path: Path, values: Dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _mean(values: Sequence[Optional[float]], digits: int) -> Any:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), digits) if values else ""
+
+
+@dataclass
+class _Row:
+    label: str
+    library: str
+    training: str
+    target_labels: str
+    got: Dict[str, List[Tuple[int, Dict[str, Any]]]] = field(default_factory=dict)  # column label -> (seed, metrics)
+
+
+def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
+    rows: Dict[str, _Row] = {}
+    for run in runs:
+        row = rows.setdefault(run.peer.label, _Row(run.peer.label, "skada", f"{run.epochs} epochs", "none"))
+        folder = out / PEERS_DIR / run.name
+        if (folder / METRICS_FILE).is_file():
+            row.got.setdefault(run.column.label, []).append((run.config.seed, load_run(str(folder))[1]))
+    return list(rows.values())
+
+
+def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
+    """ADDA and M-ADDA from Table 1's runs in OUT/runs (reproduce's plan names them)."""
+    planned = plan("table1", seeds, "short")
+    rows = []
+    for label, schedule in MADDA_ROWS:
+        es, et, _ = SCHEDULES["adda"][schedule]
+        preset = "improved" if schedule == "improved" else "paper"
+        row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", PRESET_TARGET_LABELS[preset])
+        for run in planned:
+            folder = out / "runs" / run.slug
+            for row_label, col_label in run.cells:
+                if row_label == label and (folder / METRICS_FILE).is_file():
+                    row.got.setdefault(col_label, []).append((run.config.seed, load_run(str(folder))[1]))
+        rows.append(row)
+    return rows
+
+
+def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int]) -> Tuple[str, List[Dict[str, Any]]]:
+    """The markdown table and its CSV rows from the complete peer runs in `runs` and Table 1's
+    madda_rs runs of `seeds` in OUT/runs."""
+    columns = list(TABLES["table1"].columns)
+    rows = _peer_rows(runs, out) + _madda_rows(seeds, out)
+    header = (["method", "library", "training", "labelled target images that chose the settings"]
+              + [c.label for c in columns] + ["mean wall time per run (s)"])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    csv_rows: List[Dict[str, Any]] = []
+    for row in rows:
+        cells, walls = [], []
+        for col in columns:
+            got = sorted(row.got.get(col.label, []), key=lambda g: g[0])
+            accs = [m["target_accuracy"] for _, m in got if m.get("target_accuracy") is not None]
+            walls += [m["wall_seconds"] for _, m in got]
+            cells.append(f"{_cell(accs)} ({','.join(str(s) for s, _ in got)})" if accs else "-")
+            lf = [m.get("label_free", {}) for _, m in got]
+            csv_rows.append({
+                "method": row.label, "library": row.library, "training": row.training,
+                "target_labels": row.target_labels, "task": col.label, "src": col.src, "tgt": col.tgt,
+                "usps_split": col.usps_split, "seeds": " ".join(str(s) for s, _ in got), "runs": len(accs),
+                "mean": _mean(accs, 4), "std": round(float(np.std(accs, ddof=1)), 4) if len(accs) > 1 else "",
+                "wall_seconds": _mean([m["wall_seconds"] for _, m in got], 1),
+                "pred_entropy": _mean([f.get("pred_entropy") for f in lf], 4),
+                # SND of each method's own features: peers' LeNet encoder output, M-ADDA's embedding
+                "snd": _mean([f.get("snd") for f in lf], 4),
+            })
+        if all(c == "-" for c in cells):
+            continue
+        lines.append(f"| {row.label} | {row.library} | {row.training} | {row.target_labels} | "
+                     + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
+    recorded = [m["versions"] for row in rows for got in row.got.values() for _, m in got if "versions" in m]
+    return "\n".join([_caption(runs, recorded[0] if recorded else _versions())] + [""] + lines), csv_rows
+
+
+def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
+    epochs = sorted({r.epochs for r in runs})
+    budget = ", ".join(map(str, epochs)) if epochs else str(DEFAULT_EPOCHS)
+    reduced = (f" **Reduced budget: {budget} epochs instead of {DEFAULT_EPOCHS}** (CPU time)."
+               if epochs and max(epochs) < DEFAULT_EPOCHS else "")
+    lr = f"{LR:.0e}".replace("e-0", "e-")  # 1e-4
+    return (
+        f"**Peers through their own code (skada {versions['skada']}, skorch {versions['skorch']}), ADDA protocol.** "
+        "Final-epoch target test accuracy, mean ± sample std over seeds (seeds in brackets). Each skada method "
+        "trains ADDA's LeNet (madda_rs.models.EmbeddingNet, one output per class; skada's feature layer is the "
+        "500-d encoder output ADDA's discriminator sees), started from the weights a madda_rs run of the same seed "
+        "starts from, on the images that run trains and scores on (madda_rs.data.domains.prepare_data), at "
+        f"skada's defaults, with one optimiser for all: Adam, lr {lr}, betas ({BETAS[0]}, {BETAS[1]}) (the "
+        f"presets'), batches of {BATCH_SIZE} source + {BATCH_SIZE} target images, {budget} epochs (the improved "
+        f"preset's {PRESETS['improved']['epochs_source']} + {PRESETS['improved']['epochs_target']} passes), no "
+        f"validation split or early stopping.{reduced} skada 0.6.0's default domain classifier ends in a softmax "
+        "over one output (a constant 1, no gradient), so DANN and CDAN at defaults train as source only and SPA "
+        "without its adversarial term; "
+        "the 'sigmoid domain classifier' rows pass the same classifier ending in a sigmoid. The madda_rs rows are "
+        "Table 1's runs (results/runs/). Wall time: data, training and scoring of one run on this machine."
+    )
+
+
+def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure: bool = True) -> List[Path]:
+    """OUT/peers.md, OUT/peers.csv and (with `figure`) OUT/peers.png; returns the files written."""
+    markdown, rows = build_peers_table(runs, out, seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out / "peers.md", out / "peers.csv"
+    md.write_text(markdown + "\n")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
+    written = [md, csv_path]
+    if figure:
+        from .plots import peers_figure
+
+        png = peers_figure(rows, out / "peers.png")
+        written += [png] if png is not None else []
+    return written
+
+
+__all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
+           "require_skada", "plan_peers", "peer_state", "check_runnable", "run_peers", "train_peer", "build_net",
+           "build_peers_table", "write_peers", "SkadaLeNet"]

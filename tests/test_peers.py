@@ -1,0 +1,145 @@
+"""`madda-rs reproduce peers`: skada's methods through their own code on madda_rs's data, their
+run records, skipping finished runs, the table and figure, and the error without the extra."""
+
+import csv
+import json
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from madda_rs.cli import main
+from madda_rs.experiments.peers import MISSING_EXTRA, MissingExtraError, peer_state, plan_peers, require_skada
+from madda_rs.experiments.reproduce import plan
+
+COLUMNS = 4  # MNIST -> USPS and USPS -> MNIST, standard and pooled USPS splits
+
+
+def _fake_adda_run(out, accuracy=0.5):
+    """Table 1's ADDA run of seed 0, MNIST -> USPS standard, as committed records hold it."""
+    run = next(r for r in plan("table1", (0,)) if r.config.method == "adda" and r.config.src == "mnist"
+               and r.config.usps_split == "standard")
+    folder = out / "runs" / run.slug
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"target_accuracy": accuracy, "wall_seconds": 7.0,
+                                                     "label_free": {"pred_entropy": 0.9}, "history": {}}))
+
+
+def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir, tmp_path, capsys):
+    pytest.importorskip("skada")
+    _fake_adda_run(tmp_path)
+    args = ["reproduce", "peers", "--out", str(tmp_path), "--data-dir", generated_data_dir, "--seeds", "0",
+            "--epochs", "1", "--methods", "sourceonly,dann", "--threads", "1", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count(": new") == 2 * COLUMNS and "complete" not in out
+
+    folders = sorted((tmp_path / "runs" / "peers").iterdir())
+    assert len(folders) == 2 * COLUMNS
+    records = {}
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert config["seed"] == 0 and config["data"]["seed"] == 0 and config["max_epochs"] == 1
+        assert (config["optimizer"], config["lr"], config["betas"], config["batch_size"]) == ("Adam", 1e-4, [0.5, 0.9], 64)
+        assert config["feature_layer"] == "encoder" and config["data"]["protocol"] == "adda"
+        assert 0.0 <= metrics["target_accuracy"] <= 1.0 and metrics["wall_seconds"] > 0
+        assert metrics["epochs"] == 1 and len(metrics["history"]["train_loss"]) == 1
+        assert 0.0 <= metrics["label_free"]["pred_entropy"] <= 1.0 and np.isfinite(metrics["label_free"]["snd"])
+        assert metrics["versions"]["skada"] == "0.6.0"
+        records[folder.name] = metrics
+    # the same images as a madda_rs run: generated digits keep all 600 training images under the ADDA protocol
+    m2u = records["mnist2usps-standard-adda-skada-dann-e1-s0"]
+    assert m2u["images"] == {"source_train": 600, "target_train": 600, "target_test": 300}
+    # skada 0.6.0's default domain classifier outputs a constant, so DANN at defaults trains exactly as
+    # source only (same seed, same first epoch; its domain loss is BCELoss's clamp, 100), what the
+    # table's caption says, wherever its balanced loader takes no more steps than source only's
+    # (one per 64 images of the larger domain)
+    same_steps = 0
+    for name, metrics in records.items():
+        if "-dann-" in name and metrics["images"]["target_train"] // 64 <= metrics["images"]["source_train"] // 64:
+            twin = records[name.replace("-dann-", "-sourceonly-")]
+            assert metrics["target_accuracy"] == twin["target_accuracy"]
+            assert metrics["history"]["train_loss"][0] == pytest.approx(twin["history"]["train_loss"][0] + 100)
+            same_steps += 1
+    assert same_steps == 3  # all but MNIST -> pooled USPS, whose 720 target images outnumber the source's 600
+
+    markdown = (tmp_path / "peers.md").read_text()
+    assert "Reduced budget: 1 epochs instead of 110" in markdown and "skada 0.6.0" in markdown
+    lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert lines["DANN"].startswith("| DANN | skada | 1 epochs | none | ") and lines["DANN"].count("(0)") == COLUMNS
+    assert "| Source only (skada SourceOnly) | skada |" in markdown
+    assert lines["ADDA"] == "| ADDA | madda_rs | short (40+20) | none | 0.500 (0) | - | - | - | 7 |"
+    with open(tmp_path / "peers.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == (2 + 3) * COLUMNS  # two peers, ADDA, M-ADDA paper and improved
+    assert {r["method"] for r in rows if r["runs"] == "1"} == {"Source only (skada SourceOnly)", "DANN", "ADDA"}
+    assert min(matplotlib.image.imread(tmp_path / "peers.png").shape[:2]) > 100
+
+    # done runs are skipped; a run whose metrics.json is gone trains again, to the same result
+    victim = tmp_path / "runs" / "peers" / "usps2mnist-pooled-adda-skada-dann-e1-s0"
+    before = json.loads((victim / "metrics.json").read_text())
+    (victim / "metrics.json").unlink()
+    torch.manual_seed(12345)  # whatever the global generators hold, a run draws from its own seed alone
+    np.random.seed(12345)
+    assert main(args + ["--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("complete, skipped") == 2 * COLUMNS - 1 and out.count(": new") == 1
+    after = json.loads((victim / "metrics.json").read_text())
+    assert after["target_accuracy"] == before["target_accuracy"]
+    assert after["history"]["train_loss"] == before["history"]["train_loss"]
+
+
+def test_a_folder_holding_another_run_is_refused(tmp_path):
+    run = plan_peers((0,), 3, ["dann"])[0]
+    folder = tmp_path / run.name
+    assert peer_state(folder, run) == "new"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**run.record(), "max_epochs": 4}))
+    with pytest.raises(ValueError, match="max_epochs"):
+        peer_state(folder, run)
+    other_images = {**run.record(), "data": run.config.replace(usps_resize="stretch").to_dict()}
+    (folder / "config.json").write_text(json.dumps(other_images))
+    with pytest.raises(ValueError, match=r"data\.usps_resize"):
+        peer_state(folder, run)
+    moved = plan_peers((0,), 3, ["dann"], data_dir="/elsewhere", threads=2)[0]  # where it runs is not another run
+    (folder / "config.json").write_text(json.dumps(moved.record()))
+    (folder / "metrics.json").write_text("{}")
+    assert peer_state(folder, run) == "complete"
+    with pytest.raises(ValueError, match="unknown peer methods nope"):
+        plan_peers((0,), 3, ["nope"])
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice for softmax")  # skada's own softmax
+def test_the_sigmoid_domain_classifier_learns_where_skadas_default_cannot():
+    pytest.importorskip("skada")
+    from skada.deep.modules import DomainClassifier
+
+    from madda_rs.experiments.peers import sigmoid_domain_classifier
+
+    x = torch.randn(16, 500)
+    for classifier, constant in ((DomainClassifier(500), True), (sigmoid_domain_classifier(500), False)):
+        features = x.clone().requires_grad_(True)
+        out = classifier(features)
+        torch.nn.functional.binary_cross_entropy(out, torch.zeros(16)).backward()
+        assert bool((out == 1).all()) is constant
+        assert bool(features.grad.abs().max() == 0) is constant
+
+
+def test_without_skada_peers_is_refused_in_one_line_before_any_work(monkeypatch, generated_data_dir, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "skada", None)  # import skada now fails, installed or not
+    monkeypatch.setitem(sys.modules, "skada.deep", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'madda-rs\[peers\]'"):
+        require_skada()
+    args = ["reproduce", "peers", "--out", str(tmp_path), "--data-dir", generated_data_dir, "--seeds", "0",
+            "--methods", "dann"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"madda-rs: error: {MISSING_EXTRA}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "peers.md").exists() and not (tmp_path / "runs").exists()
+    # the table from runs already done needs no skada
+    assert main(args + ["--no-run", "--no-figures"]) == 0
+    assert "| DANN |" not in (tmp_path / "peers.md").read_text()  # no run of it is complete
