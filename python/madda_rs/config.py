@@ -100,10 +100,10 @@ class TrainConfig:
     preset's value; see each field's help (``madda-rs train --help``)."""
 
     # What to adapt, and how the data are drawn (no preset controls these).
-    src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps), an .npz file, or a "
-                        "folder with one subfolder of images per class", type=str)
-    tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps), an .npz file, or a "
-                        "folder of images at any depth (no labels read)", type=str)
+    src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps, synth-digits), an .npz "
+                        "file, or a folder with one subfolder of images per class", type=str)
+    tgt: str = _setting("usps", "unlabelled target domain: a registered name (mnist, usps, synth-digits), an .npz "
+                        "file, or a folder of images at any depth (no labels read)", type=str)
     src_test: Optional[str] = _setting(None, "labelled source test folder (one subfolder per class), for scoring "
                                        "only", type=str)
     tgt_test: Optional[str] = _setting(None, "labelled target test folder (one subfolder per class, among the "
@@ -111,8 +111,8 @@ class TrainConfig:
     image_size: Optional[Tuple[int, int]] = _setting(None, "height and width (one number: square) that folder "
                                                      "images are resized to (default: the source's most common)",
                                                      type=int, minimum=8, nargs="+")
-    channels: Optional[int] = _setting(None, "1 (grey) or 3 (colour) for folder images (default: the source's "
-                                       "most common)", type=int, minimum=1)
+    channels: Optional[int] = _setting(None, "1 (grey) or 3 (colour) for folder images and synth-digits "
+                                       "(default: a folder source's most common; else grey)", type=int, minimum=1)
     method: str = _setting("madda", "a registered training method (madda_rs.methods), or FILE.py:NAME / "
                            "MODULE:NAME for one defined elsewhere", type=str)
     preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; "
@@ -128,6 +128,11 @@ class TrainConfig:
                                "the paper's seeded 7,438 / 1,860 re-split of all 9,298 digits", choices=USPS_SPLITS)
     usps_split_seed: int = _setting(0, "seed of the pooled USPS re-split (apart from --seed, so every run of a "
                                     "table scores on one test set)", type=int, minimum=0)
+    # synth-digits (data/synth.py): the rendered set is one dataset whatever --seed, as USPS's split is
+    synth_seed: int = _setting(0, "seed of the rendered synth-digits images (apart from --seed, so runs of "
+                               "several seeds train on one dataset)", type=int, minimum=0)
+    synth_train_images: int = _setting(20000, "synth-digits training images rendered", type=int, minimum=1)
+    synth_test_images: int = _setting(2000, "synth-digits test images rendered", type=int, minimum=1)
     resize_to_source: bool = _setting(False, "resize target images (and channels) to the source's shape; "
                                       "without it, a shape mismatch is an error")
     seed: int = _setting(0, "seed of every random stream (madda_rs.run.streams.SEED_STREAMS)", type=int, minimum=0)

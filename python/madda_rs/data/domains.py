@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -20,7 +21,7 @@ import torch
 
 from ..config import TrainConfig
 from ..run.streams import stream_seed, usps_split_rng
-from . import HOLDOUT_IMAGES
+from . import HOLDOUT_IMAGES, synth
 from .files import read_uint8, resize_usps
 from .folders import FolderError, Geometry, common_geometry, is_image_folder, labelled_files, read_folder
 
@@ -81,7 +82,9 @@ class RunData:
 
 # --- the registry --------------------------------------------------------------------------
 
-Loader = Callable[[bool, TrainConfig], ImageSet]  # (train split?, config) -> labelled image set
+# (train split?, config) -> labelled image set; a loader registered with progress=True also takes
+# progress=, a tqdm-like factory (or None), for a bar while it works
+Loader = Callable[..., ImageSet]
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,19 @@ class RegisteredDomain:
     name: str
     load: Loader
     adda_subset: Optional[int]  # training images kept by the ADDA protocol (None: all)
+    progress: bool = False  # the loader takes progress=
 
 
 REGISTRY: Dict[str, RegisteredDomain] = {}
 
 
-def register_domain(name: str, *, adda_subset: Optional[int] = None) -> Callable[[Loader], Loader]:
-    """Decorator: register `loader(train, config) -> ImageSet` under `name` (for --src/--tgt)."""
+def register_domain(name: str, *, adda_subset: Optional[int] = None, progress: bool = False
+                    ) -> Callable[[Loader], Loader]:
+    """Decorator: register `loader(train, config) -> ImageSet` under `name` (for --src/--tgt);
+    with `progress`, the loader is called with progress= too."""
 
     def add(loader: Loader) -> Loader:
-        REGISTRY[name] = RegisteredDomain(name, loader, adda_subset)
+        REGISTRY[name] = RegisteredDomain(name, loader, adda_subset, progress)
         return loader
 
     return add
@@ -137,6 +143,16 @@ def _usps(train: bool, config: TrainConfig) -> ImageSet:
     return ImageSet(x.mul_(2.0).sub_(1.0), torch.from_numpy(labels.astype(np.int64)), "usps")
 
 
+# All rendered images, no ADDA subset: the protocol's subsets reproduce the paper's sample sizes for
+# MNIST and USPS; a synthetic set's size is already its own setting (synth_train_images).
+@register_domain(synth.NAME, progress=True)
+def _synth_digits(train: bool, config: TrainConfig, progress: Optional[Callable[..., Any]] = None) -> ImageSet:
+    count = config.synth_train_images if train else config.synth_test_images
+    images, labels = synth.render(count, seed=config.synth_seed, train=train, channels=config.channels or 1,
+                                  threads=config.threads, progress=progress)
+    return as_image_set((images, labels), synth.NAME)
+
+
 def check_domain_name(name: str) -> None:
     """A registered name, an existing .npz file or a folder; anything else is a ValueError saying which."""
     if name in REGISTRY or is_image_folder(name):
@@ -160,21 +176,22 @@ def load_named(name: str, config: TrainConfig) -> Tuple[ImageSet, Optional[Image
 
 
 def _load_named_with_holdout(
-    name: str, config: TrainConfig
+    name: str, config: TrainConfig, progress: Optional[Callable[..., Any]] = None
 ) -> Tuple[ImageSet, Optional[ImageSet], Optional[ImageSet]]:
     """:func:`load_named` plus up to HOLDOUT_IMAGES labelled training images its subset left out."""
     check_domain_name(name)
     if name.endswith(".npz") and name not in REGISTRY:
         return (*load_npz(name), None)
     domain = REGISTRY[name]
-    train, rest = domain.load(True, config), None
+    load = partial(domain.load, progress=progress) if domain.progress else domain.load
+    train, rest = load(True, config), None
     if config.protocol == "adda" and domain.adda_subset is not None:
         # one subset stream per domain name, so MNIST's draw does not depend on which USPS ran beside it
         salt = zlib.crc32(name.encode())
         train, rest = train.split(domain.adda_subset, stream_seed(config.effective_subset_seed, "subset", salt))
         if rest is not None:
             rest = rest.subset(HOLDOUT_IMAGES, stream_seed(config.effective_subset_seed, "holdout", salt))
-    return train, domain.load(False, config), rest
+    return train, load(False, config), rest
 
 
 # --- the user's own images -------------------------------------------------------------------
@@ -318,11 +335,13 @@ def match_shape(images: ImageSet, shape: Tuple[int, int, int]) -> ImageSet:
 def resolve_geometry(config: TrainConfig, threads: Optional[int] = None) -> TrainConfig:
     """`config` with ``image_size`` and ``channels`` filled in from a folder source's most common
     size and channel count (headers only); unchanged for other sources. Either setting given for a
-    source that is not a folder is a ValueError."""
+    source that is not a folder is a ValueError, but for channels with a synth-digits source."""
     if not is_image_folder(config.src):
-        if config.image_size is not None or config.channels is not None:
-            raise ValueError("image_size and channels set the geometry of image folders; the source "
-                             f"{config.src!r} is not a folder")
+        if config.image_size is not None:
+            raise ValueError(f"image_size sets the size of image folders; the source {config.src!r} is not a folder")
+        if config.channels is not None and config.src != synth.NAME:
+            raise ValueError(f"channels sets the colour of image folders and {synth.NAME}; the source "
+                             f"{config.src!r} is neither")
         return config
     if config.image_size is not None and config.channels is not None:
         return config
@@ -394,7 +413,7 @@ def _side(config: TrainConfig, name: str, given: Any, given_test: Any, test_fold
     elif is_image_folder(name):
         train, test, holdout = folders.train(name, labelled=what == "source"), None, None
     else:
-        train, test, holdout = _load_named_with_holdout(name, config)
+        train, test, holdout = _load_named_with_holdout(name, config, folders.progress)
     if given_test is not None:
         test = as_image_set(given_test, name, what=f"{what}_test")
     elif test_folder is not None:

@@ -120,7 +120,7 @@ def common_geometry(root: Path, files: Sequence[Path], threads: Optional[int] = 
     with ThreadPoolExecutor(_workers(threads)) as pool:
         counts = Counter(pool.map(header, files))
     common = Geometry(*counts.most_common(1)[0][0])
-    _write_cache(cached, json.dumps(list(common.shape)).encode())
+    write_cache(cached, json.dumps(list(common.shape)).encode())
     return common
 
 
@@ -150,7 +150,7 @@ def read_folder(root: Path, geometry: Geometry, *, labelled: bool, classes: Opti
         images = _decode(files, geometry, threads, progress, desc=f"decoding {root.name}")
         buffer = io.BytesIO()
         np.save(buffer, images)
-        _write_cache(cached, buffer.getvalue())
+        write_cache(cached, buffer.getvalue())
     return FolderImages(images, labels, tuple(names), rel)
 
 
@@ -183,7 +183,7 @@ def _listing_digest(root: Path, files: Sequence[Path], what: Any) -> str:
     return digest.hexdigest()[:24]
 
 
-def _write_cache(path: Path, data: bytes) -> None:
+def write_cache(path: Path, data: bytes) -> None:
     """Write through a temporary file and a rename; an unwritable cache only costs the next run time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

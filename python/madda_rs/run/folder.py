@@ -6,6 +6,7 @@ ones make two runs different experiments, and its model files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple
 
-from ..config import TrainConfig
+from ..config import PRESET_FIELDS, TrainConfig
 
 if TYPE_CHECKING:  # torch loads when a model or checkpoint is read or written, so reports stay light
     import torch
@@ -59,8 +60,15 @@ def with_run_settings(saved: TrainConfig, given: Mapping[str, Any]) -> TrainConf
 
 def experiment_key(config: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:
     """What makes two runs the same experiment (a report's group): every setting but the
-    run-only ones, the seeds and :data:`SAME_EXPERIMENT`."""
-    return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_GROUPED))
+    run-only ones, the seeds and :data:`SAME_EXPERIMENT`. A setting that a saved config lacks
+    (added since) counts at its default, as :meth:`TrainConfig.load` reads it, so a new setting
+    does not split old runs from new ones. (Preset settings stay as saved: filling them from the
+    preset would regroup the committed records.)"""
+    values = {**_ADDED_DEFAULTS, **config}
+    return tuple(sorted((k, json.dumps(v)) for k, v in values.items() if k not in NOT_GROUPED))
+
+
+_ADDED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in PRESET_FIELDS}
 
 
 def load_run(run_dir: os.PathLike | str) -> Tuple[Dict[str, Any], Dict[str, Any]]:

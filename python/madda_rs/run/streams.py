@@ -25,8 +25,9 @@ SEED_STREAMS = {
     "centers": 6,  # KMeans centres (the 'official' preset), in training and in figures alike
     "holdout": 7,  # which left-out training images score a run (data.HOLDOUT_IMAGES)
     "augment": 8,  # random warps of training batches (TrainConfig.augment)
-    "scores": 9,  # samples that scores draw: SND's target images, the source test check's images
+    "scores": 9,  # what scores draw: SND's target images, the source test check, DEV's split, ClassAMI's k-means
     "figures": 10,  # which points a t-SNE shows, and t-SNE's own initialisation
+    "synth": 11,  # every knob of each synth-digits image (data.synth), from --synth-seed, per split and image
 }
 # Apart from the run's seed: the pooled USPS re-split (data.domains.pooled_usps) is drawn from
 # --usps-split-seed alone, so every run of a table scores on one test set (usps_split_rng).
