@@ -1,6 +1,7 @@
-"""Data: the files of the registered datasets (:mod:`.files`), image folders (:mod:`.folders`) and
-the domains a run adapts between (:mod:`.domains`: the registry, the user's own images, the image
-sets of one run). Importing this package is light (no torch)."""
+"""Data: the files of the registered datasets (:mod:`.files`), image folders (:mod:`.folders`),
+digits rendered from fonts (:mod:`.synth`) and the domains a run adapts between (:mod:`.domains`:
+the registry, the user's own images, the image sets of one run). Importing this package is light
+(no torch)."""
 
 from pathlib import Path
 
