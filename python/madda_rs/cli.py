@@ -4,6 +4,7 @@ paper's tables.
     madda-rs train --src mnist --tgt usps [--preset paper|official] [--protocol adda|full] ...
     madda-rs train --resume runs/DIR
     madda-rs eval --run runs/DIR [--k K]
+    madda-rs tune --src S --tgt T --out DIR [--budget MINUTES]   # settings chosen with no target label
     madda-rs report runs/* [--by-epoch | --selection]
     madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--epochs N] [--methods dann,...]   # skada's methods, our data
@@ -37,7 +38,7 @@ TABLE_NAMES = ("table1", "table2", "table3", "ablation")
 
 # Flags of `train` that are not settings of the run. (Which settings a resume may change is
 # madda_rs.run.folder.RUN_ONLY.)
-_RUN_FLAGS = ("out", "resume", "overwrite", "quiet")
+_RUN_FLAGS = ("out", "resume", "overwrite", "quiet", "budget", "candidates")
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -174,6 +175,21 @@ def _add_inference_commands(sub: Any) -> None:
     q.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
     q.add_argument("--device", choices=DEVICES, default="cpu", help="[default: cpu]")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    u = sub.add_parser(
+        "tune", help="choose the settings with no target label (successive halving, validators' vote), then "
+                     "train the chosen run", description="Search docs/label-free.md's space by successive halving, "
+        "ranking candidates by the label-free validators' vote; writes DIR/tune.json and the chosen run in DIR. "
+        "Settings given here are held fixed and not searched.")
+    for f in dataclasses.fields(TrainConfig):
+        _add_setting(u, f)
+    u.add_argument("--out", required=True, help="the folder for tune.json, the candidates and the chosen run")
+    u.add_argument("--budget", type=float, default=20.0, metavar="MINUTES",
+                   help="stop adding candidate runs past this many minutes [default: 20]")
+    u.add_argument("--candidates", type=_int_at_least(1), default=18,
+                   help="points of the space the first rung trains [default: 18]")
+    u.add_argument("--overwrite", action="store_true", help="replace a tune already in --out")
+    u.add_argument("--quiet", action="store_true", help="no progress lines; only the chosen settings")
+
     x = sub.add_parser("export", help="a folder that labels images without madda_rs's training code")
     x.add_argument("run", help="a folder written by 'madda-rs train'")
     x.add_argument("--out", required=True, help="the folder to write (new or empty)")
@@ -404,6 +420,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .tune import tune
+
+    if not args.budget > 0:
+        parser.error(f"--budget must be a positive number of minutes, got {args.budget}")
+    try:
+        base = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    log = (lambda line: None) if args.quiet else (lambda line: print(f"tune: {line}", flush=True))
+    record = tune(base, args.out, budget_minutes=args.budget, candidates=args.candidates,
+                  overwrite=args.overwrite, log=log)
+    chosen = record["candidates"][record["chosen_index"]]["settings"]
+    print(f"chosen in {record['seconds']:.0f} s, no target label read: "
+          + ", ".join(f"{k}={v}" for k, v in chosen.items()) + f" | run and tune.json in {args.out}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -422,6 +456,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _predict(args, parser)
         if args.command == "export":
             return _export(args)
+        if args.command == "tune":
+            return _tune(args, parser)
         return _eval(args)
     except KeyboardInterrupt:
         print("madda-rs: interrupted", file=sys.stderr)

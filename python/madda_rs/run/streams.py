@@ -28,6 +28,7 @@ SEED_STREAMS = {
     "scores": 9,  # what scores draw: SND's target images, the source test check, DEV's split, ClassAMI's k-means
     "figures": 10,  # which points a t-SNE shows, and t-SNE's own initialisation
     "synth": 11,  # every knob of each synth-digits image (data.synth), from --synth-seed, per split and image
+    "tune": 12,  # which candidates madda-rs tune draws from its search space
 }
 # Apart from the run's seed: the pooled USPS re-split (data.domains.pooled_usps) is drawn from
 # --usps-split-seed alone, so every run of a table scores on one test set (usps_split_rng).
