@@ -59,13 +59,27 @@ def test_held_out_images_are_the_training_images_the_subset_left_out(adda_sized_
     from madda_rs.data.domains import HOLDOUT_IMAGES, prepare_data
 
     data = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
-    assert len(data.tgt_train) == 1800 and len(data.tgt_holdout) == min(HOLDOUT_IMAGES, 2100 - 1800)
+    assert len(data.tgt_train) == 1800 and 200 < len(data.tgt_holdout) < min(HOLDOUT_IMAGES, 2100 - 1800)
     assert data.tgt_holdout.labels is not None and data.tgt_train.labels is None
     train = {bytes(x.numpy()) for x in data.tgt_train.images}
     assert not any(bytes(x.numpy()) in train for x in data.tgt_holdout.images)  # disjoint
     again = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
     assert torch.equal(again.tgt_holdout.images, data.tgt_holdout.images)  # seeded
     assert prepare_data(_config(adda_sized_dir, protocol="full"), torch.device("cpu")).tgt_holdout is None
+
+
+def test_a_standard_split_holdout_holds_no_digit_the_pooled_split_tests_on(adda_sized_dir):
+    from madda_rs.data.domains import REGISTRY, prepare_data
+
+    data = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
+    pooled_test = REGISTRY["usps"].load(False, _config(adda_sized_dir, usps_split="pooled"))
+    tested = {bytes(x.numpy()) for x in pooled_test.images}
+    held = [bytes(x.numpy()) for x in data.tgt_holdout.images]
+    assert len(held) > 100 and not any(h in tested for h in held)
+    # the images left out of the subset did hold some: the exclusion is what keeps them out
+    full = REGISTRY["usps"].load(True, _config(adda_sized_dir))
+    train = {bytes(x.numpy()) for x in data.tgt_train.images}
+    assert sum(bytes(x.numpy()) in tested for x in full.images if bytes(x.numpy()) not in train) > 20
 
 
 @pytest.fixture(scope="module")

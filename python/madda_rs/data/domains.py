@@ -54,8 +54,13 @@ class ImageSet:
         """(:meth:`subset` of `n` images, the images it left out, or None when it kept all)."""
         if n >= len(self):
             return self, None
+        kept, rest = self.split_rows(n, seed)
+        return self._take(kept), self._take(rest)
+
+    def split_rows(self, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The rows :meth:`split` keeps and leaves out, each in ascending order."""
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self._take(order[:n].sort().values), self._take(order[n:].sort().values)
+        return order[:n].sort().values, order[n:].sort().values
 
     def _take(self, rows: torch.Tensor) -> "ImageSet":
         return replace(self, images=self.images[rows], labels=None if self.labels is None else self.labels[rows])
@@ -127,10 +132,23 @@ def pooled_usps(train: bool, config: TrainConfig) -> Tuple[np.ndarray, np.ndarra
     files hold other than 9,298 digits, as small test copies do)."""
     parts = [read_uint8("usps", split, config.data_dir, config.download) for split in (True, False)]
     images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    order = usps_split_rng(config.usps_split_seed).permutation(len(labels))
-    n_train = round(len(labels) * POOLED_USPS_TRAIN / POOLED_USPS_ALL)
-    keep = order[:n_train] if train else order[n_train:]
+    keep = _pooled_rows(len(labels), config.usps_split_seed)[0 if train else 1]
     return images[keep], labels[keep]
+
+
+def _pooled_rows(n_all: int, split_seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(training rows, test rows) of the pooled split, as rows of the training file then the test file."""
+    order = usps_split_rng(split_seed).permutation(n_all)
+    n_train = round(n_all * POOLED_USPS_TRAIN / POOLED_USPS_ALL)
+    return order[:n_train], order[n_train:]
+
+
+def pooled_test_rows_of_train_file(config: TrainConfig) -> np.ndarray:
+    """Rows of torchvision's USPS training file that the pooled split (``usps_split_seed``) tests on."""
+    n_train = len(read_uint8("usps", True, config.data_dir, config.download)[1])
+    n_all = n_train + len(read_uint8("usps", False, config.data_dir, config.download)[1])
+    test = _pooled_rows(n_all, config.usps_split_seed)[1]
+    return np.sort(test[test < n_train]).astype(np.int64)
 
 
 @register_domain("usps", adda_subset=1800)
@@ -188,8 +206,13 @@ def _load_named_with_holdout(
     if config.protocol == "adda" and domain.adda_subset is not None:
         # one subset stream per domain name, so MNIST's draw does not depend on which USPS ran beside it
         salt = zlib.crc32(name.encode())
-        train, rest = train.split(domain.adda_subset, stream_seed(config.effective_subset_seed, "subset", salt))
-        if rest is not None:
+        seed = stream_seed(config.effective_subset_seed, "subset", salt)
+        if domain.adda_subset < len(train):
+            kept, left = train.split_rows(domain.adda_subset, seed)
+            if name == "usps" and config.usps_split == "standard":
+                # a labelled tuning figure must not read digits that the pooled split tests on
+                left = left[~torch.isin(left, torch.from_numpy(pooled_test_rows_of_train_file(config)))]
+            train, rest = train._take(kept), train._take(left)
             rest = rest.subset(HOLDOUT_IMAGES, stream_seed(config.effective_subset_seed, "holdout", salt))
     return train, load(False, config), rest
 
