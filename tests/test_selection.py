@@ -167,6 +167,7 @@ def test_report_rates_each_score_and_its_pick(tmp_path):
     assert pick(runs["a"]["history"]["target"], "d_acc")["epoch"] == 2  # lower is better
     assert last_evaluations_mean(runs["a"], n=2) == pytest.approx(0.8)
     overall, by_task = selection_table([str(tmp_path / "a"), str(tmp_path / "b")]).split("task by task")
+    by_task = by_task.split("as `madda-rs tune` chooses")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:8]]
             for line in overall.splitlines() if line.startswith("| ") and "picked by" not in line}
     # snd ranks the evaluations exactly as accuracy does in both runs: rho = 1, and it picks the best
@@ -186,3 +187,20 @@ def test_select_names_a_known_score(generated_data_dir):
         _config(generated_data_dir, select="accuracy")
     with pytest.raises(SystemExit):
         main(["train", "--select", "target_accuracy"])
+
+
+def test_report_says_which_run_each_score_would_choose_within_a_task(tmp_path):
+    """As madda-rs tune chooses: among one task's runs, by their final evaluations."""
+    runs = {"a": (_metrics([0.5, 0.9], snd=[1, 2], d_acc=[0.9, 0.4]), "mnist"),
+            "b": (_metrics([0.6, 0.7], snd=[1, 8], d_acc=[0.9, 0.6]), "mnist"),  # snd's choice, the worse run
+            "c": (_metrics([0.8], snd=[1], d_acc=[0.5]), "usps")}  # alone in its task: nothing to choose
+    for name, (metrics, src) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"src": src, "tgt": "usps" if src == "mnist" else
+                                                                 "mnist"}))
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    across = selection_table([str(tmp_path / n) for n in runs]).split("as `madda-rs tune` chooses")[1]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+             for line in across.splitlines() if line.startswith("| ")}
+    assert cells["snd (max)"] == ["0.7000", "-", "0.7000"] and cells["d_acc (min)"] == ["0.9000", "-", "0.9000"]
+    assert cells["the mean run"] == ["0.8000", "-", "0.8000"] and cells["the best run (oracle)"][0] == "0.9000"

@@ -167,6 +167,10 @@ def selection_table(run_dirs: Sequence[str]) -> str:
     ]
     by_task = ["", "Target accuracy of each score's pick, task by task (mean over the task's runs):", "",
                "| picked by | " + " | ".join(task_names) + " |", "|---|" + "---|" * len(task_names)]
+    # choosing a run, as madda-rs tune does: among each task's runs, their final evaluations
+    across = ["", "Choosing among a task's runs (each run's final epoch, as `madda-rs tune` chooses): the "
+              "target accuracy of the run each score picks.", "",
+              "| picked by | " + " | ".join(task_names) + " | mean over tasks |", "|---|" + "---|" * (len(task_names) + 1)]
 
     def fmt(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:+.2f}"
@@ -191,8 +195,22 @@ def selection_table(run_dirs: Sequence[str]) -> str:
                      f"{np.mean([max(h['target_accuracy'] for h in runs[i]) for i in mine]):.4f} |")
         cells = [[a for i, a in picks.items() if tasks[i] == t] for t in task_names]
         by_task.append(f"| {name} | " + " | ".join(f"{np.mean(c):.4f}" if c else "-" for c in cells) + " |")
+        chosen = []
+        for t in task_names:
+            finals = [runs[i][-1] for i in range(len(runs)) if tasks[i] == t and score in runs[i][-1]]
+            chosen.append(max(finals, key=lambda h: sign * h[score])["target_accuracy"] if len(finals) > 1 else None)
+        known = [c for c in chosen if c is not None]
+        across.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in chosen)
+                      + f" | {np.mean(known):.4f} |" if known else f"| {name} | " + " | ".join("-" for _ in chosen)
+                      + " | - |")
     for label, choose in (("final epoch", lambda r: r[-1]), ("oracle (target test labels)",
                                                             lambda r: max(r, key=lambda h: h["target_accuracy"]))):
         cells = [[choose(r)["target_accuracy"] for r, t in zip(runs, tasks) if t == task] for task in task_names]
         by_task.append(f"| {label} | " + " | ".join(f"{np.mean(c):.4f}" for c in cells) + " |")
-    return "\n".join(lines + by_task)
+    for label, choose in (("the mean run", np.mean), ("the best run (oracle)", np.max)):
+        finals = [[r[-1]["target_accuracy"] for r, t in zip(runs, tasks) if t == task] for task in task_names]
+        cells = [float(choose(f)) if len(f) > 1 else None for f in finals]  # a lone run leaves nothing to choose
+        known = [c for c in cells if c is not None]
+        across.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
+                      + (f" | {np.mean(known):.4f} |" if known else " | - |"))
+    return "\n".join(lines + by_task + across)
