@@ -32,11 +32,14 @@ def test_candidates_start_at_the_presets_point_and_hold_given_settings_fixed():
     base = TrainConfig(preset="improved")
     first = candidate_settings(base, 5, seed=0)
     assert len(first) == 5 and first[0] == {"schedule": (80, 30), "augment": True, "im_weight": 1.0,
-                                            "adversarial": True, "magnet_labels": "clusters"}
+                                            "adversarial": True, "magnet_labels": "clusters",
+                                            "negatives": "semihard", "ema_decay": 0.99, "k": 10}
     assert len({json.dumps(c, sort_keys=True) for c in first}) == 5  # distinct
     assert candidate_settings(base, 5, seed=0) == first and candidate_settings(base, 5, seed=1) != first
-    fixed = candidate_settings(TrainConfig(preset="improved", im_weight=2.0), 100, seed=0)
-    assert all("im_weight" not in c for c in fixed) and len(fixed) == 2 * 2 * 2 * 2
+    fixed = candidate_settings(TrainConfig(preset="improved", im_weight=2.0), 1000, seed=0)
+    assert all("im_weight" not in c for c in fixed) and len(fixed) == 2 ** 7
+    # a base whose own point lies outside the space ('paper': 200 + 200 epochs) draws every candidate
+    assert len(candidate_settings(TrainConfig(preset="paper"), 5, seed=0)) == 5
     cut = candidate_config(base, first[0], fraction=1 / 9)
     assert (cut.epochs_source, cut.epochs_target, cut.eval_every) == (9, 3, 3)
 

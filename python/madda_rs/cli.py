@@ -34,7 +34,7 @@ from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
 from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
-TABLE_NAMES = ("table1", "table2", "table3", "ablation")
+TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth")
 
 # Flags of `train` that are not settings of the run. (Which settings a resume may change is
 # madda_rs.run.folder.RUN_ONLY.)
@@ -183,10 +183,12 @@ def _add_inference_commands(sub: Any) -> None:
     for f in dataclasses.fields(TrainConfig):
         _add_setting(u, f)
     u.add_argument("--out", required=True, help="the folder for tune.json, the candidates and the chosen run")
-    u.add_argument("--budget", type=float, default=20.0, metavar="MINUTES",
-                   help="stop adding candidate runs past this many minutes [default: 20]")
-    u.add_argument("--candidates", type=_int_at_least(1), default=18,
-                   help="points of the space the first rung trains [default: 18]")
+    from .tune import DEFAULT_BUDGET_MINUTES, DEFAULT_CANDIDATES
+
+    u.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="MINUTES",
+                   help=f"stop adding candidate runs past this many minutes [default: {DEFAULT_BUDGET_MINUTES:g}]")
+    u.add_argument("--candidates", type=_int_at_least(1), default=DEFAULT_CANDIDATES,
+                   help=f"points of the space the first rung trains [default: {DEFAULT_CANDIDATES}]")
     u.add_argument("--overwrite", action="store_true", help="replace a tune already in --out")
     u.add_argument("--quiet", action="store_true", help="no progress lines; only the chosen settings")
 
