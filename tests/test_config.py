@@ -89,5 +89,5 @@ def test_every_setting_has_a_flag_and_help_shows_each_presets_value():
     flat = " ".join(help_text.split())
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in help_text, f.name
-    assert "[paper: random; official: violating; improved: semihard]" in flat
-    assert "[paper: 1; official: 3; improved: 1]" in flat  # adversarial passes
+    assert "[paper: random; official: violating; improved: semihard; labelfree: semihard]" in flat
+    assert "[paper: 1; official: 3; improved: 1; labelfree: 1]" in flat  # adversarial passes

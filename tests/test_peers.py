@@ -49,6 +49,9 @@ def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir,
         assert 0.0 <= metrics["target_accuracy"] <= 1.0 and metrics["wall_seconds"] > 0
         assert metrics["epochs"] == 1 and len(metrics["history"]["train_loss"]) == 1
         assert 0.0 <= metrics["label_free"]["pred_entropy"] <= 1.0 and np.isfinite(metrics["label_free"]["snd"])
+        assert {"im", "bnm", "entropy", "class_ami"} <= set(metrics["label_free"])
+        final = metrics["history"]["target"][-1]  # the evaluation report --selection rates
+        assert final["target_accuracy"] == metrics["target_accuracy"] and final["im"] == metrics["label_free"]["im"]
         assert metrics["versions"]["skada"] == "0.6.0"
         records[folder.name] = metrics
     # the same images as a madda_rs run: generated digits keep all 600 training images under the ADDA protocol
@@ -75,7 +78,7 @@ def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir,
     assert lines["ADDA"] == "| ADDA | madda_rs | short (40+20) | none | 0.500 (0) | - | - | - | 7 |"
     with open(tmp_path / "peers.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == (2 + 3) * COLUMNS  # two peers, ADDA, M-ADDA paper and improved
+    assert len(rows) == (2 + 4) * COLUMNS  # two peers, ADDA, M-ADDA paper, improved and labelfree
     assert {r["method"] for r in rows if r["runs"] == "1"} == {"Source only (skada SourceOnly)", "DANN", "ADDA"}
     assert min(matplotlib.image.imread(tmp_path / "peers.png").shape[:2]) > 100
 

@@ -13,14 +13,15 @@ from madda_rs.experiments.reproduce import TABLES, plan, run_state, slug
 
 def test_plans_share_runs_between_tables_and_name_every_setting():
     t1, t3 = plan("table1", (0, 1, 2)), plan("table3", (0, 1, 2))
-    assert len(t1) == 4 * 4 * 3  # ADDA, M-ADDA paper, official, improved (source-only rows reuse runs) x 4 columns
+    assert len(t1) == 5 * 4 * 3  # ADDA, M-ADDA paper, official, improved, labelfree (source-only rows reuse runs)
     assert len({r.slug for r in t1} | {r.slug for r in t3}) == len(t1) + 2 * 4 * 3  # "both" is Table 1's run
     paper = next(r for r in t1 if r.slug == "usps2mnist-pooled-adda-madda-paper-e40+20-s1")
     assert (paper.config.src, paper.config.usps_split, paper.config.seed) == ("usps", "pooled", 1)
     assert ("M-ADDA, preset paper", "USPS → MNIST, pooled USPS split") in paper.cells
     assert ("Source only (triplet model, kNN)", "USPS → MNIST, pooled USPS split") in paper.cells
     full = plan("table2", (0,), paper_seeds=(0,))
-    assert {r.config.protocol for r in full} == {"full"} and {r.schedule for r in full} == {"short", "improved", "paper"}
+    assert {r.config.protocol for r in full} == {"full"}
+    assert {r.schedule for r in full} == {"short", "improved", "labelfree", "paper"}
     assert all(slug(r.config, r.schedule) == r.slug for r in full)
     with pytest.raises(ValueError, match="unknown table"):
         plan("table4", (0,))
@@ -42,6 +43,22 @@ def test_the_ablation_takes_out_one_ingredient_per_row_and_shares_table_1s_runs(
     assert {r.schedule for r in ablation if r.config.preset == "improved"} == {"improved"}  # its own default
     with_paper = plan("table1", (0,), paper_seeds=(0,))
     assert not any(r.schedule == "paper" and r.config.preset == "improved" for r in with_paper)
+
+
+def test_the_synth_table_gives_its_rows_a_tenth_of_the_source_epochs_and_no_paper_columns(tmp_path):
+    from madda_rs.config import PRESETS
+    from madda_rs.experiments.reproduce import build_table
+
+    runs = plan("synth", (0, 1, 2))
+    assert len(runs) == 2 * 2 * 3  # labelfree and improved (their source-only rows reuse the runs) x 2 targets
+    assert {(r.config.src, r.config.tgt) for r in runs} == {("synth-digits", "mnist"), ("synth-digits", "usps")}
+    for run in runs:
+        preset = PRESETS[run.config.preset]
+        assert (run.config.epochs_source, run.config.epochs_target) == \
+            (preset["epochs_source"] // 10, preset["epochs_target"])
+    markdown, _ = build_table("synth", runs, tmp_path)
+    assert "SYNTH-DIGITS → MNIST |" in markdown and "USPS split" not in markdown.split("SYNTH-DIGITS → USPS")[0]
+    assert "paper:" not in markdown
 
 
 def test_the_command_line_offers_every_table():
@@ -71,18 +88,18 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
             "--quiet", "--tsne-points", "40"]
     assert main(args + ["--device", "auto", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": new") == 12 and "complete" not in out
+    assert out.count(": new") == 16 and "complete" not in out
     markdown = (tmp_path / "table2.md").read_text()
     for row in TABLES["table2"].rows:
         assert f"| {row.label} | quick (1+2) |" in markdown
     with open(tmp_path / "table2.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 5 * 4 and all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
+    assert len(rows) == 6 * 4 and all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
     figures = sorted((tmp_path / "figures" / "table2").rglob("*.png"))
     assert {p.parent.name for p in figures} == {"mnist2usps-standard", "usps2mnist-standard", "mnist2usps-pooled",
                                                 "usps2mnist-pooled"}
     assert sum(p.name == "curves.png" for p in figures) == 4
-    assert sum(p.name.endswith("-confusion.png") for p in figures) == 12
+    assert sum(p.name.endswith("-confusion.png") for p in figures) == 16
     assert [p.name for p in figures if p.name.endswith("-tsne.png")] == \
         [f"{task}-{split}-full-madda-paper-e1+2-s0-quick-tsne.png"
          for task, split in (("mnist2usps", "pooled"), ("mnist2usps", "standard"), ("usps2mnist", "pooled"),
@@ -98,7 +115,7 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     assert ": resume" not in capsys.readouterr().out and not (victim / "metrics.json").is_file()
     assert main(args + ["--no-figures", "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("complete, skipped") == 11 and out.count(": resume") == 1
+    assert out.count("complete, skipped") == 15 and out.count(": resume") == 1
     assert json.loads((victim / "metrics.json").read_text())["threads"] == 1
 
 

@@ -49,7 +49,14 @@ from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts
 from ..run.processes import configure_threads, resolve_device
 from ..run.streams import numpy_rng, seeded_init, stream_seed
-from ..scores.label_free import label_free_figures, soft_neighbourhood_density
+from ..scores.label_free import (
+    batch_nuclear_norm,
+    class_ami,
+    information_maximisation,
+    label_free_figures,
+    mean_entropy,
+    soft_neighbourhood_density,
+)
 from .reproduce import SCHEDULES, TABLES, Column, plan
 
 log = logging.getLogger("madda_rs")
@@ -108,7 +115,8 @@ PEERS: Tuple[Peer, ...] = (
 PEER_NAMES = {p.slug: p for p in PEERS}
 
 # madda_rs's own rows, from Table 1's committed runs: (row label in reproduce.TABLES["table1"], schedule)
-MADDA_ROWS = (("ADDA", "short"), ("M-ADDA, preset paper", "short"), ("M-ADDA, preset improved (ours)", "improved"))
+MADDA_ROWS = (("ADDA", "short"), ("M-ADDA, preset paper", "short"), ("M-ADDA, preset improved (ours)", "improved"),
+              ("M-ADDA, preset labelfree (ours; madda-rs tune, no target label)", "labelfree"))
 
 
 def require_skada() -> Tuple[Any, Any]:
@@ -280,29 +288,47 @@ def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None
         target_pred = net.predict(test, sample_domain=np.full(len(test), TARGET_DOMAIN))
         tgt = data.tgt_train.images.cpu().numpy()
         train_pred = net.predict(tgt, sample_domain=np.full(len(tgt), TARGET_DOMAIN))
+        proba = net.predict_proba(tgt, sample_domain=np.full(len(tgt), TARGET_DOMAIN))
         features = net.predict_features(tgt)
     classes = np.unique(data.src_train.labels.cpu().numpy())  # type: ignore[union-attr]
     truth = data.tgt_test.labels.cpu().numpy()
-    scores = label_free_figures(classes[train_pred], len(classes))
-    scores["snd"] = soft_neighbourhood_density(features, rng=numpy_rng(run.config.seed, "scores", 0))
+    features = np.asarray(features, dtype=np.float32)
+    scores = peer_scores(classes[train_pred], np.asarray(proba, dtype=np.float64), features, len(classes),
+                         run.config.seed)
+    accuracy = float((classes[target_pred] == truth).mean())
     history = net.history
     losses = [float(v) for v in history[:, "train_loss"]]
     epoch_seconds = [float(v) for v in history[:, "dur"]]
     if not np.isfinite(losses[-1]):
         log.warning("%s: the final training loss is %s", run.name, losses[-1])
     return {
-        "target_accuracy": float((classes[target_pred] == truth).mean()),
+        "target_accuracy": accuracy,
         "wall_seconds": time.perf_counter() - wall,  # data, training and scoring, as madda_rs runs count it
         "fit_seconds": fit_seconds,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
         "label_free": scores,  # on the target training images, no label read
-        "history": {"train_loss": losses, "seconds": epoch_seconds},
+        # 'target': the final epoch's evaluation, as madda_rs runs record theirs (report --selection reads it)
+        "history": {"train_loss": losses, "seconds": epoch_seconds,
+                    "target": [{"epoch": len(losses) - 1, **scores, "target_accuracy": accuracy}]},
         "epochs": len(losses),
         "images": {"source_train": len(data.src_train), "target_train": len(data.tgt_train),
                    "target_test": len(data.tgt_test)},
         "versions": _versions(),
         "device": str(device), "threads": used_threads,
     }
+
+
+def peer_scores(pred: np.ndarray, proba: np.ndarray, features: np.ndarray, n_classes: int,
+                seed: int) -> Dict[str, Any]:
+    """The label-free scores that need only a run's target predictions, soft predictions and
+    features (DEV, the reverse kNN and the source check need the source side a madda_rs run keeps)."""
+    scores = label_free_figures(pred, n_classes)
+    scores["snd"] = soft_neighbourhood_density(features, rng=numpy_rng(seed, "scores", 0))
+    scores["im"] = information_maximisation(proba)
+    scores["bnm"] = batch_nuclear_norm(proba)
+    scores["entropy"] = mean_entropy(proba)
+    scores["class_ami"] = class_ami(features, pred, n_classes, stream_seed(seed, "scores", 2))
+    return scores
 
 
 def _versions() -> Dict[str, str]:
@@ -388,7 +414,7 @@ def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
     rows = []
     for label, schedule in MADDA_ROWS:
         es, et, _ = SCHEDULES["adda"][schedule]
-        preset = "improved" if schedule == "improved" else "paper"
+        preset = schedule if schedule in ("improved", "labelfree") else "paper"
         row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", PRESET_TARGET_LABELS[preset])
         for run in planned:
             folder = out / "runs" / run.slug

@@ -34,12 +34,15 @@ log = logging.getLogger("madda_rs")
 # (epochs_source, epochs_target, eval_every) per protocol and schedule. 'quick' is a smoke run.
 _PAPER_EPOCHS = (PRESETS["paper"]["epochs_source"], PRESETS["paper"]["epochs_target"], 10)
 # 'improved' is the improved preset's own default (its rows always use it, whatever --schedule says).
+# 'labelfree' likewise is the labelfree preset's own (madda-rs tune chose it).
 SCHEDULES: Dict[str, Dict[str, Tuple[int, int, int]]] = {
     "adda": {"short": (40, 20, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1),
-             "improved": (PRESETS["improved"]["epochs_source"], PRESETS["improved"]["epochs_target"], 2)},
-    "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1), "improved": (10, 10, 2)},
+             "improved": (PRESETS["improved"]["epochs_source"], PRESETS["improved"]["epochs_target"], 2),
+             "labelfree": (PRESETS["labelfree"]["epochs_source"], PRESETS["labelfree"]["epochs_target"], 2)},
+    "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1), "improved": (10, 10, 2),
+             "labelfree": (10, 10, 2)},
 }
-SCHEDULE_ORDER = ("quick", "short", "improved", "paper")
+SCHEDULE_ORDER = ("quick", "short", "improved", "labelfree", "paper")
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,14 @@ class Column:
 
     @property
     def label(self) -> str:
-        return f"{self.src.upper()} → {self.tgt.upper()}, {self.usps_split} USPS split"
+        split = f", {self.usps_split} USPS split" if "usps" in (self.src, self.tgt) else ""
+        return f"{self.src.upper()} → {self.tgt.upper()}{split}"
 
 
 @dataclass(frozen=True)
 class Row:
     label: str
-    settings: Dict[str, Any]  # TrainConfig fields that make the row's runs
+    settings: Dict[str, Any]  # TrainConfig fields that make the row's runs (epochs here override the schedule's)
     paper: Tuple[Optional[float], Optional[float]] = (None, None)  # the paper's figure, MNIST→USPS and USPS→MNIST
     metric: str = "target_accuracy"  # or "source_only_accuracy": the runs' source model before adaptation
     schedule: Optional[str] = None  # a fixed schedule for this row (else --schedule's)
@@ -83,6 +87,21 @@ _IMPROVED_LABEL = "M-ADDA, preset improved (ours)"
 def _improved(label: str, changes: Optional[Dict[str, Any]] = None, metric: str = "target_accuracy") -> "Row":
     return Row(label, {**_IMPROVED, **(changes or {})}, metric=metric, schedule="improved")
 
+
+_LABELFREE_LABEL = "M-ADDA, preset labelfree (ours; madda-rs tune, no target label)"
+
+
+def _labelfree(label: str = _LABELFREE_LABEL, changes: Optional[Dict[str, Any]] = None,
+               metric: str = "target_accuracy") -> "Row":
+    return Row(label, {"method": "madda", "preset": "labelfree", **(changes or {})}, metric=metric,
+               schedule="labelfree")
+
+
+# synth-digits holds 20,000 training images, ten times the ADDA protocol's 2,000 MNIST: a tenth of
+# the preset's source epochs gives its source stage as many steps as on MNIST.
+def _synth(preset: str) -> Dict[str, Any]:
+    return {"epochs_source": max(1, PRESETS[preset]["epochs_source"] // 10)}
+
 TABLES: Dict[str, Table] = {
     "table1": Table(
         "Table 1: ADDA protocol (2,000 MNIST / 1,800 USPS training images)",
@@ -94,6 +113,7 @@ TABLES: Dict[str, Table] = {
             Row("M-ADDA, preset paper", _PAPER, (0.952, 0.940)),
             Row("M-ADDA, preset official", {"method": "madda", "preset": "official"}, (0.952, 0.940)),
             _improved(_IMPROVED_LABEL),
+            _labelfree(),
         ),
         _ADDA_COLUMNS,
     ),
@@ -106,6 +126,7 @@ TABLES: Dict[str, Table] = {
             Row("ADDA", _ADDA, (None, None)),
             Row("M-ADDA, preset paper", _PAPER, (0.98, 0.97)),
             _improved(_IMPROVED_LABEL),
+            _labelfree(),
         ),
         _FULL_COLUMNS,
     ),
@@ -136,6 +157,20 @@ TABLES: Dict[str, Table] = {
             Row("M-ADDA, preset paper (for reference)", _PAPER, (0.952, 0.940)),
         ),
         tuple(c for c in _ADDA_COLUMNS if c.usps_split == "standard"),
+    ),
+    "synth": Table(
+        "Rendered digits as the source: synth-digits (20,000 images from 22 fonts, no human label) to real digits",
+        "Source epochs are a tenth of the preset's (synth-digits has ten times the images of the ADDA protocol's "
+        "MNIST, so the source stage takes as many steps). The target is the ADDA protocol's subset (2,000 MNIST / "
+        "1,800 USPS training images, no label read) and its whole test split scores it.",
+        (
+            _labelfree("Source only (labelfree's source model, kNN)", _synth("labelfree"), "source_only_accuracy"),
+            _labelfree(changes=_synth("labelfree")),
+            _improved("Source only (improved's source model, kNN; for reference)", _synth("improved"),
+                      "source_only_accuracy"),
+            _improved("M-ADDA, preset improved (for reference)", _synth("improved")),
+        ),
+        (Column("synth-digits", "mnist", "standard"), Column("synth-digits", "usps", "standard")),
     ),
 }
 
@@ -184,9 +219,10 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
             for col in spec.columns:
                 for seed in sched_seeds:
                     es, et, every = SCHEDULES[col.protocol][sched]
+                    settings = {"epochs_source": es, "epochs_target": et, **row.settings}
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
-                                         seed=seed, epochs_source=es, epochs_target=et, eval_every=every,
-                                         checkpoint_every=max(every, 5), **row.settings, **run_settings)
+                                         seed=seed, eval_every=every, checkpoint_every=max(every, 5), **settings,
+                                         **run_settings)
                     name = slug(config, sched)
                     runs.setdefault(name, PlannedRun(name, config, sched)).cells.append((row.label, col.label))
     return list(runs.values())
@@ -244,8 +280,9 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
         for row_label, col_label in run.cells:
             done.setdefault((row_label, col_label, run.schedule), []).append((run, metrics))
     schedules = sorted({r.schedule for r in runs}, key=SCHEDULE_ORDER.index)
+    quoted = any(p is not None for row in spec.rows for p in row.paper)  # the paper's columns, where it has them
     header = (["method", "schedule", "labelled target images that chose the settings"] + [c.label for c in spec.columns]
-              + ["paper: MNIST → USPS", "paper: USPS → MNIST"])
+              + (["paper: MNIST → USPS", "paper: USPS → MNIST"] if quoted else []))
     lines = [f"**{spec.title}.** Final-epoch target accuracy, mean ± sample std over seeds (seeds in brackets). "
              + spec.note, "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     rows_csv: List[Dict[str, Any]] = []
@@ -257,7 +294,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 got = done.get((row.label, col.label, sched), [])
                 vals = [m[row.metric] for _, m in got if m.get(row.metric) is not None]
                 seeds = [r.config.seed for r, _ in got]
-                es, et, _ = SCHEDULES[col.protocol][sched]
+                es, et = _epochs(row, col, sched)
                 # the guard's fallback made the run's output the source model's (not a source-only row's concern)
                 guarded = sum(1 for _, m in got if m.get("guard")) if row.metric == "target_accuracy" else 0
                 guarded_cells += bool(guarded)
@@ -275,14 +312,20 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 })
             if all(c == "-" for c in cells):
                 continue
-            es, et, _ = SCHEDULES[spec.columns[0].protocol][sched]
-            paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper]
+            es, et = _epochs(row, spec.columns[0], sched)
+            paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper] if quoted else []
             lines.append(f"| {row.label} | {sched} ({es}+{et}) | {_target_labels(row)} | " + " | ".join(cells + paper)
                          + " |")
     if guarded_cells:
         lines += ["", "† N: in N of the cell's runs the guard found that adaptation merged classes and the run's "
                       "output is the source model (metrics.json 'guard')."]
     return "\n".join(lines), rows_csv
+
+
+def _epochs(row: Row, col: Column, schedule: str) -> Tuple[int, int]:
+    """(source, target) epochs of a row's runs: the schedule's, unless the row sets its own."""
+    es, et, _ = SCHEDULES[col.protocol][schedule]
+    return row.settings.get("epochs_source", es), row.settings.get("epochs_target", et)
 
 
 def _target_labels(row: Row) -> str:
