@@ -170,7 +170,8 @@ def selection_table(run_dirs: Sequence[str]) -> str:
     # choosing a run, as madda-rs tune does: among each task's runs, their final evaluations
     across = ["", "Choosing among a task's runs (each run's final epoch, as `madda-rs tune` chooses): the "
               "target accuracy of the run each score picks.", "",
-              "| picked by | " + " | ".join(task_names) + " | mean over tasks |", "|---|" + "---|" * (len(task_names) + 1)]
+              "| picked by | " + " | ".join(task_names) + " | mean over tasks |",
+              "|---|" + "---|" * (len(task_names) + 1)]
 
     def fmt(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:+.2f}"
