@@ -146,3 +146,17 @@ def test_without_skada_peers_is_refused_in_one_line_before_any_work(monkeypatch,
     # the table from runs already done needs no skada
     assert main(args + ["--no-run", "--no-figures"]) == 0
     assert "| DANN |" not in (tmp_path / "peers.md").read_text()  # no run of it is complete
+
+
+def test_splits_choose_the_columns_run_and_a_bad_split_is_refused(tmp_path, capsys, monkeypatch):
+    import madda_rs.experiments.peers as peers
+    from madda_rs.cli import main
+
+    assert main(["reproduce", "peers", "--out", str(tmp_path), "--splits", "diagonal", "--no-run"]) == 1
+    assert "--splits takes standard and/or pooled" in capsys.readouterr().err
+    planned = []
+    monkeypatch.setattr(peers, "check_runnable", lambda runs, out: planned.extend(runs) or [])
+    monkeypatch.setattr(peers, "run_peers", lambda *a, **kw: None)
+    assert main(["reproduce", "peers", "--out", str(tmp_path), "--splits", "standard", "--methods", "dann",
+                 "--no-figures"]) == 0
+    assert len(planned) == 2 * 3 and {r.config.usps_split for r in planned} == {"standard"}

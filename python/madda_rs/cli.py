@@ -7,7 +7,7 @@ paper's tables.
     madda-rs tune --src S --tgt T --out DIR [--budget MINUTES]   # settings chosen with no target label
     madda-rs report runs/* [--by-epoch | --selection]
     madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
-    madda-rs reproduce peers [--out results] [--epochs N] [--methods dann,...]   # skada's methods, our data
+    madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
     madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help="peers only: epochs of every skada method [default: 110, the improved preset's passes]")
+    p.add_argument("--splits", default="standard,pooled",
+                   help="peers only: comma-separated USPS splits to run [default: standard,pooled]")
     p.add_argument("--methods", default=None,
                    help="peers only: comma-separated skada methods (madda_rs.experiments.peers.PEER_NAMES) "
                         "[default: all]")
@@ -361,12 +363,17 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _reproduce_peers(args: argparse.Namespace) -> int:
     from .experiments.peers import DEFAULT_EPOCHS, check_runnable, plan_peers, run_peers, write_peers
+    from .experiments.reproduce import TABLES
 
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = 1 if args.quick else args.epochs or DEFAULT_EPOCHS
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    runs = plan_peers(seeds, epochs, methods, data_dir=args.data_dir, threads=args.threads)
+    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+    if not splits or set(splits) - {"standard", "pooled"}:
+        raise ValueError(f"--splits takes standard and/or pooled, got {args.splits!r}")
+    columns = [c for c in TABLES["table1"].columns if c.usps_split in splits]
+    runs = plan_peers(seeds, epochs, methods, columns, data_dir=args.data_dir, threads=args.threads)
     if not args.no_run:
         check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
 
