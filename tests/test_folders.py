@@ -208,8 +208,10 @@ def test_the_readmes_own_image_commands_run_as_written(data_dir, tmp_path, monke
                 argv = [sys.executable, "-m", "madda_rs", *argv[1:]]
             if "image_folders.py" in argv[1]:
                 argv += ["--per-class", "10"]
-            if "train" in argv:
+            if "train" in argv or "tune" in argv:
                 argv += ["--epochs-source", "1", "--epochs-target", "1", "--threads", "1", "--quiet"]
+            if "tune" in argv:
+                argv += ["--candidates", "2"]
             proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, (command, proc.stderr[-3000:])
     ours, shipped = ((tmp_path / name).read_text().splitlines() for name in ("labels.csv", "shipped.csv"))
