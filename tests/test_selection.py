@@ -113,7 +113,7 @@ def test_holdout_accuracy_is_a_labelled_tuning_figure_never_a_label_free_one(add
     (tmp_path / "a" / "config.json").write_text("{}")
     (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
     rows = [line for line in selection_table([str(tmp_path / "a")]).splitlines() if line.startswith("| holdout")]
-    assert len(rows) == 2 and all("labelled: up to 2,000 target training images" in r for r in rows)  # both tables
+    assert len(rows) == 3 and all("labelled: up to 2,000 target training images" in r for r in rows)  # all three tables
 
 
 def test_select_keeps_the_model_the_score_picks_and_survives_resume(generated_data_dir, tmp_path, monkeypatch):
