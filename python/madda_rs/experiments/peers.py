@@ -57,7 +57,7 @@ from ..scores.label_free import (
     mean_entropy,
     soft_neighbourhood_density,
 )
-from .reproduce import SCHEDULES, TABLES, Column, plan
+from .reproduce import SCHEDULES, TABLES, Column, cell_text, plan
 
 log = logging.getLogger("madda_rs")
 
@@ -376,14 +376,6 @@ def _write_json(path: Path, values: Dict[str, Any]) -> None:
 # --- the table -------------------------------------------------------------------------------
 
 
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
 def _mean(values: Sequence[Optional[float]], digits: int) -> Any:
     values = [v for v in values if v is not None]
     return round(float(np.mean(values)), digits) if values else ""
@@ -440,7 +432,7 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int]) 
             got = sorted(row.got.get(col.label, []), key=lambda g: g[0])
             accs = [m["target_accuracy"] for _, m in got if m.get("target_accuracy") is not None]
             walls += [m["wall_seconds"] for _, m in got]
-            cells.append(f"{_cell(accs)} ({','.join(str(s) for s, _ in got)})" if accs else "-")
+            cells.append(f"{cell_text(accs)} ({','.join(str(s) for s, _ in got)})" if accs else "-")
             lf = [m.get("label_free", {}) for _, m in got]
             csv_rows.append({
                 "method": row.label, "library": row.library, "training": row.training,

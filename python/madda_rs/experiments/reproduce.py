@@ -260,7 +260,8 @@ def run_all(runs: Sequence[PlannedRun], out: Path, progress: Optional[Callable[.
             train(run.config, str(folder), progress, overwrite=True)
 
 
-def _cell(values: List[float]) -> str:
+def cell_text(values: Sequence[float]) -> str:
+    """A table cell: '-', one value, or mean ± sample std, at 3 decimals."""
     if not values:
         return "-"
     if len(values) == 1:
@@ -299,7 +300,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 guarded = sum(1 for _, m in got if m.get("guard")) if row.metric == "target_accuracy" else 0
                 guarded_cells += bool(guarded)
                 mark = f" †{guarded}" if guarded else ""
-                cells.append(f"{_cell(vals)} ({','.join(map(str, seeds))}){mark}" if vals else "-")
+                cells.append(f"{cell_text(vals)} ({','.join(map(str, seeds))}){mark}" if vals else "-")
                 last5 = [v for v in (last_evaluations_mean(m) for _, m in got) if v is not None]
                 rows_csv.append({
                     "table": table, "method": row.label, "schedule": f"{sched} ({es}+{et})",
@@ -378,4 +379,5 @@ def write_figures(table: str, runs: Sequence[PlannedRun], out: Path, *, device: 
     return [p for p in written if p is not None]
 
 
-__all__ = ["write_figures", "TABLES", "SCHEDULES", "plan", "run_all", "build_table", "write_table", "run_state", "slug"]
+__all__ = ["cell_text", "write_figures", "TABLES", "SCHEDULES", "plan", "run_all", "build_table", "write_table",
+           "run_state", "slug"]
