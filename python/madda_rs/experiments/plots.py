@@ -267,6 +267,8 @@ def peers_figure(rows: Sequence[Dict[str, Any]], path: Path | str) -> Optional[P
     method keeps one colour and marker in every panel; madda_rs's rows are drawn larger, edged in
     black. `rows` are the CSV rows of ``madda-rs reproduce peers``
     (:func:`madda_rs.experiments.peers.build_peers_table`). None when no row has a result."""
+    from matplotlib import colormaps
+
     done = [r for r in rows if r.get("mean") not in ("", None) and r.get("wall_seconds") not in ("", None)]
     if not done:
         log.info("%s not drawn: no method has a finished run", path)
@@ -274,8 +276,6 @@ def peers_figure(rows: Sequence[Dict[str, Any]], path: Path | str) -> Optional[P
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     ours = {r["method"] for r in rows if r.get("library") == "madda_rs"}
-    from matplotlib import colormaps
-
     colours = colormaps["tab20"].colors  # 20 distinct colours: the table has up to 17 rows
     markers = "osD^v<>Ph*Xpd"
     cols = min(2, len(tasks))
@@ -283,16 +283,16 @@ def peers_figure(rows: Sequence[Dict[str, Any]], path: Path | str) -> Optional[P
     axes = np.atleast_1d(fig.subplots(-(-len(tasks) // cols), cols)).ravel()
     for ax, task in zip(axes, tasks):
         for i, method in enumerate(methods):
+            colour, mine = colours[i % len(colours)], method in ours
             got = [r for r in done if r["task"] == task and r["method"] == method]
             for r in got:
                 mean = float(r["mean"])
                 std = float(r["std"]) if r.get("std") not in ("", None) else 0.0
                 # an accuracy lies in [0, 1]: a wide spread (the paper preset's collapses) is cut there
                 yerr = [[min(std, mean)], [min(std, 1.0 - mean)]]
-                mine = method in ours
-                ax.errorbar(float(r["wall_seconds"]), mean, yerr=yerr, color=colours[i % len(colours)],
-                            marker=markers[i % len(markers)], ms=9 if mine else 6, capsize=3, label=method,
-                            markeredgecolor="black" if mine else colours[i % len(colours)], zorder=3 if mine else 2)
+                ax.errorbar(float(r["wall_seconds"]), mean, yerr=yerr, color=colour, marker=markers[i % len(markers)],
+                            ms=9 if mine else 6, capsize=3, label=method, markeredgecolor="black" if mine else colour,
+                            zorder=3 if mine else 2)
         ax.set_xscale("log")
         ax.set_title(task)
         ax.set_xlabel("mean wall time per run (s, log scale)")
