@@ -20,7 +20,7 @@ MAX_CACHED_SECONDS = 5.0
 def test_a_second_read_of_a_large_folder_takes_seconds(monkeypatch):
     from madda_rs.config import TrainConfig
     from madda_rs.data import folders
-    from madda_rs.data.domains import resolve_geometry
+    from madda_rs.data.geometry import resolve_geometry
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "digits", Path(tmp) / "cache"

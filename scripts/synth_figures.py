@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from madda_rs.config import TrainConfig
-from madda_rs.data.domains import ImageSet, load_named
+from madda_rs.data.domains import load_named
+from madda_rs.data.images import ImageSet
 from madda_rs.run.streams import numpy_rng
 
 PER_DIGIT = 10

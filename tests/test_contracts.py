@@ -12,7 +12,9 @@ import madda_rs.methods.madda as madda_module
 import madda_rs.run.processes as processes
 from madda_rs import native
 from madda_rs.config import PRESETS, TrainConfig
-from madda_rs.data.domains import REGISTRY, ImageSet, RegisteredDomain, RunData, prepare_data
+from madda_rs.data.domains import REGISTRY, RegisteredDomain
+from madda_rs.data.images import ImageSet
+from madda_rs.data.run_data import RunData, prepare_data
 from madda_rs.losses import triplet_loss
 from madda_rs.methods.common import ema_update
 from madda_rs.methods.madda import MaddaTargetStage
@@ -78,11 +80,11 @@ def test_the_source_must_be_labelled_whatever_its_kind(tmp_path, monkeypatch):
     np.savez(tmp_path / "unlabelled.npz", images=x)
     target = (x, y)
     with pytest.raises(ValueError, match="source must be labelled"):
-        prepare_data(TrainConfig(src=str(tmp_path / "unlabelled.npz"), tgt="b"), CPU, target=target)
+        prepare_data(TrainConfig(src=str(tmp_path / "unlabelled.npz"), tgt="b"), target=target)
     monkeypatch.setitem(REGISTRY, "nolabels", RegisteredDomain("nolabels", lambda train, config: ImageSet(
         torch.zeros(40, 1, 28, 28)), None))
     with pytest.raises(ValueError, match="source must be labelled"):
-        prepare_data(TrainConfig(src="nolabels", tgt="b"), CPU, target=target)
+        prepare_data(TrainConfig(src="nolabels", tgt="b"), target=target)
 
 
 def test_gradients_are_averaged_over_ranks_by_their_share_of_the_batch(monkeypatch):
@@ -120,7 +122,7 @@ def test_the_cluster_label_magnet_keeps_only_images_where_the_vote_agrees(monkey
     model = EmbeddingNet(8)
     images = torch.rand(60, 1, 28, 28) * 2 - 1
     data = RunData(ImageSet(images[:20], torch.arange(20) % 10), None, ImageSet(images[20:]), None)
-    tgt_emb = embed(model, data.tgt_train.images)
+    tgt_emb = embed(model, data.tgt_train.floats())
     predictor = _VotesClassZero(tgt_emb[:10].copy(), np.arange(10))  # one centre on each of 10 target images
     stage = MaddaTargetStage(config, model, predictor, data, CPU)
     seen = []
@@ -146,7 +148,7 @@ def improved_run(generated_data_dir, tmp_path_factory):
     config = TrainConfig(src="mnist", tgt="usps", preset="improved", epochs_source=2, epochs_target=2, eval_every=1,
                          data_dir=generated_data_dir, download=False, device="cpu", threads=1, guard=False)
     result = train(config, str(out))
-    return result, out, prepare_data(config, CPU)
+    return result, out, prepare_data(config)
 
 
 @torch.no_grad()
@@ -157,8 +159,8 @@ def _embed(model, images):
 
 def _accuracy_by_hand(source_model, target_model, data, k):
     """Algorithm 3 written out: no augmentation, eval mode, the kNN vote over source embeddings."""
-    pred = native.knn_predict(_embed(source_model, data.src_train.images), data.src_train.labels.numpy(),
-                              _embed(target_model, data.tgt_test.images), k)
+    pred = native.knn_predict(_embed(source_model, data.src_train.floats()), data.src_train.labels.numpy(),
+                              _embed(target_model, data.tgt_test.floats()), k)
     return float((pred == data.tgt_test.labels.numpy()).mean())
 
 
@@ -168,7 +170,7 @@ def test_evaluation_scores_unaugmented_images(improved_run):
     source, target = load_model(out / "source.pt"), load_model(out / "target.pt")
     assert result.target_accuracy == _accuracy_by_hand(source, target, data, result.config.k)
     # a continuous score too: accuracy on easy digits could match by chance
-    snd = soft_neighbourhood_density(_embed(target, data.tgt_train.images))
+    snd = soft_neighbourhood_density(_embed(target, data.tgt_train.floats()))
     assert result.history["target"][-1]["snd"] == pytest.approx(snd, rel=1e-6)
 
 
@@ -180,7 +182,7 @@ def test_the_mean_teacher_is_the_model_scored_not_the_student(improved_run):
     teacher.load_state_dict(state["teacher"])
     student.load_state_dict(state["target"])
     assert result.target_accuracy == _accuracy_by_hand(source, teacher, data, result.config.k)
-    snd = {name: soft_neighbourhood_density(_embed(model, data.tgt_train.images))
+    snd = {name: soft_neighbourhood_density(_embed(model, data.tgt_train.floats()))
            for name, model in (("teacher", teacher), ("student", student))}
     assert snd["teacher"] != pytest.approx(snd["student"], rel=1e-6)  # so the check below tells them apart
     assert result.history["target"][-1]["snd"] == pytest.approx(snd["teacher"], rel=1e-6)

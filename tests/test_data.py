@@ -20,8 +20,9 @@ def _config(data_dir, **kw):
 @pytest.mark.parametrize("name", ["mnist", "usps"])
 def test_train_and_test_splits_are_28x28_in_minus1_1(data_dir, name):
     for split in load_named(name, _config(data_dir, protocol="full")):
-        assert split.images.shape[1:] == (1, 28, 28) and split.images.dtype == torch.float32
-        assert split.images.min() == -1.0 and split.images.max() <= 1.0  # background maps to -1 in both
+        x = split.floats()  # what a batch becomes: MNIST is kept as uint8 pixels, resized USPS as floats
+        assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
+        assert x.min() == -1.0 and x.max() <= 1.0  # background maps to -1 in both
         assert split.labels.dtype == torch.int64 and set(split.labels.tolist()) <= set(range(10))
         assert len(split.images) == len(split.labels)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import madda_rs
-from madda_rs.data.domains import ImageSet
+from madda_rs.data.images import ImageSet
 from madda_rs.models import EmbeddingNet
 from madda_rs.run.processes import Parallel
 from madda_rs.scores.predictors import KnnPredictor, embed

@@ -6,7 +6,9 @@ import torch
 
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
-from madda_rs.data.domains import REGISTRY, ImageSet, as_image_set, load_npz, prepare_data, register_domain
+from madda_rs.data.domains import REGISTRY, load_npz, register_domain
+from madda_rs.data.images import ImageSet, as_image_set
+from madda_rs.data.run_data import prepare_data
 from madda_rs.models import EmbeddingNet
 from madda_rs.training import train
 
@@ -19,8 +21,10 @@ def test_uint8_and_float_images_map_to_the_same_range():
     x = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)  # (1, 2, 2): channel added
     a = as_image_set(x)
     b = as_image_set(torch.from_numpy(x[:, None].astype(np.float32) / 255))
-    assert a.images.shape == (1, 1, 2, 2) and torch.allclose(a.images, b.images)
-    assert a.images.min() == -1 and a.images.max() == 1 and a.labels is None
+    assert a.images.dtype == torch.uint8  # pixels stay uint8 in memory; batches become floats
+    assert a.images.shape == (1, 1, 2, 2) and torch.allclose(a.floats(), b.floats())
+    assert a.floats().min() == -1 and a.floats().max() == 1 and a.labels is None
+    assert torch.equal(a.batch(torch.tensor([0]), torch.device("cpu")), a.floats())
 
 
 def test_pairs_and_datasets_carry_labels():
@@ -72,16 +76,16 @@ def test_shapes_must_agree_unless_resized():
     tgt = bars(30, 32, 1, channels=3)[0]
     config = TrainConfig(src="a", tgt="b")
     with pytest.raises(ValueError, match=r"\(1, 28, 28\).*\(3, 32, 32\).*resize_to_source"):
-        prepare_data(config, CPU, source=src, target=tgt)
-    data = prepare_data(config.replace(resize_to_source=True), CPU, source=src, target=tgt)
+        prepare_data(config, source=src, target=tgt)
+    data = prepare_data(config.replace(resize_to_source=True), source=src, target=tgt)
     assert data.tgt_train.shape == (1, 28, 28) and data.tgt_test is None and data.tgt_train.labels is None
 
 
 def test_the_source_needs_labels_and_target_labels_never_reach_training():
     x, y = bars(40, 28, 0)
     with pytest.raises(ValueError, match="source must be labelled"):
-        prepare_data(TrainConfig(src="a", tgt="b"), CPU, source=x, target=x)
-    data = prepare_data(TrainConfig(src="a", tgt="b"), CPU, source=(x, y), target=(x, y))
+        prepare_data(TrainConfig(src="a", tgt="b"), source=x, target=x)
+    data = prepare_data(TrainConfig(src="a", tgt="b"), source=(x, y), target=(x, y))
     assert data.tgt_train.labels is None
 
 
@@ -118,7 +122,7 @@ def test_registering_a_domain_is_one_function(monkeypatch):
     def _bars(train, config):
         return as_image_set(bars(40 if train else 20, 28, int(train)))
 
-    train_set, test_set = prepare_data(TrainConfig(src="bars", tgt="b"), CPU, target=bars(5, 28, 3)[0]).src_train, None
+    train_set, test_set = prepare_data(TrainConfig(src="bars", tgt="b"), target=bars(5, 28, 3)[0]).src_train, None
     assert len(train_set) == 10 and test_set is None  # ADDA protocol subset
 
 

@@ -103,16 +103,17 @@ def test_predict_writes_jsonl_and_npz_and_python_gives_the_same(run, tree, tmp_p
 def test_the_exported_folder_predicts_alike_without_training_code(run, tree, tmp_path):
     shipped = tmp_path / "shipped"
     assert main(["export", str(run), "--out", str(shipped)]) == 0
-    assert {"encoder.pt", "predict.py", "run.json", "source_embeddings.npy", "source_labels.npy"} <= {
+    assert {"encoder.pt", "predict.py", "decode.py", "run.json", "source_embeddings.npy", "source_labels.npy"} <= {
         p.name for p in shipped.iterdir()}
     imports = set()
-    for node in ast.walk(ast.parse((shipped / "predict.py").read_text())):
-        if isinstance(node, ast.Import):
-            imports |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imports.add((node.module or "").split(".")[0])
+    for name in ("predict.py", "decode.py"):
+        for node in ast.walk(ast.parse((shipped / name).read_text())):
+            if isinstance(node, ast.Import):
+                imports |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:  # relative: only inside madda_rs
+                imports.add((node.module or "").split(".")[0])
     assert imports <= {"__future__", "argparse", "csv", "json", "os", "sys", "warnings", "concurrent", "pathlib",
-                       "typing", "numpy", "torch", "PIL", "madda_rs"}
+                       "typing", "importlib", "numpy", "torch", "PIL", "madda_rs", "decode"}
     assert main(["predict", str(run), str(tree / "new"), "--out", str(tmp_path / "ours.csv")]) == 0
     proc = subprocess.run([sys.executable, str(shipped / "predict.py"), str(tree / "new"), "--out",
                            str(tmp_path / "shipped.csv")], capture_output=True, text=True, timeout=300, cwd=tmp_path)

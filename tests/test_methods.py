@@ -47,7 +47,13 @@ def test_a_method_in_its_own_file_trains_through_the_cli(registry, generated_dat
     config = TrainConfig(method=spec, src="mnist", tgt="usps")
     assert slug(config, "short").startswith("mnist2usps-standard-adda-toy-paper-")
     with pytest.raises(ValueError, match="toy takes no augment"):
-        TrainConfig(method=spec, augment=True)
+        methods.check_config(TrainConfig(method=spec, augment=True))
+    # a method setting it does not read is refused by name, from the CLI before any work (exit 2)
+    with pytest.raises(ValueError, match=r"--method .*toy does not read --magnet-labels"):
+        methods.check_config(TrainConfig(method=spec, magnet_labels="clusters"))
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-3], "--magnet-labels", "clusters", "--out", str(tmp_path / "refused"), "--quiet"])
+    assert exc.value.code == 2 and not (tmp_path / "refused").exists()
     scores = evaluate_run(str(out), device="cpu")
     assert scores["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
 
@@ -58,19 +64,19 @@ def test_a_module_dropped_into_the_methods_package_is_found(registry, tmp_path, 
     monkeypatch.delitem(sys.modules, "madda_rs.methods.dropped_in", raising=False)
     assert "dropped" in methods.method_names()
     assert {"madda", "adda"} <= set(methods.method_names())
-    assert TrainConfig(method="dropped").method == "dropped"
+    assert methods.check_config(TrainConfig(method="dropped")).name == "dropped"
     sys.modules.pop("madda_rs.methods.dropped_in", None)
 
 
 def test_unknown_methods_and_clashing_names_are_refused(registry, tmp_path):
     with pytest.raises(ValueError, match="method must be one of adda, madda"):
-        TrainConfig(method="nope")
+        methods.check_config(TrainConfig(method="nope"))
     with pytest.raises(ValueError, match="does not exist"):
-        TrainConfig(method=str(tmp_path / "missing.py") + ":x")
+        methods.check_config(TrainConfig(method=str(tmp_path / "missing.py") + ":x"))
     module = tmp_path / "other.py"
     module.write_text(TOY_METHOD.replace("NAME", "toy2"))
     with pytest.raises(ValueError, match="registers no method 'nope'"):
-        TrainConfig(method=f"{module}:nope")
+        methods.check_config(TrainConfig(method=f"{module}:nope"))
     with pytest.raises(ValueError, match="already registered"):
         methods.register_method("madda")(type("Impostor", (methods.Method,), {}))
     with pytest.raises(SystemExit) as exc:

@@ -16,7 +16,9 @@ from threadpoolctl import threadpool_limits
 
 import madda_rs.experiments.plots as plots
 from madda_rs.config import TrainConfig
-from madda_rs.data.domains import REGISTRY, RegisteredDomain, as_image_set, prepare_data
+from madda_rs.data.domains import REGISTRY, RegisteredDomain
+from madda_rs.data.images import as_image_set
+from madda_rs.data.run_data import prepare_data
 from madda_rs.experiments.plots import confusion_figure, curves_figure, plot_runs, time_figure, tsne_figure
 from madda_rs.run.folder import load_model
 from madda_rs.run.streams import stream_seed
@@ -78,7 +80,7 @@ def _readable(path):
 
 def _data(with_labels: bool = True):
     (src, _), (tgt, tgt_test) = DOMAINS["bars-a"], DOMAINS["bars-b"]
-    return prepare_data(_config(0), "cpu", source=src, target=tgt[0], target_test=tgt_test if with_labels else None)
+    return prepare_data(_config(0), source=src, target=tgt[0], target_test=tgt_test if with_labels else None)
 
 
 @pytest.fixture

@@ -56,22 +56,24 @@ def test_nearest_center_labels_and_prediction_figures():
 
 
 def test_held_out_images_are_the_training_images_the_subset_left_out(adda_sized_dir):
-    from madda_rs.data.domains import HOLDOUT_IMAGES, prepare_data
+    from madda_rs.data.domains import HOLDOUT_IMAGES
+    from madda_rs.data.run_data import prepare_data
 
-    data = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
+    data = prepare_data(_config(adda_sized_dir))
     assert len(data.tgt_train) == 1800 and 200 < len(data.tgt_holdout) < min(HOLDOUT_IMAGES, 2100 - 1800)
     assert data.tgt_holdout.labels is not None and data.tgt_train.labels is None
     train = {bytes(x.numpy()) for x in data.tgt_train.images}
     assert not any(bytes(x.numpy()) in train for x in data.tgt_holdout.images)  # disjoint
-    again = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
+    again = prepare_data(_config(adda_sized_dir))
     assert torch.equal(again.tgt_holdout.images, data.tgt_holdout.images)  # seeded
-    assert prepare_data(_config(adda_sized_dir, protocol="full"), torch.device("cpu")).tgt_holdout is None
+    assert prepare_data(_config(adda_sized_dir, protocol="full")).tgt_holdout is None
 
 
 def test_a_standard_split_holdout_holds_no_digit_the_pooled_split_tests_on(adda_sized_dir):
-    from madda_rs.data.domains import REGISTRY, prepare_data
+    from madda_rs.data.domains import REGISTRY
+    from madda_rs.data.run_data import prepare_data
 
-    data = prepare_data(_config(adda_sized_dir), torch.device("cpu"))
+    data = prepare_data(_config(adda_sized_dir))
     pooled_test = REGISTRY["usps"].load(False, _config(adda_sized_dir, usps_split="pooled"))
     tested = {bytes(x.numpy()) for x in pooled_test.images}
     held = [bytes(x.numpy()) for x in data.tgt_holdout.images]

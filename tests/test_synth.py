@@ -11,7 +11,9 @@ import madda_rs.data.folders as folders
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
 from madda_rs.data import synth
-from madda_rs.data.domains import load_named, prepare_data, resolve_geometry
+from madda_rs.data.domains import load_named
+from madda_rs.data.geometry import resolve_geometry
+from madda_rs.data.run_data import prepare_data
 from madda_rs.run.folder import experiment_key
 
 from digits import bars
@@ -59,8 +61,8 @@ def test_labels_are_balanced_in_every_prefix():
 def test_the_domain_gives_mnist_geometry_in_minus_one_to_one_with_a_bright_digit_on_a_dark_ground():
     train, test = load_named("synth-digits", _config())
     assert (len(train), len(test)) == (40, 20)  # all rendered images: no ADDA subset
-    x = train.images
-    assert x.dtype == torch.float32 and train.shape == (1, 28, 28) and train.labels.dtype == torch.int64
+    x = train.floats()
+    assert train.images.dtype == torch.uint8 and x.dtype == torch.float32 and train.shape == (1, 28, 28) and train.labels.dtype == torch.int64
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     ground = x.flatten(1).median(dim=1).values  # most pixels are background
     assert (ground < -0.2).all() and (x.flatten(1).max(dim=1).values > ground + 0.6).all()
@@ -69,7 +71,7 @@ def test_the_domain_gives_mnist_geometry_in_minus_one_to_one_with_a_bright_digit
 def test_three_channels_render_colour_in_both_polarities():
     config = resolve_geometry(_config(channels=3))  # a synth-digits source may set channels
     train, _ = load_named("synth-digits", config)
-    x = train.images
+    x = train.floats()
     assert train.shape == (3, 28, 28)
     chroma = x.flatten(2).mean(dim=2).std(dim=1)  # how far apart the channels' means are (noise averages out)
     assert (chroma > 0.05).float().mean() > 0.8  # tinted, not grey
@@ -114,7 +116,7 @@ def test_rendering_shows_progress():
         def close(self):
             pass
 
-    prepare_data(_config(), CPU, target=bars(20, 28, 0)[0], progress=Bar)
+    prepare_data(_config(), target=bars(20, 28, 0)[0], progress=Bar)
     assert [(b.desc, b.total, b.done) for b in bars_made] == [
         ("rendering synth-digits train", 40, 40), ("rendering synth-digits test", 20, 20)]
 

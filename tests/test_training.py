@@ -82,13 +82,13 @@ class Spy:
         wrap(madda_stage, "kmeans_centers", lambda a, kw, out: a[1])
         wrap(common, "discriminator_loss", lambda a, kw, out: None)
         wrap(madda_stage, "center_magnet_loss", lambda a, kw, out: None)
-        real_detached = madda_rs.models.EmbeddingNet.embed_detached_conv
+        real_detached = madda_rs.models.EmbeddingNet.embed_detached_trunk
 
         def detached(model, x):
-            calls["embed_detached_conv"].append(None)
+            calls["embed_detached_trunk"].append(None)
             return real_detached(model, x)
 
-        monkeypatch.setattr(madda_rs.models.EmbeddingNet, "embed_detached_conv", detached)
+        monkeypatch.setattr(madda_rs.models.EmbeddingNet, "embed_detached_trunk", detached)
 
 
 def test_every_flag_reaches_the_code(generated_data_dir, tmp_path, monkeypatch):
@@ -106,7 +106,7 @@ def test_every_flag_reaches_the_code(generated_data_dir, tmp_path, monkeypatch):
     assert set(c["epoch_batches"]) == {("common", 40), ("common", 30), ("madda", 30)}
     assert c["adam"] == [(2e-4, (0.6, 0.95)), (2e-4, (0.6, 0.95)), (5e-4, (0.6, 0.95))]  # source, target, D
     assert set(c["zero_grad"]) == {True}  # set_to_none: the momentum quirk is off
-    assert c["kmeans_centers"] == [] and c["embed_detached_conv"] == []
+    assert c["kmeans_centers"] == [] and c["embed_detached_trunk"] == []
     assert len(c["discriminator_loss"]) == 3 * 2 * min(600 // 40, 600 // 30)  # epochs x passes x batches
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     hist = metrics["history"]["target"]
@@ -125,7 +125,7 @@ def test_official_preset_values_reach_the_code(generated_data_dir, tmp_path, mon
     assert set(c["triplets"]) == {("violating", 1.0)} and set(c["knn_predict"]) == {2}
     assert set(c["zero_grad"]) == {False}  # zeroed, not None
     assert len(c["kmeans_centers"]) == 2 and set(c["kmeans_centers"]) == {10}
-    assert len(c["embed_detached_conv"]) == len(c["center_magnet_loss"]) > 0
+    assert len(c["embed_detached_trunk"]) == len(c["center_magnet_loss"]) > 0
     assert len(c["discriminator_loss"]) == 2 * 3 * min(600 // 64, 600 // 50)  # epochs x passes x batches
     assert set(c["epoch_batches"]) == {("common", 64), ("common", 50), ("madda", 50)}
 
@@ -135,7 +135,7 @@ def test_paper_preset_values_reach_the_code(generated_data_dir, tmp_path, monkey
     assert _cli(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "1") == 0
     c = spy.calls
     assert set(c["triplets"]) == {("random", 1.0)} and set(c["triplet_loss"]) == {1.0}
-    assert c["kmeans_centers"] == [] and c["embed_detached_conv"] == []
+    assert c["kmeans_centers"] == [] and c["embed_detached_trunk"] == []
     assert len(c["discriminator_loss"]) == min(600 // 64, 600 // 50)
     assert c["adam"] == [(1e-4, (0.5, 0.9))] * 3
 

@@ -11,6 +11,7 @@ import pytest
 import madda_rs.tune as tune_module
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
+from madda_rs.methods import get_method
 from madda_rs.tune import candidate_config, candidate_settings, vote_ranks
 
 # a space small enough for tests: 2 x 2 x 2 candidates, schedules of a few epochs
@@ -64,7 +65,7 @@ def _tune(data_dir, out, *extra):
 
 
 def test_tune_chooses_the_same_run_whatever_the_target_labels_say(generated_data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(tune_module, "SEARCH_SPACE", SMALL_SPACE)
+    monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
     shuffled = _shuffled_copy(Path(generated_data_dir), tmp_path / "shuffled")
     assert _tune(generated_data_dir, tmp_path / "a") == 0
     assert _tune(shuffled, tmp_path / "b") == 0
@@ -85,7 +86,7 @@ def test_tune_chooses_the_same_run_whatever_the_target_labels_say(generated_data
 
 
 def test_tune_keeps_to_its_budget_and_refuses_to_overwrite(generated_data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tune_module, "SEARCH_SPACE", SMALL_SPACE)
+    monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
     assert _tune(generated_data_dir, tmp_path / "t", "--budget", "0.0001") == 0
     record = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert record["notes"] and sum(len(c["rungs"]) > 0 for c in record["candidates"]) == 1
@@ -102,7 +103,7 @@ def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_repo
 
     import madda_rs.training as training
 
-    monkeypatch.setattr(tune_module, "SEARCH_SPACE", SMALL_SPACE)
+    monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
 
     def fake_train(accuracy_sign):
         def train(config, out_dir, overwrite=False):

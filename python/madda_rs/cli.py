@@ -238,7 +238,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             check_domain_name(given[side])
         except ValueError as exc:
             raise ValueError(f"--{side}: {exc}") from None
-    return TrainConfig(**given)
+    config = TrainConfig(**given)
+    from .backbones import check_input, get_backbone
+    from .data.folders import is_image_folder
+    from .data.geometry import resolve_geometry
+    from .methods import check_config
+
+    check_config(config)
+    if is_image_folder(config.src):  # its geometry is known from the files' headers: check it here
+        resolved = resolve_geometry(config, config.threads)
+        check_input(get_backbone(config.backbone), (resolved.channels, *resolved.image_size), f"--src {config.src}")
+    return config
 
 
 def _default_out(config: TrainConfig) -> Path:
@@ -268,6 +278,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             out = Path(args.out) if args.out else _default_out(config)
             if main_rank:
                 RunFolder(out).check_usable(resume=False, overwrite=args.overwrite)
+    except FolderError:  # a bad image folder: main's one line, exit 2
+        raise
     except ValueError as exc:  # refused before any work
         parser.error(str(exc))
     from tqdm import tqdm
@@ -436,6 +448,8 @@ def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--budget must be a positive number of minutes, got {args.budget}")
     try:
         base = config_from_args(args)
+    except FolderError:  # a bad image folder: main's one line, exit 2
+        raise
     except ValueError as exc:
         parser.error(str(exc))
     log = (lambda line: None) if args.quiet else (lambda line: print(f"tune: {line}", flush=True))

@@ -15,7 +15,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from .scores.label_free import SELECTION_SCORES  # scores that can pick a checkpoint (TrainConfig.select)
+# The scores recorded at each evaluation that can pick a checkpoint (TrainConfig.select; `madda-rs
+# report --selection` rates them), with the direction that is better. They are computed in
+# madda_rs.scores.label_free; a new score is a function there and an entry here (docs/extending.md).
+SELECTION_SCORES: Dict[str, int] = {
+    "snd": +1,  # soft neighbourhood density of the target embeddings
+    "im": +1,  # information maximisation of the soft predictions (SHOT; Musgrave et al. 2022)
+    "bnm": +1,  # batch nuclear norm of the soft predictions (Cui et al. 2020)
+    "entropy": -1,  # mean entropy of each image's soft prediction (Morerio et al. 2018)
+    "class_ami": +1,  # agreement of k-means clusters of the target embeddings with the predictions
+    "dev": -1,  # deep embedded validation: importance-weighted source loss (You et al. 2019)
+    "reverse_accuracy": +1,  # source accuracy of a kNN trained on the target's own predictions
+    "knn_center_agreement": +1,  # share of target images whose kNN label is their nearest centre's
+    "pred_entropy": +1,  # balance of the predicted classes (0: all one class)
+    "source_test_accuracy": +1,  # the adapted model still separates the source test set
+    "d_acc": -1,  # the discriminator's accuracy: lower means better aligned features
+}
 
 PROTOCOLS = ("adda", "full")
 USPS_RESIZES = ("box20", "stretch", "pad3")
@@ -25,6 +40,12 @@ NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
 MAGNET_LABELS = ("nearest", "clusters")
+AUGMENTATIONS = ("digits", "photo")  # what --augment draws: small affine warps; crops, flips, colour jitter
+# Settings that a method reads, not the run: a method declares which of them it takes
+# (madda_rs.methods.Method.reads), and any other one set away from its preset's value or default is
+# refused naming it. The rest (data, schedule, optimiser, where it runs) is shared by every method.
+METHOD_SETTINGS = ("magnet", "adversarial", "margin", "embedding_dim", "negatives", "centers", "magnet_scope",
+                   "adversarial_passes", "lr_discriminator", "magnet_labels", "im_weight", "ema_decay", "guard", "k")
 # Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
 # the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
 # 'official' follows the released code (docs/presets.md).
@@ -126,6 +147,15 @@ class TrainConfig:
                                        "(default: a folder source's most common; else grey)", type=int, minimum=1)
     method: str = _setting("madda", "a registered training method (madda_rs.methods), or FILE.py:NAME / "
                            "MODULE:NAME for one defined elsewhere", type=str)
+    backbone: str = _setting("lenet", "the network before the embedding head: a registered backbone "
+                             "(madda_rs.backbones: lenet, resnet-cifar, resnet18, resnet50, efficientnet-lite0), or "
+                             "FILE.py:NAME / MODULE:NAME for one defined elsewhere", type=str)
+    weights: Optional[str] = _setting(None, "initial backbone weights: 'imagenet' (pretrained backbones) or a "
+                                      "state-dict file saved from the backbone's network (default: from scratch)",
+                                      type=str)
+    augmentation: Optional[str] = _setting(None, "what --augment draws: 'digits' (small rotations, shifts, "
+                                           "scalings) or 'photo' (random resized crops, flips, colour jitter) "
+                                           "(default: the backbone's)", choices=AUGMENTATIONS)
     preset: str = _setting("paper", "'paper': the method as written; 'official': the authors' released code; "
                            "'improved': ours (docs/presets.md); 'labelfree': ours, chosen with no target label "
                            "(docs/label-free.md)",
@@ -157,6 +187,12 @@ class TrainConfig:
     download: bool = _setting(True, "fetch missing MNIST/USPS files through torchvision")
     threads: Optional[int] = _setting(None, "CPU threads for torch and the native core (default: all cores)",
                                       type=int, minimum=1)
+    workers: int = _setting(2, "processes that decode and resize images of streamed folders (0: in the training "
+                            "process)", type=int, minimum=0)
+    stream_above_mb: Optional[int] = _setting(None, "image folders whose decoded images would take more than this "
+                                              "many MB stream from their files, batch by batch, instead of being "
+                                              "held in memory (0: always; default: a quarter of the machine's "
+                                              "memory)", type=int, minimum=0)
     deterministic: bool = _setting(False, "deterministic algorithms and a fixed thread count: two runs of one "
                                    "command on one machine give identical metrics and checkpoints")
     eval_every: int = _setting(10, "record label-free figures and target accuracy every N target epochs "
@@ -217,15 +253,14 @@ class TrainConfig:
             object.__setattr__(self, "image_size", size * 2 if len(size) == 1 else size)
         for f in dataclasses.fields(self):
             _validate(f, getattr(self, f.name))
+        if not self.backbone or not self.method:
+            raise ValueError("backbone and method must be non-empty names")
         if not self.src or not self.tgt:
             raise ValueError("src and tgt must be non-empty domain names or .npz paths")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
-        from .methods import get_method  # the registry imports the methods (and torch) only when a config is made
-
-        get_method(self.method).check(self)
         if not self.im_weight >= 0:
             raise ValueError(f"im_weight must be >= 0, got {self.im_weight}")
         if not 0 <= self.ema_decay < 1:
@@ -311,4 +346,5 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
         raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES", "METHOD_SETTINGS",
+           "AUGMENTATIONS"]

@@ -1,72 +1,85 @@
-"""LeNet encoder, embedding head and discriminator (M-ADDA, Section 3; official code's shapes)."""
+"""The embedding network (a backbone, then ReLU and a linear head) and the discriminator, and the
+one spec that rebuilds a model (M-ADDA, Section 3; the official code's shapes with LeNet).
+
+Every consumer builds models here: training, ``--resume``, ``load_run``/``predict``, ``export``
+and the peers. A model file records :meth:`EmbeddingNet.spec`; :func:`build_model` rebuilds it.
+"""
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from torch import nn
 
+from .backbones import Backbone, build_backbone
+
 MNIST_SHAPE = (1, 28, 28)
 
 
-def lenet_flat_size(in_shape: Tuple[int, int, int]) -> int:
-    """Features after LeNet's two (conv 5x5, pool 2) blocks for (C, H, W) inputs: 800 at 28x28."""
-    _, h, w = in_shape
-    for _ in range(2):
-        h, w = (h - 4) // 2, (w - 4) // 2
-    if h < 1 or w < 1:
-        raise ValueError(f"images of {in_shape[1]}x{in_shape[2]} are too small for LeNet: need at least 16x16")
-    return 50 * h * w
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a network: the backbone (a registered name, or FILE.py:NAME / MODULE:NAME),
+    the input (C, H, W) and the head's outputs. Weights are not part of it: a model file holds them."""
 
+    backbone: str = "lenet"
+    in_shape: Tuple[int, int, int] = MNIST_SHAPE
+    out_dim: int = 256
 
-class Encoder(nn.Module):
-    """LeNet: conv C->20 k5, pool, ReLU, conv 20->50 k5, pool, ReLU, Linear (flat) -> 500.
+    def to_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "in_shape": list(self.in_shape)}
 
-    The flattened size follows the input shape (800 for 1x28x28). The output (500-d, before any
-    ReLU) is what the discriminator sees."""
-
-    def __init__(self, in_shape: Tuple[int, int, int] = MNIST_SHAPE) -> None:
-        super().__init__()
-        self.in_shape = tuple(in_shape)
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_shape[0], 20, 5),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-            nn.Conv2d(20, 50, 5),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.fc = nn.Linear(lenet_flat_size(in_shape), 500)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x))
+    @classmethod
+    def from_model_file(cls, ckpt: Mapping[str, Any]) -> "ModelSpec":
+        """The spec of a model file; files written before backbones existed hold a LeNet."""
+        if "model" in ckpt:
+            m = ckpt["model"]
+            return cls(str(m["backbone"]), tuple(m["in_shape"]), int(m["out_dim"]))  # type: ignore[arg-type]
+        out_dim = int(ckpt.get("out_dim", ckpt["config"]["embedding_dim"]))
+        return cls("lenet", tuple(ckpt.get("in_shape", MNIST_SHAPE)), out_dim)  # type: ignore[arg-type]
 
 
 class EmbeddingNet(nn.Module):
-    """Encoder, then ReLU and Linear 500 -> `dim`: the metric embedding (not normalised)."""
+    """Backbone, then ReLU and Linear (feature_dim -> `dim`): the metric embedding (not normalised).
+    ``encoder`` is the backbone: its features are what the discriminator sees."""
 
-    def __init__(self, dim: int = 256, in_shape: Tuple[int, int, int] = MNIST_SHAPE) -> None:
+    def __init__(self, dim: int = 256, in_shape: Tuple[int, int, int] = MNIST_SHAPE,
+                 backbone: str = "lenet") -> None:
         super().__init__()
-        self.encoder = Encoder(in_shape)
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(500, dim))
+        self.backbone_spec = backbone
+        self.encoder: Backbone = build_backbone(backbone, in_shape)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(self.encoder.feature_dim, dim))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.backbone_spec, tuple(self.encoder.in_shape), self.head[1].out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
 
-    def embed_detached_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding with the conv stack cut from the graph: gradients reach only the fully
-        connected layers (the official code's center-magnet step)."""
-        return self.head(self.encoder.fc(self.encoder.conv(x).detach()))
+    def embed_detached_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding with the backbone's trunk cut from the graph: gradients reach only its neck
+        and the head (the official code's center-magnet step, on LeNet's fully connected layers)."""
+        enc = self.encoder
+        return self.head(enc.neck(enc.trunk(enc.scaling(x)).detach()))
+
+
+def build_model(spec: ModelSpec) -> EmbeddingNet:
+    """A freshly initialised network of `spec` (draw inside :func:`madda_rs.run.streams.seeded_init`
+    for a seeded one)."""
+    return EmbeddingNet(spec.out_dim, spec.in_shape, spec.backbone)
 
 
 class Discriminator(nn.Module):
-    """500 -> 500 -> 500 -> 1 logit with ReLUs (one logit + BCE equals the official 2-logit CE)."""
+    """features -> 500 -> 500 -> 1 logit with ReLUs (one logit + BCE equals the official 2-logit CE)."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_dim: int = 500) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(500, 500), nn.ReLU(), nn.Linear(500, 500), nn.ReLU(), nn.Linear(500, 1))
+        self.net = nn.Sequential(nn.Linear(in_dim, 500), nn.ReLU(), nn.Linear(500, 500), nn.ReLU(), nn.Linear(500, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(1)
+
+
+__all__ = ["EmbeddingNet", "Discriminator", "ModelSpec", "build_model", "MNIST_SHAPE"]

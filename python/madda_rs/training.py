@@ -25,9 +25,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .backbones import check_input, get_backbone
 from .config import SELECTION_SCORES, TrainConfig
-from .data.domains import RunData, prepare_data, resolve_geometry
-from .methods import Method, get_method
+from .data.geometry import resolve_geometry
+from .data.images import StreamError
+from .data.run_data import RunData, prepare_data
+from .methods import Method, check_config, get_method
 from .models import EmbeddingNet
 from .run.folder import (
     CHECKPOINT_FILE,
@@ -101,7 +104,7 @@ def train(
 
     Data come from `source`/`target` (and the optional labelled `target_test`, `source_test`)
     when given, else from ``config.src``/``config.tgt`` (registered names or .npz files); see
-    :func:`madda_rs.data.domains.as_image_set` for what is accepted.
+    :func:`madda_rs.data.images.as_image_set` for what is accepted.
 
     With `out_dir`, writes config.json, metrics.json, checkpoint.pt (every
     ``config.checkpoint_every`` epochs and at each stage's end), source.pt and target.pt there.
@@ -115,14 +118,16 @@ def train(
         Interrupted: Ctrl-C; a checkpoint of every finished epoch was saved.
     """
     wall = time.perf_counter()
+    check_config(config)  # a setting the method does not read, an unknown backbone: refused before any work
     config = resolve_geometry(config, config.threads)  # config.json records a folder source's image geometry
     device = _device(config)
     # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
     threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
     folder, saved = _open_folder(config, out_dir, parallel, resume=resume, overwrite=overwrite)
-    data = prepare_data(config, device, source=source, target=target, target_test=target_test,
+    data = prepare_data(config, source=source, target=target, target_test=target_test,
                         source_test=source_test, progress=progress)  # first: a data error leaves no run folder
+    check_input(get_backbone(config.backbone), data.src_train.shape, f"{config.src} images")
     log.info("data: %s train %d, %s train %d, %s test %s", config.src, len(data.src_train), config.tgt,
              len(data.tgt_train), config.tgt, len(data.tgt_test) if data.tgt_test is not None else "none")
     if folder is not None and saved is None and parallel.is_main:
@@ -204,7 +209,17 @@ class _Run:
         self.stages[name] = stage
         if self.saved and name in self.saved["stages"]:
             stage.load_state_dict(self.saved["stages"][name])
-        run_stage(stage, self.history[name], self.settings)
+        try:
+            run_stage(stage, self.history[name], self.settings)
+        except StreamError as exc:  # a file of a streamed folder went bad mid-run: say what was kept
+            raise StreamError(f"{exc}; {self._kept()}") from None
+
+    def _kept(self) -> str:
+        if self.folder is None or not (self.folder.path / PROGRESS_FILE).is_file():
+            return "no checkpoint was saved"
+        saved = self.folder.read_json(PROGRESS_FILE)
+        return (f"the last checkpoint ({saved['stage']} epoch {saved['epoch']}) is kept: fix or remove the file, then "
+                f"madda-rs train --resume {self.folder.path}")
 
     def execute(self, threads: int) -> RunResult:
         config, data = self.config, self.data

@@ -1,6 +1,6 @@
 """``madda-rs tune``: choose a run's settings without a single target label.
 
-Successive halving (Jamieson & Talwalkar 2016) over :data:`SEARCH_SPACE`: every candidate trains
+Successive halving (Jamieson & Talwalkar 2016) over the method's :func:`search_space`: every candidate trains
 at a ninth of its epochs, the best third by the validators' vote go on at a third, the best third
 of those at the full schedule, and the best of the last rung is the chosen run. Candidates are
 ranked by :data:`VOTE`, the mean rank under label-free validators recorded at the final epoch;
@@ -21,22 +21,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import TrainConfig
+from .methods import get_method
 from .run.folder import RunFolder
 from .run.streams import numpy_rng
 from .scores.label_free import SELECTION_SCORES
 
-# The settings searched, each with the values tried. 'schedule' is (epochs_source, epochs_target).
-# Every value the 'improved' preset took from labelled held-out target images is searched here.
-SEARCH_SPACE: Dict[str, Tuple[Any, ...]] = {
-    "schedule": ((40, 15), (80, 30)),
-    "augment": (False, True),
-    "im_weight": (0.0, 1.0, 3.0),
-    "adversarial": (True, False),
-    "magnet_labels": ("nearest", "clusters"),
-    "negatives": ("random", "semihard"),
-    "ema_decay": (0.0, 0.99),
-    "k": (2, 10),
-}
 # Chosen before any run, from Musgrave et al. 2022 (the best label-free validators over many
 # methods and tasks were of these kinds); `madda-rs report --selection` rates them afterwards.
 VOTE: Tuple[str, ...] = ("im", "bnm", "class_ami")
@@ -52,7 +41,7 @@ def candidate_settings(base: TrainConfig, n: int, seed: int) -> List[Dict[str, A
     rest in an order drawn from the 'tune' stream. Settings given on the command line (differing
     from the preset) are held fixed, so their dimension is not searched."""
     fixed = set(base.overridden)
-    space = {k: v for k, v in SEARCH_SPACE.items()
+    space = {k: v for k, v in search_space(base).items()
              if not (fixed & ({"epochs_source", "epochs_target"} if k == "schedule" else {k}))}
     grid = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     own = {k: _value(base, k) for k in space}
@@ -60,6 +49,16 @@ def candidate_settings(base: TrainConfig, n: int, seed: int) -> List[Dict[str, A
     order = numpy_rng(seed, "tune", 0).permutation(len(rest))
     picks = [own] if own in grid else []
     return picks + [rest[i] for i in order][: max(n - len(picks), 0)]
+
+
+def search_space(config: TrainConfig) -> Dict[str, Tuple[Any, ...]]:
+    """The settings searched for the config's method, each with the values tried (the method's
+    :attr:`~madda_rs.methods.Method.search_space`); 'schedule' is (epochs_source, epochs_target)."""
+    space = get_method(config.method).search_space
+    if not space:
+        raise ValueError(f"--method {config.method} declares no search space (Method.search_space); tune has "
+                         f"nothing to search")
+    return space
 
 
 def _value(config: TrainConfig, name: str) -> Any:
@@ -150,7 +149,7 @@ def tune(base: TrainConfig, out_dir: str, *, budget_minutes: float = DEFAULT_BUD
     config = candidate_config(base, chosen.settings).replace(eval_every=base.eval_every)
     _leave_chosen_run(chosen, config, out, overwrite, train)
     record = {
-        "search_space": {k: list(v) for k, v in SEARCH_SPACE.items()}, "vote": list(VOTE), "eta": ETA,
+        "search_space": {k: list(v) for k, v in search_space(base).items()}, "vote": list(VOTE), "eta": ETA,
         "rungs": RUNGS, "budget_minutes": budget_minutes, "notes": notes,
         "seconds": round(time.perf_counter() - start, 1),
         "candidates": [{"index": c.index, "settings": c.settings, "rungs": c.rungs} for c in pool],
@@ -181,4 +180,4 @@ def _show(settings: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-__all__ = ["SEARCH_SPACE", "VOTE", "ETA", "RUNGS", "candidate_settings", "candidate_config", "vote_ranks", "tune"]
+__all__ = ["search_space", "VOTE", "ETA", "RUNGS", "candidate_settings", "candidate_config", "vote_ranks", "tune"]

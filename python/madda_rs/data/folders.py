@@ -27,7 +27,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..inference.standalone import GREY_MODES, IMAGE_SUFFIXES, decode_images, image_files
+from .decode import GREY_MODES, IMAGE_SUFFIXES, decode_images, image_files
 
 CACHE_ENV = "MADDA_CACHE_DIR"
 CACHE_FORMAT = 1
@@ -124,24 +124,32 @@ def common_geometry(root: Path, files: Sequence[Path], threads: Optional[int] = 
     return common
 
 
+def list_folder(root: Path, *, labelled: bool, classes: Optional[Sequence[str]] = None,
+                ) -> Tuple[Tuple[str, ...], List[Path], Optional[np.ndarray]]:
+    """(class names, files, labels) of a folder, nothing decoded. With `labelled`, the class
+    subfolders' names must be among `classes` when given (the source's), and labels index into
+    them, so a test folder lacking some of the source's classes still labels by the source's."""
+    root = _existing(root)
+    if not labelled:
+        return (), unlabelled_files(root), None
+    names, files, labels = labelled_files(root)
+    if classes is not None:
+        unknown = [c for c in names if c not in classes]
+        if unknown:
+            raise FolderError(f"{root}: classes {', '.join(unknown)} are not among the source's "
+                              f"({', '.join(classes)})")
+        labels = np.asarray([list(classes).index(names[i]) for i in labels], dtype=np.int64)
+        names = tuple(classes)
+    if classes is None and len(names) < 2:
+        raise FolderError(f"{root}: {len(names)} class folder ({names[0]}); a labelled source needs at least two")
+    return names, files, labels
+
+
 def read_folder(root: Path, geometry: Geometry, *, labelled: bool, classes: Optional[Sequence[str]] = None,
                 threads: Optional[int] = None, progress: Optional[Progress] = None) -> FolderImages:
-    """Decode a folder (cached). With `labelled`, the class subfolders' names must be among
-    `classes` when given (the source's), and labels index into them."""
+    """Decode a folder (cached); classes and labels as :func:`list_folder` gives them."""
     root = _existing(root)
-    if labelled:
-        names, files, labels = labelled_files(root)
-        if classes is not None:
-            unknown = [c for c in names if c not in classes]
-            if unknown:
-                raise FolderError(f"{root}: classes {', '.join(unknown)} are not among the source's "
-                                  f"({', '.join(classes)})")
-            labels = np.asarray([list(classes).index(names[i]) for i in labels], dtype=np.int64)
-            names = tuple(classes)
-        if classes is None and len(names) < 2:
-            raise FolderError(f"{root}: {len(names)} class folder ({names[0]}); a labelled source needs at least two")
-    else:
-        names, files, labels = (), unlabelled_files(root), None
+    names, files, labels = list_folder(root, labelled=labelled, classes=classes)
     rel = tuple(str(f.relative_to(root)) for f in files)
     cached = cache_dir() / f"{root.name}-{_listing_digest(root, files, list(geometry.shape))}.npy"
     if cached.is_file():
@@ -194,5 +202,5 @@ def write_cache(path: Path, data: bytes) -> None:
         pass
 
 
-__all__ = ["FolderError", "Geometry", "FolderImages", "is_image_folder", "read_folder",
+__all__ = ["FolderError", "Geometry", "FolderImages", "is_image_folder", "read_folder", "list_folder",
            "common_geometry", "labelled_files", "unlabelled_files", "IMAGE_SUFFIXES"]

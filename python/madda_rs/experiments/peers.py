@@ -1,7 +1,7 @@
 """Peers through their own code: skada's deep methods on exactly the images a madda_rs run sees
 (`madda-rs reproduce peers`).
 
-Each run builds its data with :func:`madda_rs.data.domains.prepare_data` from the
+Each run builds its data with :func:`madda_rs.data.run_data.prepare_data` from the
 :class:`~madda_rs.config.TrainConfig` that a madda_rs ADDA run of the same task, USPS split and
 seed uses (ADDA protocol: the same 2,000 MNIST / 1,800 USPS training images, the same test set),
 then trains one of skada's deep estimators (``skada.deep.DANN`` and the others, built by skada's
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
-from ..data.domains import RunData, prepare_data
+from ..data.run_data import RunData, prepare_data
 from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts
 from ..run.processes import configure_threads, resolve_device
@@ -62,7 +62,7 @@ from .reproduce import SCHEDULES, TABLES, Column, cell_text, plan
 log = logging.getLogger("madda_rs")
 
 MISSING_EXTRA = "madda-rs reproduce peers needs the 'peers' extra: pip install 'madda-rs[peers]'"
-FEATURE_LAYER = "encoder"  # EmbeddingNet's LeNet encoder: the 500-d features ADDA's discriminator sees
+FEATURE_LAYER = "encoder"  # EmbeddingNet's backbone: the features ADDA's discriminator sees (500-d for LeNet)
 # One optimiser and budget for every peer: the presets' Adam, the paper's batch size, and the
 # improved preset's passes over the data (its source + target epochs).
 LR, BETAS, BATCH_SIZE = PRESETS["paper"]["lr"], PRESETS["paper"]["betas"], PRESETS["paper"]["batch_size"]
@@ -133,9 +133,9 @@ def require_skada() -> Tuple[Any, Any]:
     return skada.deep, skorch
 
 
-class SkadaLeNet(EmbeddingNet):
-    """ADDA's network (LeNet encoder, ReLU, Linear 500 -> classes) with the forward skada calls:
-    it passes ``sample_weight`` when predicting, which the network does not use."""
+class SkadaNet(EmbeddingNet):
+    """ADDA's network (the run's backbone, ReLU, Linear -> classes; LeNet by default) with the
+    forward skada calls: it passes ``sample_weight`` when predicting, which the network does not use."""
 
     def forward(self, x: torch.Tensor, sample_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         return super().forward(x)
@@ -233,14 +233,17 @@ def _seeded_globals(seed: int) -> Iterator[None]:
             random.setstate(py_state)
 
 
-def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.device) -> Any:
+def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.device, *, backbone: str = "lenet",
+              weights: Optional[str] = None) -> Any:
     """The skada estimator of `peer`, built by skada's own factory with its defaults, around ADDA's
-    network started from the run's 'init_source' weights."""
+    network (on `backbone`) started from the run's 'init_source' weights, or `weights` for the backbone."""
     deep, _ = require_skada()
     n_classes = len(data.class_names)
     with seeded_init(seed, "init_source"):
-        module = SkadaLeNet(n_classes, data.src_train.shape)
-    num_features = module.encoder.fc.out_features
+        module = SkadaNet(n_classes, data.src_train.shape, backbone)
+    if weights is not None:
+        module.encoder.load_weights(weights)
+    num_features = module.encoder.feature_dim
     kwargs: Dict[str, Any] = {}
     if peer.features:
         kwargs["num_features"] = num_features
@@ -266,8 +269,8 @@ def _merged(data: RunData) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     from skada.utils import source_target_merge
 
     assert data.src_train.labels is not None
-    src = data.src_train.images.cpu().numpy()
-    tgt = data.tgt_train.images.cpu().numpy()
+    src = data.src_train.floats().numpy()
+    tgt = data.tgt_train.floats().numpy()
     domains = np.concatenate([np.full(len(src), SOURCE_DOMAIN), np.full(len(tgt), TARGET_DOMAIN)])
     x, y, _ = source_target_merge(src, tgt, data.src_train.labels.cpu().numpy(), None, sample_domain=domains)
     return x, y.astype(np.int64), domains
@@ -277,20 +280,21 @@ def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None
     """Train one peer run and score it: metrics.json's contents."""
     wall = time.perf_counter()
     used_threads = configure_threads(threads, False)
-    data = prepare_data(run.config, torch.device("cpu"))  # skada reads NumPy; skorch moves batches to `device`
+    data = prepare_data(run.config)  # skada reads NumPy; skorch moves batches to `device`
     if data.tgt_test is None or data.tgt_test.labels is None:
         raise ValueError(f"{run.name}: the target has no labelled test set to score on")
     x, y, domains = _merged(data)
     with _seeded_globals(run.config.seed):
-        net = build_net(run.peer, data, run.epochs, run.config.seed, device)
+        net = build_net(run.peer, data, run.epochs, run.config.seed, device, backbone=run.config.backbone,
+                        weights=run.config.weights)
         fit_start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # skorch's and torch's notes on skada's internals
             net.fit(x, y, sample_domain=domains)
         fit_seconds = time.perf_counter() - fit_start
-        test = data.tgt_test.images.cpu().numpy()
+        test = data.tgt_test.floats().numpy()
         target_pred = net.predict(test, sample_domain=np.full(len(test), TARGET_DOMAIN))
-        tgt = data.tgt_train.images.cpu().numpy()
+        tgt = data.tgt_train.floats().numpy()
         train_pred = net.predict(tgt, sample_domain=np.full(len(tgt), TARGET_DOMAIN))
         proba = net.predict_proba(tgt, sample_domain=np.full(len(tgt), TARGET_DOMAIN))
         features = net.predict_features(tgt)
@@ -468,7 +472,7 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
         "Final-epoch target test accuracy, mean ± sample std over seeds (seeds in brackets). Each skada method "
         "trains ADDA's LeNet (madda_rs.models.EmbeddingNet, one output per class; skada's feature layer is the "
         "500-d encoder output ADDA's discriminator sees), started from the weights a madda_rs run of the same seed "
-        "starts from, on the images that run trains and scores on (madda_rs.data.domains.prepare_data), at "
+        "starts from, on the images that run trains and scores on (madda_rs.data.run_data.prepare_data), at "
         f"skada's defaults, with one optimiser for all: Adam, lr {lr}, betas ({BETAS[0]}, {BETAS[1]}) (the "
         f"presets'), batches of {BATCH_SIZE} source + {BATCH_SIZE} target images, {budget} epochs (the improved "
         f"preset's {PRESETS['improved']['epochs_source']} + {PRESETS['improved']['epochs_target']} passes), no "
@@ -501,4 +505,4 @@ def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure
 
 __all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
            "require_skada", "plan_peers", "peer_state", "check_runnable", "run_peers", "train_peer", "build_net",
-           "build_peers_table", "write_peers", "SkadaLeNet"]
+           "build_peers_table", "write_peers", "SkadaNet"]

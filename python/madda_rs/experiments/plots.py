@@ -28,7 +28,7 @@ from ..run.folder import NOT_GROUPED, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, expe
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..data.domains import RunData
+    from ..data.run_data import RunData
     from ..models import EmbeddingNet
 
 log = logging.getLogger("madda_rs")
@@ -130,14 +130,14 @@ def tsne_figure(source_model: EmbeddingNet, target_model: EmbeddingNet, data: Ru
     tgt_keep = np.sort(rng.permutation(len(tgt))[:tsne_points])
     src_labels = src.labels.cpu().numpy()
     tgt_labels = None if tgt.labels is None else tgt.labels.cpu().numpy()[tgt_keep]
-    src_emb = embed(source_model, src.images)  # all of them: the centres are computed over all
+    src_emb = embed(source_model, src)  # all of them: the centres are computed over all
     classes = np.unique(src_labels if tgt_labels is None else np.concatenate([src_labels, tgt_labels]))
     found = get_method(settings.method).centres(settings, src_emb, src_labels)
     centers, center_labels = found if found is not None else (np.zeros((0, src_emb.shape[1]), np.float32), None)
 
     fig = _figure(figsize=(13, 6))
     axes = fig.subplots(1, 2)
-    tgt_images = tgt.images[torch.from_numpy(tgt_keep).to(tgt.images.device)]
+    tgt_images = tgt.take(torch.from_numpy(tgt_keep))
     for ax, (title, model) in zip(axes, (("before adaptation", source_model), ("after adaptation", target_model))):
         points = np.concatenate([src_emb[src_keep], embed(model, tgt_images), centers])
         # perplexity must stay below the number of points: tiny runs and tests have few
@@ -340,15 +340,15 @@ def run_tsne(run: Path, config: Dict[str, Any], path: Path, tsne_points: int = 1
         log.warning("%s: no t-SNE, %s missing", run, " and ".join(missing))
         return None
     from ..config import TrainConfig
-    from ..data.domains import prepare_data
     from ..data.files import DataError
+    from ..data.run_data import prepare_data
     from ..run.folder import load_model
     from ..run.processes import resolve_device
 
     settings = TrainConfig.from_dict(config).replace(device=device, **({"data_dir": data_dir} if data_dir else {}))
     dev = resolve_device(settings.device)
     try:
-        data = prepare_data(settings, dev)
+        data = prepare_data(settings)
     except (ValueError, DataError, FileNotFoundError) as exc:
         log.warning("%s: no t-SNE, its images cannot be rebuilt from config.json (%s)", run, exc)
         return None

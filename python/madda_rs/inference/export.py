@@ -8,6 +8,7 @@
     DIR/source_labels.npy
     DIR/run.json                 class names, the images' geometry and scaling, k, the predictor
     DIR/predict.py               python DIR/predict.py INPUT... --out FILE (torch, NumPy, Pillow, madda_rs's kNN)
+    DIR/decode.py                reading image files, which predict.py imports
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from ..data import decode
 from . import standalone
 from .predict import load_run
 
@@ -46,6 +48,7 @@ def export_run(run_dir: os.PathLike | str, out: os.PathLike | str, *, overwrite:
     shutil.copyfile(Path(run_dir) / "source_embeddings.npy", out / "source_embeddings.npy")
     shutil.copyfile(Path(run_dir) / "source_labels.npy", out / "source_labels.npy")
     shutil.copyfile(standalone.__file__, out / "predict.py")
+    shutil.copyfile(decode.__file__, out / "decode.py")
     info: Dict[str, Any] = {
         "class_names": run.class_names, "shape": list(run.shape), "k": run.k, "predictor": run.info["predictor"],
         "scaling": "pixel / 255 * 2 - 1, after conversion to grey (1 channel) or RGB (3) and a bilinear resize",

@@ -2,9 +2,10 @@
 of the k neighbours that voted for it, the squared distance to that class's source centre, and
 whether that distance is beyond the source's own (``unfamiliar``).
 
-This file is self-contained on purpose: ``madda-rs export`` copies it verbatim as ``predict.py``
-into a folder that ships without madda_rs's training code, so it imports only torch, NumPy,
-Pillow and madda_rs's native API (the exact kNN). ``madda-rs predict`` runs the same code.
+This file and :mod:`madda_rs.data.decode` are self-contained on purpose: ``madda-rs export``
+copies them verbatim as ``predict.py`` and ``decode.py`` into a folder that ships without
+madda_rs's training code, so they import only torch, NumPy, Pillow and madda_rs's native API (the
+exact kNN). ``madda-rs predict`` runs the same code.
 
     python DIR/predict.py INPUT... --out FILE      # in an exported folder
 """
@@ -14,62 +15,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+try:  # inside madda_rs
+    from ..data.decode import IMAGE_SUFFIXES, decode_images, image_files
+except ImportError:  # an exported folder: madda_rs/data/decode.py ships beside this file as decode.py
+    import importlib.util as _util
+
+    _spec = _util.spec_from_file_location("madda_rs_export_decode", Path(__file__).resolve().parent / "decode.py")
+    assert _spec is not None and _spec.loader is not None
+    _decode = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_decode)
+    IMAGE_SUFFIXES, decode_images, image_files = _decode.IMAGE_SUFFIXES, _decode.decode_images, _decode.image_files
+
 # A prediction is unfamiliar when its distance to its class's centre exceeds this quantile of the
 # source images' own distances to their class centres.
 UNFAMILIAR_QUANTILE = 0.99
 FIELDS = ("label", "vote_share", "centre_distance", "unfamiliar")
-
-
-def decode_image(path: Path, shape: Tuple[int, int, int]) -> np.ndarray:
-    """uint8 (C, H, W): the file converted to C channels (grey or RGB) and resized bilinearly."""
-    from PIL import Image
-
-    c, h, w = shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.asarray(im, dtype=np.uint8)
-    except Exception as exc:  # Pillow raises many types for a truncated or corrupt file: name it
-        raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
-    return pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
-
-
-def decode_images(paths: Sequence[Path], shape: Tuple[int, int, int], threads: Optional[int] = None,
-                  on_image: Optional[Callable[[], Any]] = None) -> np.ndarray:
-    """uint8 (N, C, H, W) of `paths`, decoded in parallel threads (Pillow decodes without the GIL)."""
-    out = np.empty((len(paths), *shape), dtype=np.uint8)
-
-    def one(i: int) -> None:
-        out[i] = decode_image(paths[i], shape)
-
-    with ThreadPoolExecutor(threads or min(32, (os.cpu_count() or 1) * 2)) as pool:
-        for _ in pool.map(one, range(len(paths))):
-            if on_image is not None:
-                on_image()
-    return out
-
-
-def image_files(root: Path) -> List[Path]:
-    """Image files under `root` at any depth, sorted; hidden files and folders skipped."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in sorted(files)
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
-    return found
 
 
 def load_inputs(inputs: Sequence[str], shape: Tuple[int, int, int], threads: Optional[int] = None,

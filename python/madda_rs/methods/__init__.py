@@ -14,19 +14,18 @@ in :mod:`.common`; docs/extending.md walks through a new method.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pkgutil
-import sys
-import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+
+from ..plugins import import_plugin
 
 if TYPE_CHECKING:  # the registry itself imports nothing heavy; methods import torch
     import numpy as np
     import torch
 
     from ..config import TrainConfig
-    from ..data.domains import ImageSet, RunData
+    from ..data.images import ImageSet
+    from ..data.run_data import RunData
     from ..models import EmbeddingNet
     from ..run.loop import Stage
     from ..run.processes import Parallel
@@ -58,8 +57,14 @@ class Method:
 
         return KnnPredictor(model, source, k, threads, parallel or Parallel())
 
+    # The method settings (madda_rs.config.METHOD_SETTINGS) this method reads; any other one set
+    # away from its preset's value (or its default) is refused by check_config, naming it.
+    reads: Tuple[str, ...] = ()
+    # Settings a search (madda-rs tune) may vary for this method, with their candidate values.
+    search_space: Dict[str, Tuple[Any, ...]] = {}
+
     def check(self, config: "TrainConfig") -> None:
-        """Raise ValueError naming the settings this method does not take."""
+        """Raise ValueError naming settings this method refuses beyond those it does not read."""
 
     def run_name(self, config: "TrainConfig") -> str:
         """The method part of reproduce's run-folder names."""
@@ -100,6 +105,35 @@ def discover() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
+def unread_settings(method: Method, config: "TrainConfig") -> Tuple[str, ...]:
+    """The method settings set in `config` (away from the preset's value, or from the field's
+    default for settings no preset holds) that `method` does not read."""
+    import dataclasses
+
+    from ..config import METHOD_SETTINGS, PRESET_FIELDS, PRESETS, TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    neutral = {n: PRESETS[config.preset][n] if n in PRESET_FIELDS else defaults[n] for n in METHOD_SETTINGS}
+    return tuple(n for n in METHOD_SETTINGS if n not in method.reads and getattr(config, n) != neutral[n])
+
+
+def check_config(config: "TrainConfig") -> Method:
+    """The config's method, after refusing (ValueError, one line) a setting it does not read or
+    otherwise refuses, an unknown backbone, or weights that do not fit it. Every entry point calls
+    it before any work: train(), the CLI, tune."""
+    from ..backbones import check_backbone
+
+    check_backbone(config.backbone, config.weights, config.download)
+    method = get_method(config.method)
+    unread = unread_settings(method, config)
+    if unread:
+        flags = ", ".join("--" + n.replace("_", "-") for n in unread)
+        raise ValueError(f"--method {config.method} does not read {flags}; drop {'it' if len(unread) == 1 else 'them'} "
+                         f"(the method's settings: {', '.join(method.reads) or 'none'})")
+    method.check(config)
+    return method
+
+
 def method_names() -> Tuple[str, ...]:
     discover()
     return tuple(sorted(_REGISTRY))
@@ -115,31 +149,11 @@ def get_method(spec: str) -> Method:
         raise ValueError(f"method must be one of {', '.join(sorted(_REGISTRY))}, or FILE.py:NAME or MODULE:NAME for a "
                          f"method defined elsewhere; got {spec!r}")
     where, name = spec.rsplit(":", 1)
-    _import(where)
+    import_plugin(where, "method")
     if name not in _REGISTRY:
         raise ValueError(f"method {spec!r}: {where} registers no method {name!r} "
                          f"(registered: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
 
-def _import(where: str) -> Any:
-    if where.endswith(".py"):
-        path = Path(where).expanduser().resolve()
-        if not path.is_file():
-            raise ValueError(f"method module {where} does not exist")
-        module_name = f"madda_rs_method_{path.stem}_{zlib.crc32(str(path).encode()):08x}"
-        if module_name in sys.modules:
-            return sys.modules[module_name]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(where)
-    except ImportError as exc:
-        raise ValueError(f"cannot import the method module {where!r}: {exc}") from None
-
-
-__all__ = ["Method", "register_method", "get_method", "method_names", "discover"]
+__all__ = ["Method", "register_method", "get_method", "method_names", "discover", "check_config", "unread_settings"]

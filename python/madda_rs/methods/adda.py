@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
-from ..data.domains import ImageSet, RunData
+from ..data.images import ImageSet
+from ..data.run_data import RunData
 from ..models import EmbeddingNet
 from ..run.processes import Parallel
 from ..scores.predictors import ClassifierPredictor, KnnPredictor
@@ -68,7 +69,11 @@ class Adda(Method):
                   parallel: Optional[Parallel] = None) -> ClassifierPredictor:
         return ClassifierPredictor(model, source, k, threads, parallel or Parallel())
 
+    # the adversarial stage's settings; the triplet model's, the magnet's and the kNN vote's are M-ADDA's
+    reads = ("adversarial_passes", "lr_discriminator")
+
     def check(self, config: TrainConfig) -> None:
+        # the improved and labelfree presets set M-ADDA's metric-model settings themselves
         extras = [n for n in _METRIC_ONLY if getattr(config, n)]
         extras += ["magnet_labels"] if config.magnet_labels != "nearest" else []
         if extras:

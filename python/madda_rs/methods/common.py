@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
-from ..data.domains import ImageSet, RunData
+from ..data.images import ImageSet
+from ..data.run_data import RunData
 from ..losses import confusion_loss, discriminator_loss
-from ..models import Discriminator, EmbeddingNet
+from ..models import Discriminator, EmbeddingNet, ModelSpec, build_model
 from ..run.processes import Parallel
 from ..run.streams import seeded_init, torch_generator
 
@@ -32,15 +33,22 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.T
     return list(perm[: min(cut, n)].split(batch_size))
 
 
-# Augmentation ranges: rotations of up to 10 degrees, shifts of up to 2 pixels at 28x28, and
-# scalings by 0.9-1.1: the variation between handwritten digit sets, short of changing a digit.
+# Augmentation ranges, 'digits': rotations of up to 10 degrees, shifts of up to 2 pixels at 28x28,
+# and scalings by 0.9-1.1: the variation between handwritten digit sets, short of changing a digit.
 AUG_DEGREES, AUG_SHIFT, AUG_SCALE = 10.0, 2.0 / 28, 0.1
+# 'photo' (torchvision's RandomResizedCrop, RandomHorizontalFlip and ColorJitter, as the published
+# adaptation code trains ImageNet backbones): crops of 35-100% of the area at aspect ratios 3/4-4/3,
+# a flip half the time, brightness, contrast and saturation each scaled by up to +-0.4.
+CROP_AREA, CROP_RATIO, JITTER = (0.35, 1.0), (3 / 4, 4 / 3), 0.4
 
 
-def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random affine warp per image, drawn from `gen` (CPU) and applied to the whole batch at
-    once on its device (affine_grid + grid_sample). torchvision's RandomAffine draws one warp per
-    call, so a batch would either share one or cost a Python loop per image."""
+def augment(images: torch.Tensor, gen: torch.Generator, kind: str = "digits") -> torch.Tensor:
+    """A random warp per image (and for 'photo', a colour jitter), drawn from `gen` (CPU) and
+    applied to the whole batch at once on its device (affine_grid + grid_sample). torchvision's
+    transforms draw one set of parameters per call, so a batch would either share one or cost a
+    Python loop per image. `images` are model input in [-1, 1]; so is the result."""
+    if kind == "photo":
+        return _photo(images, gen)
     n = len(images)
     angle, shift_x, shift_y, scale = (torch.rand(4, n, generator=gen) * 2 - 1).to(images.device)
     angle = angle * (AUG_DEGREES * torch.pi / 180)
@@ -52,6 +60,32 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     # border padding repeats the edge pixels: the background of a digit image
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _photo(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, device = len(images), images.device
+    area, log_ratio, pos_x, pos_y, flip, jitter = torch.rand(6, n, generator=gen), torch.rand(n, generator=gen), \
+        torch.rand(n, generator=gen), torch.rand(n, generator=gen), torch.rand(n, generator=gen), \
+        torch.rand(3, n, generator=gen)
+    area = CROP_AREA[0] + area[0] * (CROP_AREA[1] - CROP_AREA[0])
+    ratio = torch.exp(torch.log(torch.tensor(CROP_RATIO[0])) + log_ratio * torch.log(torch.tensor(CROP_RATIO[1]
+                                                                                                     / CROP_RATIO[0])))
+    width, height = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    # the crop's centre anywhere that keeps it inside the image (grid units: -1 to 1 across)
+    cx, cy = (pos_x * 2 - 1) * (1 - width), (pos_y * 2 - 1) * (1 - height)
+    sign = torch.where(flip < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([width * sign, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(device), list(images.shape), align_corners=False)
+    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # colour jitter in [0, 1]: brightness, contrast (about the image's mean), saturation (about its grey)
+    brightness, contrast, saturation = (1 + (jitter * 2 - 1) * JITTER).to(device).view(3, n, 1, 1, 1)
+    y = (x + 1) / 2 * brightness
+    y = (y - y.mean(dim=(1, 2, 3), keepdim=True)) * contrast + y.mean(dim=(1, 2, 3), keepdim=True)
+    if y.shape[1] == 3:
+        grey = (y * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        y = (y - grey) * saturation + grey
+    return y.clamp_(0, 1).mul_(2).sub_(1)
 
 
 def adam(params: Any, config: TrainConfig, lr: float) -> torch.optim.Adam:
@@ -99,8 +133,12 @@ class SourceStage:
         self.config, self.source, self.device, self.parallel = config, source, device, parallel
         self.epochs = config.epochs_source
         with seeded_init(config.seed, "init_source"):
-            # channels-last weights: LeNet's training step ran 1.5-1.7x faster so on a 2-core CPU
-            self.model = EmbeddingNet(out_dim, source.shape).to(device, memory_format=torch.channels_last)
+            model = build_model(ModelSpec(config.backbone, source.shape, out_dim))
+        if config.weights is not None:  # pretrained: the backbone's own weights replace its initial draw
+            model.encoder.load_weights(config.weights, download=config.download)
+        # channels-last weights: LeNet's training step ran 1.5-1.7x faster so on a 2-core CPU
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.augmentation = config.augmentation or model.encoder.augmentation
         parallel.broadcast(self.model)
         self.optimizer = adam(self.model.parameters(), config, config.lr)
 
@@ -115,10 +153,12 @@ class SourceStage:
         figures: Dict[str, List[torch.Tensor]] = defaultdict(list)
         gen = torch_generator(config.seed, "batches_source", epoch)
         warp = torch_generator(config.seed, "augment", 0, epoch, parallel.rank)
-        for step, batch in enumerate(epoch_batches(len(self.source), config.batch_size, gen)):
-            rows, share = parallel.shard(batch)
-            images = self.source.images[rows.to(self.device)]
-            result = self.batch_loss(augment(images, warp) if config.augment else images, rows, epoch, step)
+        shards = [parallel.shard(batch) for batch in epoch_batches(len(self.source), config.batch_size, gen)]
+        stream = self.source.stream([rows for rows, _ in shards], self.device)
+        for step, ((rows, share), images) in enumerate(zip(shards, stream)):
+            if config.augment:
+                images = augment(images, warp, self.augmentation)
+            result = self.batch_loss(images, rows, epoch, step)
             if result is None:
                 continue
             loss, step_figures = result
@@ -150,9 +190,10 @@ class AdversarialTargetStage:
         self.config, self.data, self.device, self.parallel = config, data, device, parallel
         self.epochs = config.epochs_target
         self.source_model = source_model.eval().requires_grad_(False)  # frozen: M_S in Eq. 3
+        self.augmentation = config.augmentation or source_model.encoder.augmentation
         self.target = copy.deepcopy(source_model).train().requires_grad_(True)
         with seeded_init(config.seed, "init_discriminator"):
-            self.disc = Discriminator().to(device)
+            self.disc = Discriminator(source_model.encoder.feature_dim).to(device)
         parallel.broadcast(self.disc)
         self.opt_t = adam(self.target.parameters(), config, config.lr)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
@@ -169,7 +210,7 @@ class AdversarialTargetStage:
         return torch_generator(self.config.seed, "batches_target", epoch)
 
     def warp(self, images: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
-        return augment(images, gen) if gen is not None else images
+        return augment(images, gen, self.augmentation) if gen is not None else images
 
     def step_target(self) -> None:
         """The target model's optimiser step, then the teacher's moving-average update."""
@@ -185,24 +226,30 @@ class AdversarialTargetStage:
         g_losses: List[torch.Tensor] = []
         d_correct: List[torch.Tensor] = []
         for _ in range(config.adversarial_passes):
-            pairs = zip(epoch_batches(len(src), config.batch_size, gen),
-                        epoch_batches(len(tgt), config.target_batch_size, gen))
-            for src_batch, tgt_batch in pairs:
-                d_loss, g_loss, correct = self._adversarial_step(src_batch, tgt_batch, warp)
+            src_batches = epoch_batches(len(src), config.batch_size, gen)
+            tgt_batches = epoch_batches(len(tgt), config.target_batch_size, gen)
+            pairs = min(len(src_batches), len(tgt_batches))
+            src_rows = [self.parallel.shard(b)[0] for b in src_batches[:pairs]]
+            tgt_shards = [self.parallel.shard(b) for b in tgt_batches[:pairs]]
+            images = zip(src.stream(src_rows, self.device), tgt.stream([r for r, _ in tgt_shards], self.device))
+            for i, (x_src, x_tgt) in enumerate(images):
+                # this rank's share of the discriminator's batch: its source and target rows together
+                d_share = (len(src_rows[i]) + len(tgt_shards[i][0])) / (len(src_batches[i]) + len(tgt_batches[i]))
+                d_loss, g_loss, correct = self._adversarial_step(x_src, x_tgt, d_share, tgt_shards[i][1], warp)
                 d_losses.append(d_loss)
                 g_losses.append(g_loss)
                 d_correct.append(correct)
         # d_acc near 1 means D wins outright (adaptation stalls); near 0.5, D is fooled
         return {"d_loss": mean(d_losses), "g_loss": mean(g_losses), "d_acc": mean(d_correct)}
 
-    def _adversarial_step(self, src_batch: torch.Tensor, tgt_batch: torch.Tensor,
+    def _adversarial_step(self, x_src: torch.Tensor, x_tgt: torch.Tensor, d_share: float, t_share: float,
                           warp: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        config, parallel, src, tgt = self.config, self.parallel, self.data.src_train, self.data.tgt_train
-        (si, _), (ti, t_share) = parallel.shard(src_batch), parallel.shard(tgt_batch)
-        d_share = (len(si) + len(ti)) / (len(src_batch) + len(tgt_batch))
+        """One discriminator step and one target-encoder step on this rank's source and target
+        images; the shares weigh its gradients in the whole batch's (torchrun)."""
+        config, parallel = self.config, self.parallel
         with torch.no_grad():
-            f_src = self.source_model.encoder(self.warp(src.images[si.to(self.device)], warp))
-        f_tgt = self.target.encoder(self.warp(tgt.images[ti.to(self.device)], warp))
+            f_src = self.source_model.encoder(self.warp(x_src, warp))
+        f_tgt = self.target.encoder(self.warp(x_tgt, warp))
         s_logit, t_logit = self.disc(f_src), self.disc(f_tgt.detach())
         d_loss = discriminator_loss(s_logit, t_logit)
         zero_grad(self.opt_d, config)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from .. import native
-from ..config import TrainConfig
-from ..data.domains import ImageSet, RunData
+from ..config import METHOD_SETTINGS, TrainConfig
+from ..data.images import ImageSet
+from ..data.run_data import RunData
 from ..losses import (
     center_magnet_loss,
     information_maximisation_loss,
@@ -129,7 +130,7 @@ class MaddaTargetStage(AdversarialTargetStage):
         """Centre index per target training image from k-means on the target embeddings (of the
         teacher, when there is one) started at the source centres, and whether the kNN vote over
         the source embeddings agrees with it (the images the magnet keeps)."""
-        emb = embed(self.output, self.data.tgt_train.images)
+        emb = embed(self.output, self.data.tgt_train)
         refined = centers.copy()
         for _ in range(CLUSTER_ITERATIONS):
             assign = native.knn_search(refined, emb, 1, threads=self.config.threads)[1][:, 0]
@@ -152,11 +153,11 @@ class MaddaTargetStage(AdversarialTargetStage):
             rec["magnet_kept"] = float(agree_np.mean())
         losses: List[torch.Tensor] = []
         im_losses: List[torch.Tensor] = []
-        for batch in epoch_batches(len(tgt), config.target_batch_size, gen):
-            ti, share = self.parallel.shard(batch)
+        shards = [self.parallel.shard(batch) for batch in epoch_batches(len(tgt), config.target_batch_size, gen)]
+        for (ti, share), images in zip(shards, tgt.stream([rows for rows, _ in shards], self.device)):
             rows = ti.to(self.device)
-            x = self.warp(tgt.images[rows], warp)
-            emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_conv(x)
+            x = self.warp(images, warp)
+            emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_trunk(x)
             loss = emb.sum() * 0.0
             if config.magnet:
                 if config.magnet_labels == "nearest":
@@ -184,6 +185,19 @@ class MaddaTargetStage(AdversarialTargetStage):
 class Madda(Method):
     summary = "triplet source model, adversarial + center magnet, kNN vote (the paper)"
     source_only_label = "triplet model, kNN"
+    reads = METHOD_SETTINGS  # every one: the method settings are M-ADDA's and its variants'
+    # What madda-rs tune searches: every value the 'improved' preset took from labelled held-out
+    # target images ('schedule' is (epochs_source, epochs_target)).
+    search_space = {
+        "schedule": ((40, 15), (80, 30)),
+        "augment": (False, True),
+        "im_weight": (0.0, 1.0, 3.0),
+        "adversarial": (True, False),
+        "magnet_labels": ("nearest", "clusters"),
+        "negatives": ("random", "semihard"),
+        "ema_decay": (0.0, 0.99),
+        "k": (2, 10),
+    }
 
     def source_stage(self, config: TrainConfig, source: ImageSet, device: torch.device,
                      parallel: Parallel) -> TripletSourceStage:

@@ -35,7 +35,7 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, SOURCE_M
 # Where and how a run executes, not what it computes: a resume may change them, and they neither
 # split a report's groups nor tell two of reproduce's runs apart. (The run folder itself, --out,
 # is not a setting.)
-RUN_ONLY = ("device", "data_dir", "download", "threads", "eval_every", "checkpoint_every")
+RUN_ONLY = ("device", "data_dir", "download", "threads", "eval_every", "checkpoint_every", "workers", "stream_above_mb")
 # Seeds vary within one experiment: a report's group spans them.
 REPLICATES = ("seed", "subset_seed")
 # Kept on resume, yet not a different experiment: bitwise determinism, and which checkpoint a
@@ -81,22 +81,21 @@ def load_run(run_dir: os.PathLike | str) -> Tuple[Dict[str, Any], Dict[str, Any]
 
 
 def model_file(model: "EmbeddingNet", config: TrainConfig, epoch: int, **extra: Any) -> Dict[str, Any]:
-    """What a model file holds: weights, the run's config, epochs trained and the geometry that
-    rebuilds the network (:func:`load_model`)."""
+    """What a model file holds: weights, the run's config, epochs trained and the spec that
+    rebuilds the network (:class:`madda_rs.models.ModelSpec`, read by :func:`load_model`)."""
     return {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "config": config.to_dict(), "epoch": epoch, "in_shape": list(model.encoder.in_shape),
-            "out_dim": model.head[1].out_features, **extra}
+            "config": config.to_dict(), "epoch": epoch, "model": model.spec.to_dict(), **extra}
 
 
 def load_model(path: os.PathLike | str, device: "torch.device | str" = "cpu") -> "EmbeddingNet":
-    """Rebuild an EmbeddingNet from a model file of a run (source.pt, target.pt, selected.pt), any device to any."""
+    """Rebuild the network of a model file of a run (source.pt, target.pt, selected.pt), any
+    device to any; files written before backbones existed hold a LeNet."""
     import torch
 
-    from ..models import EmbeddingNet
+    from ..models import ModelSpec, build_model
 
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    out_dim = int(ckpt.get("out_dim", ckpt["config"]["embedding_dim"]))
-    model = EmbeddingNet(out_dim, tuple(ckpt.get("in_shape", (1, 28, 28))))
+    model = build_model(ModelSpec.from_model_file(ckpt))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device)
 

@@ -3,7 +3,7 @@ target labels (:mod:`.label_free`), and scoring a run, live or saved (:mod:`.eva
 
 Importing this package (and :mod:`.label_free`) needs only NumPy; the others import torch."""
 
-from .label_free import SELECTION_SCORES
+from ..config import SELECTION_SCORES
 
 
 def __getattr__(name: str):  # evaluate_run imports torch: only when asked for

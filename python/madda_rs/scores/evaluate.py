@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..config import TrainConfig
-from ..data.domains import ImageSet, RunData, prepare_data
+from ..data.images import ImageSet
+from ..data.run_data import RunData, prepare_data
 from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, RunFolder, load_model
 from ..run.processes import resolve_device
@@ -38,7 +39,7 @@ def target_scores(predictor: KnnPredictor, model: EmbeddingNet, data: RunData, s
     training images and the target test set where they exist. `seed` is the run's: the samples
     come from its 'scores' stream, the same at every evaluation."""
     classes = np.unique(predictor.labels)
-    tgt = embed(model, data.tgt_train.images)
+    tgt = embed(model, data.tgt_train)
     pred = predictor.predict_embedded(tgt)
     proba = predictor.probabilities(tgt)
     scores = label_free_figures(pred, len(classes))
@@ -66,7 +67,7 @@ def _source_side_scores(predictor: KnnPredictor, model: EmbeddingNet, src_test: 
     check = src_test.subset(SOURCE_CHECK_IMAGES, stream_seed(seed, "scores", 1))
     assert check.labels is not None
     labels = check.labels.cpu().numpy()
-    src = embed(model, check.images)
+    src = embed(model, check)
     scores = {"source_test_accuracy": float((predictor.predict_embedded(src) == labels).mean())}
     known = np.isin(labels, classes)  # DEV's loss needs each image's class among the predictor's
     order = numpy_rng(seed, "scores", 3).permutation(np.flatnonzero(known))
@@ -83,7 +84,7 @@ def confusion(predictor: KnnPredictor, model: EmbeddingNet, test: ImageSet) -> D
     """{"classes": labels, "confusion": counts[true][predicted]} on a labelled test set."""
     assert test.labels is not None
     truth = test.labels.cpu().numpy()
-    pred = predictor.predict(model, test.images)
+    pred = predictor.predict(model, test)
     classes = np.union1d(np.unique(predictor.labels), np.unique(truth))
     index = {c: i for i, c in enumerate(classes.tolist())}
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
@@ -118,7 +119,7 @@ def evaluate_run(
         changes["k"] = k
     config = config.replace(**changes)
     dev = resolve_device(config.device)
-    data = prepare_data(config, dev, source=source, target=target, target_test=target_test, source_test=source_test)
+    data = prepare_data(config, source=source, target=target, target_test=target_test, source_test=source_test)
     source_model = load_model(folder.path / SOURCE_MODEL_FILE, dev)
     target_model = load_model(folder.path / TARGET_MODEL_FILE, dev)
     predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)

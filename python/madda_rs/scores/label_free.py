@@ -1,6 +1,6 @@
 """What the predictions and embeddings of unlabelled target images say without their labels.
 
-:data:`SELECTION_SCORES` names every score recorded at each evaluation that can pick a
+:data:`madda_rs.config.SELECTION_SCORES` names every score recorded at each evaluation that can pick a
 checkpoint (``TrainConfig.select``; ``madda-rs report --selection`` rates them). A new score is a
 function here, a line in the recorded figures (:func:`madda_rs.scores.evaluate.target_scores`)
 and its entry in that table (docs/extending.md).
@@ -13,21 +13,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .. import native
+from ..config import SELECTION_SCORES
 
-# Which way is better for each score (+1: higher). None of them reads a target label.
-SELECTION_SCORES: Dict[str, int] = {
-    "snd": +1,  # soft neighbourhood density of the target embeddings
-    "im": +1,  # information maximisation of the soft predictions (SHOT; Musgrave et al. 2022)
-    "bnm": +1,  # batch nuclear norm of the soft predictions (Cui et al. 2020)
-    "entropy": -1,  # mean entropy of each image's soft prediction (Morerio et al. 2018)
-    "class_ami": +1,  # agreement of k-means clusters of the target embeddings with the predictions
-    "dev": -1,  # deep embedded validation: importance-weighted source loss (You et al. 2019)
-    "reverse_accuracy": +1,  # source accuracy of a kNN trained on the target's own predictions
-    "knn_center_agreement": +1,  # share of target images whose kNN label is their nearest centre's
-    "pred_entropy": +1,  # balance of the predicted classes (0: all one class)
-    "source_test_accuracy": +1,  # the adapted model still separates the source test set
-    "d_acc": -1,  # the discriminator's accuracy: lower means better aligned features
-}
+# SELECTION_SCORES (which way is better for each score; none reads a target label) is the list
+# TrainConfig.select chooses from, so config, the lowest layer, keeps it.
 # Tuning figures that read labelled target *training* images (left out of the run's subset, up to
 # madda_rs.data.HOLDOUT_IMAGES of them): recorded and rated under their own name, never offered as
 # label-free (not in --select, not in a result's label_free).

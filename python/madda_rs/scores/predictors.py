@@ -5,13 +5,13 @@ predictor (:attr:`madda_rs.methods.Method.predictor`)."""
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from .. import native
-from ..data.domains import ImageSet
+from ..data.images import ImageSet
 from ..models import EmbeddingNet
 from ..run.processes import Parallel
 
@@ -27,15 +27,21 @@ def for_inference(model: EmbeddingNet) -> EmbeddingNet:
 
 
 @torch.no_grad()
-def embed(model: EmbeddingNet, images: torch.Tensor, batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """(N, D) float32 embeddings in eval mode (`model` itself is left as it was)."""
+def embed(model: EmbeddingNet, images: Union[ImageSet, torch.Tensor], batch_size: int = EMBED_BATCH) -> np.ndarray:
+    """(N, D) float32 embeddings in eval mode (`model` itself is left as it was) of an image set
+    (batch by batch onto the model's device; a streamed set decodes ahead) or of model input."""
     fast = for_inference(model)
-    out = [fast(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    if isinstance(images, ImageSet):
+        device = next(fast.parameters()).device
+        batches = torch.arange(len(images)).split(batch_size)
+        out = [fast(x) for x in images.stream(batches, device)]
+    else:
+        out = [fast(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, _out_dim(model)), np.float32)
 
 
 def _out_dim(model: EmbeddingNet) -> int:
-    return int(model.head[1].out_features)
+    return model.spec.out_dim
 
 
 class KnnPredictor:
@@ -50,11 +56,11 @@ class KnnPredictor:
     def __init__(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
                  parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
-        self.emb = embed(model, source.images)  # all rows on every rank: the magnet's centres need them
+        self.emb = embed(model, source)  # all rows on every rank: the magnet's centres need them
         self.labels = source.labels.cpu().numpy()
         self.k, self.threads, self.parallel = k, threads, parallel
 
-    def predict(self, model: EmbeddingNet, images: torch.Tensor) -> np.ndarray:
+    def predict(self, model: EmbeddingNet, images: Union[ImageSet, torch.Tensor]) -> np.ndarray:
         return self.predict_embedded(embed(model, images))
 
     def predict_embedded(self, tgt: np.ndarray) -> np.ndarray:
@@ -79,7 +85,7 @@ class KnnPredictor:
 
     def accuracy(self, model: EmbeddingNet, test: ImageSet) -> float:
         assert test.labels is not None
-        return float((self.predict(model, test.images) == test.labels.cpu().numpy()).mean())
+        return float((self.predict(model, test) == test.labels.cpu().numpy()).mean())
 
     def probabilities(self, emb: np.ndarray) -> np.ndarray:
         """(n, C) soft predictions, columns in ascending label order: what the label-free
