@@ -14,8 +14,8 @@ from madda_rs.config import PRESETS, TrainConfig
 from madda_rs.data.domains import load_npz
 from madda_rs.losses import information_maximisation_loss, labelled_magnet_loss
 from madda_rs.methods import check_config
-from madda_rs.methods.common import augment
-from madda_rs.training import guard_verdict, resume, train
+from madda_rs.methods.common import augment, guard_verdict
+from madda_rs.training import resume, train
 
 
 def _config(data_dir, **kw):

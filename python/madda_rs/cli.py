@@ -87,6 +87,10 @@ def _add_setting(parser: argparse.ArgumentParser, f: "dataclasses.Field[Any]") -
         from .methods import method_names
 
         kw["help"] = f"{shown}; registered: {', '.join(method_names())}"
+    if f.name == "backbone":
+        from .backbones import backbone_names
+
+        kw["help"] = f"{shown}; registered: {', '.join(backbone_names())}"
     parser.add_argument(flag, **kw)
 
 

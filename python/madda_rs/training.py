@@ -272,7 +272,7 @@ class _Run:
         self._run("target", stage)
         scored = [h for h in self.history["target"] if "pred_classes" in h]
         final = scored[-1] if scored else source_only
-        guard = guard_verdict(source_only, final) if config.guard else None
+        guard = self.method.fallback(config, source_only, final)
         if guard is None:
             return final, stage.output, None
         self.warnings.append(f"guard: {guard}; the run's output is the source model")
@@ -318,23 +318,6 @@ class _Selection:
         rec = self.history[self.saved["epoch"] - 1]
         return {"score": self.score, "epoch": self.saved["epoch"], "value": rec[self.score],
                 "target_accuracy": rec.get("target_accuracy")}
-
-
-# The guard's rule, on the target training images alone: adaptation merged classes when its
-# predictions cover fewer classes than the source model's did, or their histogram's normalised
-# entropy fell by more than this.
-GUARD_ENTROPY_DROP = 0.1
-
-
-def guard_verdict(source_only: Dict[str, Any], final: Dict[str, Any]) -> Optional[str]:
-    """Why the adapted model should not replace the source model (TrainConfig.guard), or None."""
-    if final["pred_classes"] < source_only["pred_classes"]:
-        return (f"adaptation predicts {final['pred_classes']} classes on the target, the source model "
-                f"{source_only['pred_classes']}")
-    if final["pred_entropy"] < source_only["pred_entropy"] - GUARD_ENTROPY_DROP:
-        return (f"the predicted classes' balance fell from {source_only['pred_entropy']:.3f} to "
-                f"{final['pred_entropy']:.3f} (normalised entropy)")
-    return None
 
 
 def _mean_seconds(hist: List[Dict[str, Any]]) -> Optional[float]:

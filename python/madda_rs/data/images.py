@@ -136,7 +136,7 @@ class FileImageSet(ImageSet):
         from torch.utils.data import DataLoader
 
         return DataLoader(_Files(self.files, self.shape), batch_sampler=[r.tolist() for r in row_batches],
-                          num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers else None,
+                          num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None,
                           persistent_workers=False)
 
     def batch(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:

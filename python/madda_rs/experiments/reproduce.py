@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
-from ..methods import get_method
+from ..methods import Method, get_method
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts, with_run_settings
 from .report import last_evaluations_mean
 
@@ -185,17 +185,15 @@ class PlannedRun:
 
 def slug(config: TrainConfig, schedule: str) -> str:
     """A run folder name that spells out what the run computes."""
-    variant = get_method(config.method).run_name(config)
+    method = get_method(config.method)
+    variant = method.run_name(config)
     for name in config.overridden:  # an ablation: each setting that departs from its preset
         if name not in ("epochs_source", "epochs_target"):
             value = getattr(config, name)
             flag = name.replace("_", "")
             variant += f"-{'' if value else 'no'}{flag}" if isinstance(value, bool) else f"-{flag}{value:g}" \
                 if isinstance(value, float) else f"-{flag}{value}"
-    if not config.magnet:
-        variant += "-nomagnet"
-    if not config.adversarial:
-        variant += "-noadv"
+    variant += method.variant(config)
     quick = "-quick" if schedule == "quick" else ""
     return (f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}-{variant}-"
             f"e{config.epochs_source}+{config.epochs_target}-s{config.seed}{quick}")
@@ -372,8 +370,11 @@ def write_figures(table: str, runs: Sequence[PlannedRun], out: Path, *, device: 
             if "confusion" in metrics:
                 written.append(confusion_figure(metrics["confusion"], metrics["classes"],
                                                 where / f"{r.slug}-confusion.png", r.slug))
-        shown = next((r for r in first if r.config.method == "madda" and r.config.preset == "paper"
-                      and r.config.magnet and r.config.adversarial), first[0])
+        # the t-SNE of the table's method as written: the first run whose method draws centres,
+        # at the paper preset, with none of its switches off
+        shown = next((r for r in first if type(get_method(r.config.method)).centres is not Method.centres
+                      and r.config.preset == "paper" and not get_method(r.config.method).variant(r.config)),
+                     first[0])
         written.append(run_tsne(out / "runs" / shown.slug, loaded[shown.slug][0], where / f"{shown.slug}-tsne.png",
                                 tsne_points, device=device, data_dir=data_dir))
     return [p for p in written if p is not None]

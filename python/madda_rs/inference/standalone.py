@@ -143,11 +143,13 @@ def _vote(votes: np.ndarray) -> np.ndarray:
     return madda_rs.knn_vote(votes)  # the most frequent label; a tie goes to the smallest
 
 
-def embed_batches(model: Callable[[Any], Any], images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def embed_batches(model: Callable[[Any], Any], images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
     """The model's outputs, without gradients, batch by batch (the model in eval mode, weights
     channels-last: the batches and layout training scores with, so the numbers agree)."""
     import torch
 
+    # 512 images of 28x28 a batch (training's scoring batches), as many pixels a batch when larger
+    batch_size = batch_size or max(1, min(512, 512 * 28 * 28 // max(1, images.shape[-1] * images.shape[-2])))
     outs = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):

@@ -70,6 +70,16 @@ class Method:
         """The method part of reproduce's run-folder names."""
         return f"{self.name}-{config.preset}"
 
+    def fallback(self, config: "TrainConfig", source_only: Dict[str, Any], final: Dict[str, Any]) -> Optional[str]:
+        """Why the adapted model should not replace the source model (a label-free check on the
+        target training images' figures before and after stage 2), or None to keep it."""
+        return None
+
+    def variant(self, config: "TrainConfig") -> str:
+        """What ends a run-folder name after the departures from the preset: the method's own
+        switches that are off (M-ADDA's '-nomagnet'), or ''."""
+        return ""
+
     def centres(self, config: "TrainConfig", src_emb: "np.ndarray", src_labels: "np.ndarray",
                 ) -> Optional[Tuple["np.ndarray", Optional["np.ndarray"]]]:
         """The centres stage 2 pulled target embeddings to at its last epoch, and their labels

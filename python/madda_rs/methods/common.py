@@ -117,6 +117,23 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
     torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - decay)
 
 
+# The guard's rule, on the target training images alone: adaptation merged classes when its
+# predictions cover fewer classes than the source model's did, or their histogram's normalised
+# entropy fell by more than this.
+GUARD_ENTROPY_DROP = 0.1
+
+
+def guard_verdict(source_only: Dict[str, Any], final: Dict[str, Any]) -> Optional[str]:
+    """Why the adapted model should not replace the source model (TrainConfig.guard), or None."""
+    if final["pred_classes"] < source_only["pred_classes"]:
+        return (f"adaptation predicts {final['pred_classes']} classes on the target, the source model "
+                f"{source_only['pred_classes']}")
+    if final["pred_entropy"] < source_only["pred_entropy"] - GUARD_ENTROPY_DROP:
+        return (f"the predicted classes' balance fell from {source_only['pred_entropy']:.3f} to "
+                f"{final['pred_entropy']:.3f} (normalised entropy)")
+    return None
+
+
 BatchResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
@@ -126,6 +143,7 @@ class SourceStage:
     config asks. A method supplies :meth:`batch_loss`."""
 
     name = "source"
+    shown: Tuple[str, ...] = ("loss",)  # the figures a progress bar shows
 
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device, parallel: Parallel,
                  out_dim: int) -> None:
@@ -184,6 +202,7 @@ class AdversarialTargetStage:
     copy of the target model when ``config.ema_decay`` > 0 (the stage's :attr:`output`)."""
 
     name = "target"
+    shown: Tuple[str, ...] = ("d_loss", "d_acc")
 
     def __init__(self, config: TrainConfig, source_model: EmbeddingNet, data: RunData, device: torch.device,
                  parallel: Parallel) -> None:
@@ -284,5 +303,5 @@ class AdversarialTargetStage:
         self.opt_d.load_state_dict(state["opt_discriminator"])
 
 
-__all__ = ["epoch_batches", "augment", "adam", "zero_grad", "mean", "ema_update", "SourceStage",
-           "AdversarialTargetStage"]
+__all__ = ["guard_verdict", "GUARD_ENTROPY_DROP", "epoch_batches", "augment", "adam", "zero_grad", "mean",
+           "ema_update", "SourceStage", "AdversarialTargetStage"]

@@ -33,7 +33,7 @@ from ..run.streams import stream_seed, torch_generator
 from ..scores.label_free import class_means, class_spread
 from ..scores.predictors import KnnPredictor, embed
 from . import Method, register_method
-from .common import AdversarialTargetStage, BatchResult, SourceStage, epoch_batches, mean, zero_grad
+from .common import AdversarialTargetStage, BatchResult, SourceStage, epoch_batches, guard_verdict, mean, zero_grad
 
 # Lloyd iterations of the target clustering (magnet_labels='clusters'); it starts at the source
 # centres, so a few suffice and each cluster keeps its class.
@@ -63,6 +63,8 @@ def magnet_centres(config: TrainConfig, emb: np.ndarray, labels: np.ndarray, epo
 class TripletSourceStage(SourceStage):
     """Stage 1 (Algorithm 1): triplets enumerated per batch by the native core
     (:func:`madda_rs.triplets`), one per same-label pair, negatives drawn as the config says."""
+
+    shown = ("loss", "active_triplets")
 
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
                  parallel: Parallel = Parallel()) -> None:
@@ -95,6 +97,8 @@ class TripletSourceStage(SourceStage):
 
 class MaddaTargetStage(AdversarialTargetStage):
     """Stage 2 (Algorithm 2): the adversarial epoch, then the magnet epoch, each when enabled."""
+
+    shown = ("d_loss", "d_acc", "magnet_loss")
 
     def __init__(self, config: TrainConfig, source_model: EmbeddingNet, predictor: KnnPredictor, data: RunData,
                  device: torch.device, parallel: Parallel = Parallel()) -> None:
@@ -206,6 +210,12 @@ class Madda(Method):
     def target_stage(self, config: TrainConfig, source_model: EmbeddingNet, predictor: KnnPredictor, data: RunData,
                      device: torch.device, parallel: Parallel) -> MaddaTargetStage:
         return MaddaTargetStage(config, source_model, predictor, data, device, parallel)
+
+    def fallback(self, config: TrainConfig, source_only: Dict[str, Any], final: Dict[str, Any]) -> Optional[str]:
+        return guard_verdict(source_only, final) if config.guard else None  # the improved preset's safeguard
+
+    def variant(self, config: TrainConfig) -> str:
+        return ("" if config.magnet else "-nomagnet") + ("" if config.adversarial else "-noadv")
 
     def centres(self, config: TrainConfig, src_emb: np.ndarray, src_labels: np.ndarray,
                 ) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:

@@ -11,7 +11,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 from .processes import Parallel
 
@@ -30,6 +30,7 @@ class Stage(Protocol):
 
     name: str  # 'source', 'target': the key of its history and checkpoint state
     epochs: int
+    # (optional) the figures of its records a progress bar shows, e.g. ('loss',)
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
         """Train one epoch; return its record (mean losses and other per-epoch figures)."""
@@ -103,7 +104,7 @@ def run_stage(stage: Stage, history: List[Dict[str, Any]], settings: LoopSetting
                 _note_health(stage, rec, d_wins, settings)
                 history.append(rec)
                 bar.update(1)
-                bar.set_postfix(_postfix(history))
+                bar.set_postfix(_postfix(history, getattr(stage, "shown", ("loss",))))
                 stopping = settings.parallel.any(stop.is_set())  # every rank stops after the same epoch
                 if _checkpoint_due(epoch, stage, settings, stopping):
                     if main:
@@ -171,12 +172,10 @@ def _trailing_d_wins(history: List[Dict[str, Any]]) -> int:
     return n
 
 
-_SHOWN = ("loss", "active_triplets", "d_loss", "d_acc", "magnet_loss")
-
-
-def _postfix(history: List[Dict[str, Any]]) -> Dict[str, str]:
+def _postfix(history: List[Dict[str, Any]], keys: Tuple[str, ...] = ("loss",)) -> Dict[str, str]:
+    """The progress bar's figures: the stage's own (its ``shown``), then the last evaluation's."""
     rec = history[-1]
-    shown = {k: f"{rec[k]:.3f}" for k in _SHOWN if k in rec}
+    shown = {k: f"{rec[k]:.3f}" for k in keys if k in rec}
     scored = [h for h in history if "pred_classes" in h]
     if scored:
         last = scored[-1]

@@ -5,7 +5,7 @@ predictor (:attr:`madda_rs.methods.Method.predictor`)."""
 from __future__ import annotations
 
 import copy
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,14 @@ from ..run.processes import Parallel
 # Embedding batch: with channels-last weights, 512 images a batch ran LeNet 3x faster on a 2-core
 # CPU than contiguous weights in batches of 2048 (benches/bench_predict.py's setting).
 EMBED_BATCH = 512
+# ... of 28x28 images: larger images go in batches of as many pixels (8 at 224x224, where 512 would
+# hold gigabytes of a ResNet's activations), so memory does not grow with the image size.
+EMBED_PIXELS = EMBED_BATCH * 28 * 28
+
+
+def embed_batch_size(shape: Tuple[int, ...]) -> int:
+    """Images per embedding batch for images of (C, H, W) `shape`: EMBED_BATCH up to 28x28."""
+    return max(1, min(EMBED_BATCH, EMBED_PIXELS // max(1, shape[-1] * shape[-2])))
 
 
 def for_inference(model: EmbeddingNet) -> EmbeddingNet:
@@ -27,10 +35,13 @@ def for_inference(model: EmbeddingNet) -> EmbeddingNet:
 
 
 @torch.no_grad()
-def embed(model: EmbeddingNet, images: Union[ImageSet, torch.Tensor], batch_size: int = EMBED_BATCH) -> np.ndarray:
+def embed(model: EmbeddingNet, images: Union[ImageSet, torch.Tensor], batch_size: Optional[int] = None) -> np.ndarray:
     """(N, D) float32 embeddings in eval mode (`model` itself is left as it was) of an image set
-    (batch by batch onto the model's device; a streamed set decodes ahead) or of model input."""
+    (batch by batch onto the model's device; a streamed set decodes ahead) or of model input, in
+    batches of `batch_size` (default: :func:`embed_batch_size`)."""
     fast = for_inference(model)
+    batch_size = batch_size or embed_batch_size(tuple(images.shape[1:]) if isinstance(images, torch.Tensor)
+                                                else images.shape)
     if isinstance(images, ImageSet):
         device = next(fast.parameters()).device
         batches = torch.arange(len(images)).split(batch_size)
@@ -121,4 +132,5 @@ class ClassifierPredictor(KnnPredictor):
 
 Predictor = KnnPredictor  # the interface every predictor offers (predict, predict_embedded, accuracy)
 
-__all__ = ["embed", "for_inference", "EMBED_BATCH", "KnnPredictor", "ClassifierPredictor", "Predictor"]
+__all__ = ["embed", "embed_batch_size", "for_inference", "EMBED_BATCH", "KnnPredictor", "ClassifierPredictor",
+           "Predictor"]
