@@ -1,4 +1,4 @@
-"""Small generated MNIST and USPS files in torchvision's layout, for machines without the real data.
+"""Small generated MNIST, USPS and Fashion-MNIST files in torchvision's layout, for machines without the real data.
 
 Each class is a bright bar at a class-dependent place, so a model trained for two epochs beats
 chance; the files go through the same torchvision readers as the real ones."""
@@ -48,6 +48,10 @@ def make_data_dir(root: Path, n_train: int = 600, n_test: int = 300, n_train_usp
     _write_idx(raw, *_digits(n_test, 28, 1), "t10k")
     _write_usps(root / "usps.bz2", *_digits(n_train if n_train_usps is None else n_train_usps, 16, 2))
     _write_usps(root / "usps.t.bz2", *_digits(n_test, 16, 3))
+    fashion = root / "FashionMNIST" / "raw"  # Fashion-MNIST's layout, bars standing in for clothes
+    fashion.mkdir(parents=True, exist_ok=True)
+    _write_idx(fashion, *_digits(n_train, 28, 4), "train")
+    _write_idx(fashion, *_digits(n_test, 28, 5), "t10k")
     return root
 
 

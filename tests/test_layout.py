@@ -14,7 +14,8 @@ LAYERS = [
     {"config", "plugins", "native", "_core", "data.decode", "data.files", "losses", "run.streams",
      "run.processes"},
     # data: domains, folders, image sets, the sets of one run
-    {"data", "data.folders", "data.images", "data.synth", "data.domains", "data.geometry", "data.run_data"},
+    {"data", "data.folders", "data.images", "data.synth", "data.composite", "data.seven_segment", "data.hand",
+     "data.domains", "data.geometry", "data.run_data"},
     # networks
     {"backbones", "backbones.*", "models"},
     # what the methods build on: scores on embeddings, predictors, the run loop and the run folder

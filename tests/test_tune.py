@@ -121,3 +121,44 @@ def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_repo
         record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / out), candidates=8)
         chosen.append(record["candidates"][record["chosen_index"]]["settings"])
     assert chosen[0] == chosen[1] == {"schedule": (18, 9), "im_weight": 1.0, "adversarial": True}
+
+
+def _fake_train(quality, accuracy, seconds=0.01):
+    """train() faked: the run's label-free scores from quality(config), its accuracy from accuracy(config)."""
+    import types
+
+    def train(config, out_dir, overwrite=False):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.json").write_text(json.dumps(config.to_dict()))
+        q, acc = quality(config), accuracy(config)
+        final = {"im": q, "bnm": q, "class_ami": q, "target_accuracy": acc}
+        return types.SimpleNamespace(wall_seconds=seconds, history={"target": [final]}, target_accuracy=acc)
+    return train
+
+
+def test_a_tie_in_the_vote_is_not_broken_by_target_accuracy(tmp_path, monkeypatch):
+    """Every candidate scores the same: the vote ties everywhere, so the choice is the search's own
+    order, whichever candidate the (never-read) accuracies favour."""
+    import madda_rs.training as training
+
+    monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
+    chosen = []
+    for sign, out in ((+1, "up"), (-1, "down")):
+        accuracy = (lambda s: lambda c: 0.5 + s * (c.im_weight + 0.5 * c.adversarial) / 10)(sign)
+        monkeypatch.setattr(training, "train", _fake_train(lambda c: 1.0, accuracy))
+        record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / out), candidates=8)
+        chosen.append(record["chosen_index"])
+    assert chosen[0] == chosen[1]
+
+
+def test_the_budget_estimate_is_seconds_per_epoch_not_per_run(tmp_path, monkeypatch):
+    """Faked runs of 2 epochs (a ninth of 9 + 9) take 60 s each: 30 s an epoch, so a 100 s budget
+    holds every candidate of the first rung (each estimated at 60 s, nothing really spent); a
+    whole run's seconds taken per epoch would estimate 120 s and stop after the first."""
+    import madda_rs.training as training
+
+    monkeypatch.setattr(get_method("madda"), "search_space", {"schedule": ((9, 9),), "im_weight": (0.0, 1.0, 2.0)})
+    monkeypatch.setattr(training, "train", _fake_train(lambda c: c.im_weight, lambda c: 0.5, seconds=60.0))
+    record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / "t"), budget_minutes=100 / 60,
+                              candidates=3)
+    assert [len(c["rungs"]) >= 1 for c in record["candidates"]] == [True, True, True]

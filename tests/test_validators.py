@@ -129,3 +129,12 @@ def test_dev_matches_skadas_deep_embedded_validation_on_the_same_split():
     fit, val, _, y_val = train_test_split(src, y_src, test_size=0.33, random_state=np.random.RandomState(0))
     ours = deep_embedded_validation(fit, val, model.predict_proba(val), y_val, tgt)
     assert ours == pytest.approx(-theirs, rel=1e-9)
+
+
+def test_class_ami_clusters_into_the_number_of_classes_so_a_collapse_scores_zero():
+    """k-means takes k from the classes, not from the predictions: a model that predicts one class
+    for clustered embeddings agrees with nothing (AMI 0), where k = 1 would make both labelings
+    constant and score a perfect 1."""
+    x, labels = _blobs()
+    assert class_ami(x, labels, C, seed=0) == pytest.approx(1.0)
+    assert class_ami(x, np.zeros(len(x), int), C, seed=0) == pytest.approx(0.0, abs=1e-9)

@@ -1,5 +1,6 @@
-"""Registered image domains (``--src``/``--tgt`` by name): MNIST, USPS, synth-digits, each one
-decorated loader, and .npz files of the user's own images. A domain's particulars (USPS's pooled
+"""Registered image domains (``--src``/``--tgt`` by name): MNIST, USPS, synth-digits, and the
+development domains (Fashion-MNIST, photo composites, seven-segment and handwriting-font digits), each one decorated
+loader, and .npz files of the user's own images. A domain's particulars (USPS's pooled
 split, which rows its holdout leaves out; synth-digits drawing grey or colour) are declared where it
 registers, so the generic loading code (:mod:`.run_data`) names no domain."""
 
@@ -17,7 +18,7 @@ import torch
 
 from ..config import TrainConfig
 from ..run.streams import stream_seed, usps_split_rng
-from . import HOLDOUT_IMAGES, synth
+from . import HOLDOUT_IMAGES, composite, hand, seven_segment, synth
 from .files import read_uint8, resize_usps
 from .folders import is_image_folder
 from .images import ImageSet, as_image_set
@@ -117,6 +118,37 @@ def _synth_digits(train: bool, config: TrainConfig, progress: Optional[Callable[
     images, labels = synth.render(count, seed=config.synth_seed, train=train, channels=config.channels or 1,
                                   threads=config.threads, progress=progress)
     return as_image_set((images, labels), synth.NAME)
+
+
+# Development domains (docs/label-free.md): tasks whose targets are neither MNIST nor USPS, where
+# label-free choices may be rated on their own targets' labels.
+@register_domain("fashion-mnist", adda_subset=2000)
+def _fashion_mnist(train: bool, config: TrainConfig) -> ImageSet:
+    images, labels = read_uint8("fashion-mnist", train, config.data_dir, config.download)
+    return as_image_set((images, labels), "fashion-mnist")
+
+
+# Composites onto photographs (MNIST-M's recipe), 32x32 RGB; ADDA-protocol subsets of a target's size.
+@register_domain("fashion-m", adda_subset=1800)
+def _fashion_m(train: bool, config: TrainConfig) -> ImageSet:
+    images, labels = read_uint8("fashion-mnist", train, config.data_dir, config.download)
+    return as_image_set((composite.composite(images, "fashion-m", train), labels), "fashion-m")
+
+
+@register_domain("mnist-m", adda_subset=1800)
+def _mnist_m(train: bool, config: TrainConfig) -> ImageSet:
+    images, labels = read_uint8("mnist", train, config.data_dir, config.download)
+    return as_image_set((composite.composite(images, "mnist-m", train), labels), "mnist-m")
+
+
+@register_domain(seven_segment.NAME, adda_subset=1800)
+def _seven_segment(train: bool, config: TrainConfig) -> ImageSet:
+    return as_image_set(seven_segment.render(train), seven_segment.NAME)
+
+
+@register_domain(hand.NAME, adda_subset=1800)
+def _hand_digits(train: bool, config: TrainConfig) -> ImageSet:
+    return as_image_set(hand.render(train), hand.NAME)
 
 
 def load_npz(path: os.PathLike | str) -> Tuple[ImageSet, Optional[ImageSet]]:

@@ -1,4 +1,4 @@
-"""MNIST and USPS files, read through torchvision: where they live, and clear errors when they
+"""MNIST, USPS and Fashion-MNIST files, read through torchvision: where they live, and clear errors when they
 are missing or corrupt. Turning them into training tensors is :mod:`madda_rs.data.domains`' job.
 
 USPS is 16x16 with the digit filling the frame; `usps_resize` chooses how it reaches 28x28:
@@ -28,7 +28,12 @@ REQUIRED_FILES = {
     ("mnist", False): ["MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"],
     ("usps", True): ["usps.bz2"],
     ("usps", False): ["usps.t.bz2"],
+    ("fashion-mnist", True): ["FashionMNIST/raw/train-images-idx3-ubyte",
+                              "FashionMNIST/raw/train-labels-idx1-ubyte"],
+    ("fashion-mnist", False): ["FashionMNIST/raw/t10k-images-idx3-ubyte", "FashionMNIST/raw/t10k-labels-idx1-ubyte"],
 }
+# the torchvision dataset class that reads (and downloads) each
+DATASETS = {"mnist": "MNIST", "usps": "USPS", "fashion-mnist": "FashionMNIST"}
 DOWNLOAD_TIMEOUT_S = 10.0
 
 
@@ -61,7 +66,7 @@ def resize_usps(x: torch.Tensor, how: str) -> torch.Tensor:
 def read_uint8(
     name: str, train: bool, data_dir: Optional[os.PathLike | str], download: bool
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) uint8 images and (N,) int64 labels of one split ('mnist' or 'usps').
+    """(N, H, W) uint8 images and (N,) int64 labels of one split ('mnist', 'usps' or 'fashion-mnist').
 
     Read once per process and file version: runs in one process (tests, ``reproduce``) share it.
     The arrays are shared, so callers must not write to them.
@@ -69,8 +74,8 @@ def read_uint8(
     Raises:
         DataError: a file is missing and cannot be fetched, or cannot be read.
     """
-    if name not in ("mnist", "usps"):
-        raise ValueError(f"domain must be 'mnist' or 'usps', got {name!r}")
+    if name not in DATASETS:
+        raise ValueError(f"domain must be one of {', '.join(DATASETS)}, got {name!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     files = [root / f for f in REQUIRED_FILES[(name, train)]]
     stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in files)
@@ -84,7 +89,7 @@ def _read_cached(name: str, train: bool, root: Path, download: bool, _stamps: tu
     missing = [f for f in REQUIRED_FILES[(name, train)] if not (root / f).is_file()]
     if missing and not download:
         raise DataError(_missing_message(name, root, missing, "downloading is off (--no-download)"))
-    cls = tvd.MNIST if name == "mnist" else tvd.USPS
+    cls = getattr(tvd, DATASETS[name])
     try:
         with _network_timeout(DOWNLOAD_TIMEOUT_S):
             ds = cls(str(root), train=train, download=bool(missing))
@@ -109,7 +114,7 @@ def _missing_message(name: str, root: Path, missing: list[str], why: str) -> str
     return (
         f"{name.upper()} file(s) missing: {paths}; {why}. Point --data-dir (or {DATA_DIR_ENV}) at a folder "
         f"in torchvision's layout, or run once with internet access so that "
-        f"torchvision.datasets.{'MNIST' if name == 'mnist' else 'USPS'}(root, download=True) fetches them."
+        f"torchvision.datasets.{DATASETS[name]}(root, download=True) fetches them."
     )
 
 

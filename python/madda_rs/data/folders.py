@@ -191,6 +191,19 @@ def _listing_digest(root: Path, files: Sequence[Path], what: Any) -> str:
     return digest.hexdigest()[:24]
 
 
+def cached_array(name: str, key: Any, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """`make()`'s array, stored in the cache under `name` and a digest of `key` (JSON), so a
+    generated domain is drawn once per machine and read back in a second thereafter."""
+    path = cache_dir() / f"{name}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    array = make()
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_cache(path, buffer.getvalue())  # an unwritable cache costs the next run time only
+    return array
+
+
 def write_cache(path: Path, data: bytes) -> None:
     """Write through a temporary file and a rename; an unwritable cache only costs the next run time."""
     try:
@@ -203,4 +216,5 @@ def write_cache(path: Path, data: bytes) -> None:
 
 
 __all__ = ["FolderError", "Geometry", "FolderImages", "is_image_folder", "read_folder", "list_folder",
-           "common_geometry", "labelled_files", "unlabelled_files", "IMAGE_SUFFIXES"]
+           "common_geometry", "labelled_files", "unlabelled_files", "IMAGE_SUFFIXES", "cached_array", "cache_dir",
+           "write_cache"]

@@ -29,6 +29,9 @@ SEED_STREAMS = {
     "figures": 10,  # which points a t-SNE shows, and t-SNE's own initialisation
     "synth": 11,  # every knob of each synth-digits image (data.synth), from --synth-seed, per split and image
     "tune": 12,  # which candidates madda-rs tune draws from its search space
+    "composite": 13,  # the photo patch of each composited image (data.composite), per domain, split and image
+    "seven_segment": 14,  # every knob of each seven-segment digit (data.seven_segment), per split and image
+    "hand": 15,  # every knob of each hand-digits image (data.hand), per split and image
 }
 # Apart from the run's seed: the pooled USPS re-split (data.domains.pooled_usps) is drawn from
 # --usps-split-seed alone, so every run of a table scores on one test set (usps_split_rng).
