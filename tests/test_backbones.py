@@ -59,6 +59,8 @@ def test_a_backbone_in_its_own_file_trains_through_the_cli(registry, generated_d
     assert model.spec == ModelSpec(spec, (1, 28, 28), 256) and model.encoder.feature_dim == 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert evaluate_run(str(out), device="cpu")["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
+    # every run records what ran it, so a speed figure can name its CPU from the record
+    assert metrics["machine"]["torch"] == torch.__version__ and "family" in metrics["machine"]["cpu"]
 
 
 def test_a_module_dropped_into_the_backbones_package_is_found(registry, tmp_path, monkeypatch):

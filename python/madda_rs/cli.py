@@ -34,7 +34,7 @@ from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
 from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
-TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth")
+TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth", "devtasks")
 
 # Flags of `train` that are not settings of the run. (Which settings a resume may change is
 # madda_rs.run.folder.RUN_ONLY.)
@@ -368,6 +368,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         md, csv_path = write_table(args.table, runs, out)
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
+    if args.table == "devtasks":  # rate the label-free votes on the development tasks' runs
+        from .experiments.votes import votes_markdown
+
+        done = [str(out / "runs" / r.slug) for r in runs if (out / "runs" / r.slug / "metrics.json").is_file()]
+        votes = out / "devtasks-votes.md"
+        votes.write_text(votes_markdown(done))
+        print(votes.read_text())
+        print(f"written: {votes}")
     if not args.no_figures:
         from .experiments.reproduce import write_figures
 

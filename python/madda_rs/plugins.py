@@ -1,16 +1,45 @@
-"""Importing a plug-in named on the command line: ``path/to/file.py`` or ``package.module``.
-
-The methods and backbones registries share it; a file is imported once per path, under a module
-name derived from the path, so two files with one stem do not collide."""
+"""Registries of plug-ins (methods, backbones): finding the modules of a package, and looking a
+name up, importing ``path/to/file.py:NAME`` or ``package.module:NAME`` when it names one defined
+elsewhere. A file is imported once per path, under a module name derived from the path, so two
+files with one stem do not collide."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import zlib
 from pathlib import Path
 from types import ModuleType
+from typing import Dict, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def import_package_modules(path: Iterable[str], package: str) -> None:
+    """Import every module of a package (its ``__path__`` and name) but private ones, so each
+    registers what it defines."""
+    for info in pkgutil.iter_modules(path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def lookup(registry: Dict[str, T], spec: str, what: str) -> T:
+    """The entry registered as `spec`, or for ``FILE.py:NAME`` / ``MODULE:NAME`` the entry NAME that
+    importing FILE or MODULE registers; anything else is a ValueError listing what is registered."""
+    if spec in registry:
+        return registry[spec]
+    known = ", ".join(sorted(registry))
+    if ":" not in spec:
+        raise ValueError(f"{what} must be one of {known}, or FILE.py:NAME or MODULE:NAME for a {what} defined "
+                         f"elsewhere; got {spec!r}")
+    where, name = spec.rsplit(":", 1)
+    import_plugin(where, what)
+    if name not in registry:
+        raise ValueError(f"{what} {spec!r}: {where} registers no {what} {name!r} (registered: "
+                         f"{', '.join(sorted(registry))})")
+    return registry[name]
 
 
 def import_plugin(where: str, what: str) -> ModuleType:
@@ -38,4 +67,4 @@ def import_plugin(where: str, what: str) -> ModuleType:
         raise ValueError(f"cannot import the {what} module {where!r}: {exc}") from None
 
 
-__all__ = ["import_plugin"]
+__all__ = ["import_plugin", "import_package_modules", "lookup"]

@@ -48,7 +48,7 @@ from .run.folder import (
     resume_conflicts,
 )
 from .run.loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
-from .run.processes import Parallel, configure_threads, resolve_device
+from .run.processes import Parallel, configure_threads, machine_record, resolve_device
 from .scores.evaluate import confusion, target_scores
 from .scores.predictors import KnnPredictor
 
@@ -83,6 +83,8 @@ class RunResult:
     selected: Optional[Dict[str, Any]] = None
     # with config.guard: why the run fell back to the source model, or None when it did not
     guard: Optional[str] = None
+    # what ran it: CPU model and flags, versions, GPU (run.processes.machine_record)
+    machine: Dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> Dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "config"}
@@ -251,6 +253,7 @@ class _Run:
             seconds_per_target_epoch=_mean_seconds(self.history["target"]), history=self.history,
             out_dir=str(self.folder.path) if self.folder is not None else None, classes=matrix.get("classes"),
             confusion=matrix.get("confusion"), selected=self.selection.summary(), guard=guard,
+            machine=machine_record(self.device),
         )
 
     def _save_predictor(self, predictor: KnnPredictor) -> None:

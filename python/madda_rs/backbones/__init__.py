@@ -23,8 +23,6 @@ A module dropped into this package is found by :func:`discover`; one elsewhere i
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from ..config import AUGMENTATIONS
-from ..plugins import import_plugin
+from ..plugins import import_package_modules, lookup
 
 # torchvision's ImageNet normalisation (the transforms of every IMAGENET1K weights entry)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -172,9 +170,7 @@ def register_backbone(name: str) -> Callable[[B], B]:
 
 def discover() -> None:
     """Import every module of this package, so each registers its backbones."""
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    import_package_modules(__path__, __name__)
 
 
 def backbone_names() -> Tuple[str, ...]:
@@ -186,17 +182,7 @@ def get_backbone(spec: str) -> Type[Backbone]:
     """The backbone class registered as `spec`, or for ``FILE.py:NAME`` / ``MODULE:NAME`` the
     backbone NAME that importing FILE or MODULE registers."""
     discover()
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]
-    if ":" not in spec:
-        raise ValueError(f"backbone must be one of {', '.join(sorted(_REGISTRY))}, or FILE.py:NAME or MODULE:NAME "
-                         f"for one defined elsewhere; got {spec!r}")
-    where, name = spec.rsplit(":", 1)
-    import_plugin(where, "backbone")
-    if name not in _REGISTRY:
-        raise ValueError(f"backbone {spec!r}: {where} registers no backbone {name!r} "
-                         f"(registered: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, spec, "backbone")
 
 
 def check_input(backbone: Type[Backbone], shape: Tuple[int, int, int], what: str = "images") -> None:

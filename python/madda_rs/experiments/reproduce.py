@@ -42,7 +42,10 @@ SCHEDULES: Dict[str, Dict[str, Tuple[int, int, int]]] = {
     "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1), "improved": (10, 10, 2),
              "labelfree": (10, 10, 2)},
 }
-SCHEDULE_ORDER = ("quick", "short", "improved", "labelfree", "paper")
+# The development suite's schedule: tune's shorter one (madda_rs.methods.madda's search space), so
+# the candidates x tasks x seeds grid fits a CPU.
+SCHEDULES["adda"]["dev"] = (40, 15, 5)
+SCHEDULE_ORDER = ("quick", "dev", "short", "improved", "labelfree", "paper")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Column:
     tgt: str
     usps_split: str
     protocol: str = "adda"
+    settings: Tuple[Tuple[str, Any], ...] = ()  # what the column's task needs beyond the row's settings
 
     @property
     def label(self) -> str:
@@ -175,6 +179,45 @@ TABLES: Dict[str, Table] = {
 }
 
 
+# The development suite (docs/label-free.md): tasks whose targets are neither MNIST nor USPS, where
+# label-free choices may be rated on the targets' own labels. A synth-digits source holds ten times
+# the images, so its source epochs are a tenth (as in the synth table); shapes are matched to the source.
+_SYNTH_DEV = (("epochs_source", SCHEDULES["adda"]["dev"][0] // 10),)
+DEV_COLUMNS = (
+    Column("synth-digits", "hand-digits", "standard", settings=_SYNTH_DEV),
+    Column("mnist", "hand-digits", "standard"),
+    Column("usps", "hand-digits", "standard"),
+    Column("fashion-mnist", "fashion-m", "standard"),
+    Column("fashion-m", "fashion-mnist", "standard"),
+    Column("synth-digits", "seven-segment", "standard", settings=_SYNTH_DEV),
+)
+
+
+def _dev(label: str, preset: str, changes: Optional[Dict[str, Any]] = None, metric: str = "target_accuracy") -> Row:
+    return Row(label, {"method": "madda", "preset": preset, "resize_to_source": True, **(changes or {})},
+               metric=metric, schedule="dev")
+
+
+TABLES["devtasks"] = Table(
+    "Development tasks: candidate recipes on targets that are neither MNIST nor USPS (ADDA-protocol subsets)",
+    "Each row is one candidate the label-free choices (the validators' vote, the labelfree recipe) are rated "
+    "on, at tune's 40 + 15 schedule; the targets' labels rate them here and nowhere else. Source epochs are a "
+    "tenth for a synth-digits source (20,000 images); target images are resized to the source's shape.",
+    (
+        _dev("Source only (paper's triplet model, kNN)", "paper", metric="source_only_accuracy"),
+        _dev("paper", "paper"),
+        _dev("labelfree", "labelfree"),
+        _dev("labelfree + augmentation", "labelfree", {"augment": True}),
+        _dev("improved", "improved"),
+        _dev("improved − augmentation", "improved", {"augment": False}),
+        _dev("improved − mean teacher", "improved", {"ema_decay": 0.0}),
+        _dev("improved − information maximisation", "improved", {"im_weight": 0.0}),
+        _dev("improved − adversarial loss", "improved", {"adversarial": False}),
+    ),
+    DEV_COLUMNS,
+)
+
+
 @dataclass
 class PlannedRun:
     slug: str
@@ -217,7 +260,7 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
             for col in spec.columns:
                 for seed in sched_seeds:
                     es, et, every = SCHEDULES[col.protocol][sched]
-                    settings = {"epochs_source": es, "epochs_target": et, **row.settings}
+                    settings = {"epochs_source": es, "epochs_target": et, **row.settings, **dict(col.settings)}
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
                                          seed=seed, eval_every=every, checkpoint_every=max(every, 5), **settings,
                                          **run_settings)

@@ -13,11 +13,9 @@ in :mod:`.common`; docs/extending.md walks through a new method.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
-from ..plugins import import_plugin
+from ..plugins import import_package_modules, lookup
 
 if TYPE_CHECKING:  # the registry itself imports nothing heavy; methods import torch
     import numpy as np
@@ -110,9 +108,7 @@ def register_method(name: str) -> Callable[[M], M]:
 
 def discover() -> None:
     """Import every module of this package, so each registers its methods."""
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    import_package_modules(__path__, __name__)
 
 
 def unread_settings(method: Method, config: "TrainConfig") -> Tuple[str, ...]:
@@ -153,17 +149,7 @@ def get_method(spec: str) -> Method:
     """The method registered as `spec`, or for ``FILE.py:NAME`` / ``MODULE:NAME`` the method NAME
     that importing FILE or MODULE registers. Unknown names are a ValueError listing the known."""
     discover()
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]
-    if ":" not in spec:
-        raise ValueError(f"method must be one of {', '.join(sorted(_REGISTRY))}, or FILE.py:NAME or MODULE:NAME for a "
-                         f"method defined elsewhere; got {spec!r}")
-    where, name = spec.rsplit(":", 1)
-    import_plugin(where, "method")
-    if name not in _REGISTRY:
-        raise ValueError(f"method {spec!r}: {where} registers no method {name!r} "
-                         f"(registered: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, spec, "method")
 
 
 __all__ = ["Method", "register_method", "get_method", "method_names", "discover", "check_config", "unread_settings"]

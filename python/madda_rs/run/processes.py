@@ -152,4 +152,34 @@ class Parallel:
             dist.destroy_process_group()
 
 
-__all__ = ["Parallel", "resolve_device", "configure_threads"]
+# The CPU features that decide which kernels run (the native kNN, oneDNN's bf16 paths).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine_record(device: torch.device) -> Dict[str, Any]:
+    """What ran a run, for metrics.json: the CPU's model and kernel-relevant flags, core count,
+    torch, CUDA and madda_rs versions, the GPU's name on CUDA, and the native kNN's kernel."""
+    cpu, flags, info = "unknown", set(), {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    if info:
+        # the model name alone may not tell two CPUs apart ("Intel(R) Xeon(R) Processor")
+        name, family, model = info.get("model name", "unknown"), info.get("cpu family", "?"), info.get("model", "?")
+        cpu = f"{name} (family {family}, model {model})"
+        flags = set(info.get("flags", "").split())
+    record: Dict[str, Any] = {
+        "cpu": cpu, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "madda_rs": madda_rs.__version__,
+        "knn_kernel": madda_rs.knn_kernel(),
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+__all__ = ["machine_record", "Parallel", "resolve_device", "configure_threads"]

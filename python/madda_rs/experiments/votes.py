@@ -1,0 +1,115 @@
+"""Choosing the label-free vote where labels may rate it: on the development tasks' candidate runs
+(``madda-rs reproduce devtasks``), each candidate vote picks one run per task from the runs' final
+label-free figures; its regret is the best run's target accuracy minus the picked run's. The vote
+``tune`` should use is the one with the lowest leave-one-task-out regret: chosen on the other
+tasks, scored on the one left out (Musgrave et al. 2022; DomainBed keeps such choices apart).
+
+Target labels enter only as the regret, after each vote has picked; no MNIST or USPS label is
+read (the development targets are neither).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from ..config import SELECTION_SCORES
+from ..run.folder import load_run
+
+# A run's final figures (label-free scores and, for rating only, target_accuracy).
+Final = Dict[str, float]
+TUNE_VOTE = ("im", "bnm", "class_ami")  # madda_rs.tune.VOTE when this was written
+SOURCE_SLACK = 0.02  # the source-accuracy filter keeps candidates within this of the best source accuracy
+
+
+def _rank_vote(names: Sequence[str]) -> Callable[[List[Final]], int]:
+    def pick(finals: List[Final]) -> int:
+        from ..tune import vote_ranks
+
+        return int(np.argsort(vote_ranks(finals, names), kind="stable")[0])
+    return pick
+
+
+def _filtered(vote: Callable[[List[Final]], int]) -> Callable[[List[Final]], int]:
+    """Drop the candidates whose source test accuracy fell more than SOURCE_SLACK below the best
+    candidate's (adaptation that broke the source classes), then vote among the rest."""
+    def pick(finals: List[Final]) -> int:
+        best = max(f.get("source_test_accuracy", -np.inf) for f in finals)
+        keep = [i for i, f in enumerate(finals) if f.get("source_test_accuracy", -np.inf) >= best - SOURCE_SLACK]
+        return keep[vote([finals[i] for i in keep])]
+    return pick
+
+
+def candidate_votes() -> Dict[str, Callable[[List[Final]], int]]:
+    """Every vote rated: tune's, its source-filtered form, and each selection score alone."""
+    votes = {"IM + BNM + ClassAMI (tune's vote)": _rank_vote(TUNE_VOTE),
+             "source filter, then IM + BNM + ClassAMI": _filtered(_rank_vote(TUNE_VOTE)),
+             "source filter, then ClassAMI": _filtered(_rank_vote(("class_ami",)))}
+    votes.update({name: _rank_vote((name,)) for name in SELECTION_SCORES})
+    return votes
+
+
+def finals_by_task(run_dirs: Sequence[str]) -> Dict[str, List[Tuple[str, Final]]]:
+    """{task (source -> target, seed): [(run, its final figures)]} over runs scored on a target test set."""
+    tasks: Dict[str, List[Tuple[str, Final]]] = defaultdict(list)
+    for d in run_dirs:
+        config, metrics = load_run(d)
+        target = metrics.get("history", {}).get("target") or []
+        scored = [h for h in target if "target_accuracy" in h]
+        if scored:
+            tasks[f"{config['src']} → {config['tgt']}, seed {config['seed']}"].append((Path(d).name, scored[-1]))
+    return dict(tasks)
+
+
+def regrets(tasks: Dict[str, List[Tuple[str, Final]]]) -> Dict[str, Dict[str, float]]:
+    """{vote: {task: best accuracy - the picked run's accuracy}}."""
+    out: Dict[str, Dict[str, float]] = {}
+    for name, vote in candidate_votes().items():
+        out[name] = {}
+        for task, runs in tasks.items():
+            finals = [f for _, f in runs]
+            accuracy = [f["target_accuracy"] for f in finals]
+            out[name][task] = max(accuracy) - accuracy[vote(finals)]
+    return out
+
+
+def leave_one_task_out(table: Dict[str, Dict[str, float]]) -> Dict[str, Tuple[str, float]]:
+    """{held-out task: (the vote with the lowest mean regret on the other tasks, its regret there)}."""
+    tasks = sorted(next(iter(table.values())))
+    out = {}
+    for held in tasks:
+        others = [t for t in tasks if t != held]
+        chosen = min(table, key=lambda v: (np.mean([table[v][t] for t in others]) if others else 0.0, v))
+        out[held] = (chosen, table[chosen][held])
+    return out
+
+
+def votes_markdown(run_dirs: Sequence[str]) -> str:
+    tasks = finals_by_task(run_dirs)
+    if len(tasks) < 2:
+        return "fewer than two development tasks with scored runs: nothing to rate the votes on"
+    table = regrets(tasks)
+    names = sorted(tasks)
+    sizes = sorted({len(runs) for runs in tasks.values()})
+    lines = [f"{len(tasks)} development tasks, {'/'.join(map(str, sizes))} candidate runs each; the target "
+             "labels of these tasks (never MNIST's or USPS's) rate each vote's pick, after it is made.", "",
+             "| vote | mean regret | worst regret | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for vote in sorted(table, key=lambda v: (np.mean(list(table[v].values())), v)):
+        row = table[vote]
+        lines.append(f"| {vote} | {np.mean(list(row.values())):.3f} | {max(row.values()):.3f} | "
+                     + " | ".join(f"{row[t]:.3f}" for t in names) + " |")
+    loto = leave_one_task_out(table)
+    lines += ["", "Leave one task out: the vote with the lowest mean regret on the other tasks, and its regret on "
+              "the task left out.", "", "| task left out | vote chosen on the others | its regret there |",
+              "|---|---|---|"]
+    lines += [f"| {t} | {v} | {r:.3f} |" for t, (v, r) in sorted(loto.items())]
+    held = [r for _, r in loto.values()]
+    lines += ["", f"Leave-one-task-out regret: mean {np.mean(held):.3f}, worst {max(held):.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown"]
