@@ -226,8 +226,8 @@ class TrainConfig:
                                                  type=int, minimum=0)
     zero_grad_momentum: Optional[bool] = _setting(None, "zero (not None) grads, so Adam keeps moving idle "
                                                   "parameters by momentum as PyTorch 0.4 did")
-    augment: Optional[bool] = _setting(None, "random small rotations, shifts and scalings of every training batch "
-                                       "(both stages)")
+    augment: Optional[bool] = _setting(None, "augment every training batch (both stages) as --augmentation says: "
+                                       "small warps for digits, crops, flips and colour jitter for photos")
     magnet_labels: Optional[str] = _setting(None, "which centre the magnet pulls a target image to: 'nearest' "
                                             "(Eq. 4), or 'clusters': its cluster among the target embeddings "
                                             "(k-means started at the source centres, each epoch), kept only where "
