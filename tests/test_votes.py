@@ -34,7 +34,10 @@ def test_regret_is_the_best_accuracy_minus_the_picked_runs(dev_runs):
     im = table["im"]
     assert im == pytest.approx({"a → x, seed 0": 0.0, "b → y, seed 0": 0.0, "c → z, seed 0": 0.3})
     loto = leave_one_task_out(table)
-    assert set(loto) == set(im) and all(r >= 0 for _, r in loto.values())
+    assert set(loto) == {"a → x", "b → y", "c → z"} and all(r >= 0 for _, r in loto.values())
+    # chosen on a and b, where IM is perfect (ties broken by name), IM then scores c's regret
+    assert loto["c → z"] == (min(v for v in table if table[v]["a → x, seed 0"] + table[v]["b → y, seed 0"] == 0),
+                             pytest.approx(table[loto["c → z"][0]]["c → z, seed 0"]))
     assert "| im |" in votes_markdown(dev_runs)
 
 
@@ -46,3 +49,17 @@ def test_no_vote_reads_the_target_accuracy(dev_runs, tmp_path):
     for name, vote in candidate_votes().items():
         for t in tasks:
             assert vote([f for _, f in tasks[t]]) == vote([f for _, f in swapped[t]]), name
+
+
+def test_leaving_a_task_out_leaves_out_all_its_seeds(tmp_path):
+    """A vote that is perfect on a task's seed 0 must not be chosen for that task's seed 1 on that
+    evidence: the held-out task's seeds never help choose."""
+    runs = []
+    for seed, (good_im, bad_im) in ((0, (2.0, 1.0)), (1, (1.0, 2.0))):
+        runs.append(_run(tmp_path, f"a{seed}-good", "a>x", seed, 0.9, im=good_im, bnm=1.0, class_ami=1.0))
+        runs.append(_run(tmp_path, f"a{seed}-bad", "a>x", seed, 0.6, im=bad_im, bnm=1.0, class_ami=1.0))
+    runs.append(_run(tmp_path, "b-good", "b>y", 0, 0.9, im=1.0, bnm=1.0, class_ami=1.0))
+    runs.append(_run(tmp_path, "b-bad", "b>y", 0, 0.6, im=2.0, bnm=1.0, class_ami=1.0))
+    loto = leave_one_task_out(regrets(finals_by_task(runs)))
+    assert set(loto) == {"a → x", "b → y"}
+    assert loto["a → x"][0] != "im"  # chosen on b alone, where IM picks the worse run
