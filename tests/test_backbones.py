@@ -327,3 +327,13 @@ def test_a_corrupt_image_met_while_streaming_stops_the_run_keeping_its_checkpoin
     victim.write_bytes(good)  # fixed: the run continues from its checkpoint
     result = resume(str(run))
     assert len(result.history["source"]) == 3 and len(result.history["target"]) == 1
+
+
+def test_photo_augmentation_draws_per_image_stays_in_range_and_follows_its_stream():
+    from madda_rs.methods.common import augment
+
+    same = (torch.rand(1, 3, 32, 32) * 2 - 1).expand(6, -1, -1, -1).contiguous()  # six copies of one image
+    a = augment(same, torch.Generator().manual_seed(0), "photo")
+    assert a.shape == same.shape and a.min() >= -1 and a.max() <= 1
+    assert len({a[i].sum().item() for i in range(6)}) == 6  # a crop, flip and jitter of its own per image
+    assert torch.equal(a, augment(same, torch.Generator().manual_seed(0), "photo"))

@@ -24,7 +24,7 @@ A module dropped into this package is found by :func:`discover`; one elsewhere i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Callable, Dict, Optional, Tuple, Type, TypeVar
 
 import torch
 from torch import nn
@@ -203,15 +203,14 @@ def check_backbone(name: str, weights: Optional[str], download: bool = True) -> 
     cls = get_backbone(name)
     if weights is None or weights in cls.weight_choices:
         return cls
-    state = read_state_file(weights)  # a missing, truncated or foreign file: named here
-    if cls.size_free_weights:
-        backbone = cls(cls.default_shape)
-        backbone.load_weights(weights, download=download)
-    del state
+    if cls.size_free_weights:  # load it for real: a missing, truncated or foreign file is named here
+        cls(cls.default_shape).load_weights(weights, download=download)
+    else:  # at least readable; the keys are checked when the run builds it at the images' size
+        read_state_file(weights)
     return cls
 
 
-def build_backbone(spec: str, in_shape: Tuple[int, int, int], **_: Any) -> Backbone:
+def build_backbone(spec: str, in_shape: Tuple[int, int, int]) -> Backbone:
     cls = get_backbone(spec)
     check_input(cls, in_shape)
     return cls(in_shape)

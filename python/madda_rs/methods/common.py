@@ -64,10 +64,9 @@ def augment(images: torch.Tensor, gen: torch.Generator, kind: str = "digits") ->
 
 def _photo(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, device = len(images), images.device
-    area, log_ratio, pos_x, pos_y, flip, jitter = torch.rand(6, n, generator=gen), torch.rand(n, generator=gen), \
-        torch.rand(n, generator=gen), torch.rand(n, generator=gen), torch.rand(n, generator=gen), \
-        torch.rand(3, n, generator=gen)
-    area = CROP_AREA[0] + area[0] * (CROP_AREA[1] - CROP_AREA[0])
+    area, log_ratio, pos_x, pos_y, flip = torch.rand(5, n, generator=gen)
+    jitter = torch.rand(3, n, generator=gen)
+    area = CROP_AREA[0] + area * (CROP_AREA[1] - CROP_AREA[0])
     ratio = torch.exp(torch.log(torch.tensor(CROP_RATIO[0])) + log_ratio * torch.log(torch.tensor(CROP_RATIO[1]
                                                                                                      / CROP_RATIO[0])))
     width, height = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
