@@ -174,8 +174,9 @@ def test_splits_choose_the_columns_run_and_a_bad_split_is_refused(tmp_path, caps
     import madda_rs.experiments.peers as peers
     from madda_rs.cli import main
 
-    assert main(["reproduce", "peers", "--out", str(tmp_path), "--splits", "diagonal", "--no-run"]) == 1
-    assert "--splits takes standard and/or pooled" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # a usage error, like any bad argument
+        main(["reproduce", "peers", "--out", str(tmp_path), "--splits", "diagonal", "--no-run"])
+    assert exit.value.code == 2 and "--splits: takes standard and/or pooled" in capsys.readouterr().err
     planned = []
     monkeypatch.setattr(peers, "check_runnable", lambda runs, out: planned.extend(runs) or [])
     monkeypatch.setattr(peers, "run_peers", lambda *a, **kw: None)

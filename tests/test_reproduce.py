@@ -82,28 +82,29 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
 
 
 def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(generated_data_dir, tmp_path, capsys):
-    # Table 2 (ADDA, M-ADDA paper and improved x 4 columns): the smallest table; on generated digits
-    # "full" is 600 images
-    args = ["reproduce", "table2", "--quick", "--out", str(tmp_path), "--data-dir", generated_data_dir,
-            "--quiet", "--tsne-points", "40"]
+    # Table 2 (ADDA, M-ADDA paper, improved and labelfree), its standard-split columns only: the
+    # pooled ones stay '-'. On generated digits "full" is 600 images
+    args = ["reproduce", "table2", "--quick", "--splits", "standard", "--out", str(tmp_path), "--data-dir",
+            generated_data_dir, "--quiet", "--tsne-points", "40"]
     assert main(args + ["--device", "auto", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": new") == 16 and "complete" not in out
+    assert out.count(": new") == 8 and "complete" not in out
     markdown = (tmp_path / "table2.md").read_text()
     for row in TABLES["table2"].rows:
-        assert f"| {row.label} | quick (1+2) |" in markdown
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| {row.label} | quick (1+2) |"))
+        cells = line.split(" | ")[3:7]  # standard, standard, pooled, pooled
+        assert "(0)" in cells[0] and "(0)" in cells[1] and cells[2] == cells[3] == "-"
     with open(tmp_path / "table2.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 * 4 and all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
+    ran = [r for r in rows if r["runs"] != "0"]
+    assert len(rows) == 6 * 4 and {r["task"] for r in ran} == {c.label for c in TABLES["table2"].columns[:2]}
+    assert len(ran) == 6 * 2 and all(0.0 <= float(r["mean"]) <= 1.0 for r in ran)
     figures = sorted((tmp_path / "figures" / "table2").rglob("*.png"))
-    assert {p.parent.name for p in figures} == {"mnist2usps-standard", "usps2mnist-standard", "mnist2usps-pooled",
-                                                "usps2mnist-pooled"}
-    assert sum(p.name == "curves.png" for p in figures) == 4
-    assert sum(p.name.endswith("-confusion.png") for p in figures) == 16
+    assert {p.parent.name for p in figures} == {"mnist2usps-standard", "usps2mnist-standard"}
+    assert sum(p.name == "curves.png" for p in figures) == 2
+    assert sum(p.name.endswith("-confusion.png") for p in figures) == 8
     assert [p.name for p in figures if p.name.endswith("-tsne.png")] == \
-        [f"{task}-{split}-full-madda-paper-e1+2-s0-quick-tsne.png"
-         for task, split in (("mnist2usps", "pooled"), ("mnist2usps", "standard"), ("usps2mnist", "pooled"),
-                             ("usps2mnist", "standard"))]
+        [f"{task}-standard-full-madda-paper-e1+2-s0-quick-tsne.png" for task in ("mnist2usps", "usps2mnist")]
     for p in figures:
         assert min(matplotlib.image.imread(p).shape[:2]) > 100
 
@@ -115,8 +116,11 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     assert ": resume" not in capsys.readouterr().out and not (victim / "metrics.json").is_file()
     assert main(args + ["--no-figures", "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("complete, skipped") == 15 and out.count(": resume") == 1
+    assert out.count("complete, skipped") == 7 and out.count(": resume") == 1
     assert json.loads((victim / "metrics.json").read_text())["threads"] == 1
+    with pytest.raises(SystemExit) as exit:
+        main(args[:3] + ["--splits", "both"] + args[5:])
+    assert exit.value.code == 2 and "--splits: takes standard and/or pooled" in capsys.readouterr().err
 
 
 def test_tables_say_which_labels_chose_each_row_and_mark_the_guards_fallbacks(tmp_path):

@@ -14,8 +14,8 @@ from madda_rs.config import TrainConfig
 from madda_rs.methods import get_method
 from madda_rs.tune import candidate_config, candidate_settings, vote_ranks
 
-# a space small enough for tests: 2 x 2 x 2 candidates, schedules of a few epochs
-SMALL_SPACE = {"schedule": ((9, 9), (18, 9)), "im_weight": (0.0, 1.0), "adversarial": (True, False)}
+# a space small enough for tests: 2 x 2 x 2 candidates, schedules of a few epochs (1 at the first rung)
+SMALL_SPACE = {"schedule": ((3, 3), (6, 3)), "im_weight": (0.0, 1.0), "adversarial": (True, False)}
 
 
 def test_the_vote_averages_ranks_and_reads_label_free_scores_only():
@@ -120,7 +120,7 @@ def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_repo
         monkeypatch.setattr(training, "train", fake_train(sign))
         record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / out), candidates=8)
         chosen.append(record["candidates"][record["chosen_index"]]["settings"])
-    assert chosen[0] == chosen[1] == {"schedule": (18, 9), "im_weight": 1.0, "adversarial": True}
+    assert chosen[0] == chosen[1] == {"schedule": (6, 3), "im_weight": 1.0, "adversarial": True}
 
 
 def _fake_train(quality, accuracy, seconds=0.01):

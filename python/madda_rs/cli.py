@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help="peers only: epochs of every skada method [default: 110, the improved preset's passes]")
-    p.add_argument("--splits", default="standard,pooled",
-                   help="peers only: comma-separated USPS splits to run [default: standard,pooled]")
+    p.add_argument("--splits", default="standard,pooled", type=_usps_splits,
+                   help="comma-separated USPS splits whose columns to run (the other columns stay '-') "
+                        "[default: standard,pooled]")
     p.add_argument("--methods", default=None,
                    help="peers only: comma-separated skada methods (madda_rs.experiments.peers.PEER_NAMES) "
                         "[default: all]")
@@ -354,7 +355,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     schedule = "quick" if args.quick else args.schedule
     settings = {"device": args.device, "data_dir": args.data_dir, "threads": args.threads}
-    runs = plan(args.table, seeds, schedule, paper_seeds=() if args.quick else args.paper_seeds, **settings)
+    runs = plan(args.table, seeds, schedule, paper_seeds=() if args.quick else args.paper_seeds,
+                splits=args.splits, **settings)
     progress = (lambda **kw: tqdm(leave=False, **kw)) if not args.quiet else None
 
     def announce(i: int, run: Any, state: str) -> None:
@@ -393,10 +395,7 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = 1 if args.quick else args.epochs or DEFAULT_EPOCHS
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
-    if not splits or set(splits) - {"standard", "pooled"}:
-        raise ValueError(f"--splits takes standard and/or pooled, got {args.splits!r}")
-    columns = [c for c in TABLES["table1"].columns if c.usps_split in splits]
+    columns = [c for c in TABLES["table1"].columns if c.usps_split in args.splits]
     runs = plan_peers(seeds, epochs, methods, columns, data_dir=args.data_dir, threads=args.threads)
     if not args.no_run:
         check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
@@ -471,6 +470,14 @@ def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"chosen in {record['seconds']:.0f} s, no target label read: "
           + ", ".join(f"{k}={v}" for k, v in chosen.items()) + f" | run and tune.json in {args.out}")
     return 0
+
+
+def _usps_splits(text: str) -> List[str]:
+    """--splits: a comma-separated list of USPS splits."""
+    splits = [x.strip() for x in text.split(",") if x.strip()]
+    if not splits or set(splits) - {"standard", "pooled"}:
+        raise argparse.ArgumentTypeError(f"takes standard and/or pooled, comma-separated; got {text!r}")
+    return splits
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
+from ..config import PRESET_TARGET_LABELS, PRESETS, USPS_SPLITS, TrainConfig
 from ..methods import Method, get_method
 from ..run.folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts, with_run_settings
 from .report import last_evaluations_mean
@@ -243,13 +243,16 @@ def slug(config: TrainConfig, schedule: str) -> str:
 
 
 def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_seeds: Sequence[int] = (),
-         **run_settings: Any) -> List[PlannedRun]:
+         splits: Sequence[str] = USPS_SPLITS, **run_settings: Any) -> List[PlannedRun]:
     """Every run `table` needs: each row x column x seed at `schedule`, plus `paper_seeds` at the
-    paper's schedule. `run_settings` (device, data_dir, threads, ...) go into every config."""
+    paper's schedule; of the columns with USPS, those on one of `splits`. `run_settings` (device,
+    data_dir, threads, ...) go into every config."""
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
     if not seeds:
         raise ValueError("give at least one seed")
+    if not splits or set(splits) - set(USPS_SPLITS):
+        raise ValueError(f"splits must be among {', '.join(USPS_SPLITS)}, got {', '.join(splits) or 'none'}")
     runs: Dict[str, PlannedRun] = {}
     spec = TABLES[table]
     for chosen, sched_seeds in ((schedule, seeds), ("paper", paper_seeds if schedule != "paper" else ())):
@@ -258,6 +261,8 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
                 continue  # a fixed-schedule row has no extra paper-schedule seeds
             sched = row.schedule if row.schedule is not None and chosen != "quick" else chosen
             for col in spec.columns:
+                if "usps" in (col.src, col.tgt) and col.usps_split not in splits:
+                    continue
                 for seed in sched_seeds:
                     es, et, every = SCHEDULES[col.protocol][sched]
                     settings = {"epochs_source": es, "epochs_target": et, **row.settings, **dict(col.settings)}
