@@ -64,6 +64,20 @@ def torch_knn(src, y, tgt, k):
     return torch.cat(out).numpy()
 
 
+def torch_cuda_knn(src, y, tgt, k):
+    """torch_knn on the GPU, the copies to and from it included: another machine class, so it is
+    reported beside the CPU peers, never a bar madda_rs's CPU kernel is held to."""
+    dev = torch.device("cuda")
+    s, t, yt = (torch.from_numpy(a).to(dev) for a in (src, tgt, y))
+    s_sq = (s * s).sum(1)
+    out = []
+    for t0 in range(0, len(t), 8 * BLOCK):
+        d = torch.addmm(s_sq, t[t0 : t0 + 8 * BLOCK], s.T, alpha=-2)
+        idx = torch.topk(d, k, dim=1, largest=False).indices
+        out.append(torch.nn.functional.one_hot(yt[idx]).sum(1).argmax(1))
+    return torch.cat(out).cpu().numpy()
+
+
 def sklearn_knn(src, y, tgt, k):
     clf = sklearn_neighbors.KNeighborsClassifier(n_neighbors=k, algorithm="brute")
     return clf.fit(src, y).predict(tgt)
@@ -124,6 +138,10 @@ PEERS = {
     "scikit-learn (brute)": sklearn_knn if sklearn_neighbors else None,
     "faiss (IndexFlatL2)": faiss_knn if faiss else None,
 }
+# Peers on a GPU, where there is one (scripts/device_check.sh runs this bench on a CUDA machine)
+GPU_PEERS = {"torch CUDA (mm + topk, copies included)": torch_cuda_knn}
+if torch is None or not torch.cuda.is_available():
+    GPU_PEERS = {}
 
 
 def limit_threads():

@@ -16,7 +16,7 @@ import pytest
 import madda_rs
 
 from _bench import QUICK, THREADS, best_time, write_table
-from _peers import GEMMS, PEERS, blas_cores, cpu_coretype, faiss, limit_threads
+from _peers import GEMMS, GPU_PEERS, PEERS, blas_cores, cpu_coretype, faiss, limit_threads
 
 # (n_src, n_tgt, d, k): a small pair, USPS-train -> USPS-test sized, MNIST-train -> MNIST-test sized.
 SIZES = [(2000, 1800, 256, 5), (7291, 2007, 256, 5), (60000, 10000, 256, 5)]
@@ -128,6 +128,8 @@ def test_knn_predict_vs_peers():
                 times[name] = None
                 if fn is not None:
                     times[name], _, preds[name] = best_time(lambda: fn(src, y, tgt, k), repeats)
+            for name, fn in GPU_PEERS.items():  # reported, not a bar for the CPU kernel (checks below skip them)
+                times[name], _, preds[name] = best_time(lambda: fn(src, y, tgt, k), repeats)
             times[FAISS_FORCED] = None
             if faiss is not None:
                 times[FAISS_FORCED], preds[FAISS_FORCED], forced_cores = forced_faiss(n_src, n_tgt, d, k, repeats)

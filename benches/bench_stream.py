@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from madda_rs.run.precision import supported
+
 from _bench import QUICK, THREADS, write_table
 
 N_SOURCE, N_TARGET = (1_600, 400) if QUICK else (16_000, 4_000)
@@ -158,6 +160,12 @@ def test_the_loader_keeps_up_and_a_streamed_run_stays_small(tmp_path):
         (small / "tgt" / f.name).symlink_to(f)
     resnet_peak, resnet_wall = _peak_run(["train", "--src", str(small / "src"), "--backbone", "resnet18", "--augment",
                                           "--out", str(tmp_path / "run-resnet18"), *resnet_common])
+    # bf16 autocast keeps the activations saved for the backward pass in half the bytes
+    bf16 = "bf16" in supported(torch.device("cpu"))
+    if bf16:
+        bf16_peak, bf16_wall = _peak_run(["train", "--src", str(small / "src"), "--backbone", "resnet18", "--augment",
+                                          "--precision", "bf16", "--out", str(tmp_path / "run-resnet18-bf16"),
+                                          *resnet_common])
 
     decoded_gb = (N_SOURCE + N_TARGET) * 3 * SIZE * SIZE / 2**30
     write_table(
@@ -169,7 +177,9 @@ def test_the_loader_keeps_up_and_a_streamed_run_stays_small(tmp_path):
          (f"streamed run, small backbone, {N_SOURCE + N_TARGET:,} images, 1 + 1 epochs: peak PSS",
           f"{tiny_peak:.2f} GB ({tiny_wall:.0f} s; decoded, the images would take {decoded_gb:.1f} GB)"),
          ("streamed run, resnet18 --augment, 400 images, 1 + 1 epochs: peak PSS",
-          f"{resnet_peak:.2f} GB ({resnet_wall:.0f} s)")],
+          f"{resnet_peak:.2f} GB ({resnet_wall:.0f} s)"),
+         ("the same, --precision bf16: peak PSS",
+          f"{bf16_peak:.2f} GB ({bf16_wall:.0f} s)" if bf16 else "not run: this CPU has no bf16")],
         [f"Images are JPEG (quality 90), generated in {made:.0f} s. Peak memory is the proportional set size of the "
          "training process and its loader workers together, sampled every 0.2 s. Both runs stream "
          "(--stream-above-mb 0); a folder's memory does not grow with its number of images, so a "

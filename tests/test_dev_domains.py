@@ -98,3 +98,37 @@ def test_a_development_task_trains_through_the_cli(generated_data_dir, tmp_path)
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["target_accuracy"] <= 1.0
+
+
+@needs_skimage
+def test_resize_to_target_gives_every_set_the_targets_shape_and_image_size_one_size(generated_data_dir, tmp_path,
+                                                                                   monkeypatch):
+    from madda_rs.data.run_data import prepare_data
+
+    monkeypatch.setenv("MADDA_CACHE_DIR", str(tmp_path / "cache"))
+    base = dict(src="mnist", tgt="mnist-m", data_dir=generated_data_dir, download=False)
+    with pytest.raises(ValueError, match="--resize-to-source.*--resize-to-target"):
+        prepare_data(TrainConfig(**base))
+    with pytest.raises(ValueError, match="contradict"):
+        TrainConfig(**base, resize_to_source=True, resize_to_target=True)
+    data = prepare_data(TrainConfig(**base, resize_to_target=True))
+    sets = (data.src_train, data.src_test, data.tgt_train, data.tgt_test)
+    assert all(s.shape == (3, 32, 32) for s in sets)
+    # grey to colour by repetition: the three channels of a resized MNIST digit are one image
+    x = data.src_train.floats()[:4]
+    assert torch_equal(x[:, 0], x[:, 1]) and torch_equal(x[:, 1], x[:, 2])
+    assert data.src_train.labels is not None and len(data.src_train) == len(data.src_train.labels)
+    big = prepare_data(TrainConfig(**base, resize_to_target=True, image_size=(64, 64)))
+    assert all(s.shape == (3, 64, 64) for s in (big.src_train, big.src_test, big.tgt_train, big.tgt_test))
+    small = prepare_data(TrainConfig(**base, resize_to_source=True, image_size=(20, 20)))
+    assert all(s.shape == (1, 20, 20) for s in (small.src_train, small.tgt_train, small.tgt_test))
+    from madda_rs.data.geometry import resolve_geometry
+
+    with pytest.raises(ValueError, match="image_size sets the size of image folders"):
+        resolve_geometry(TrainConfig(**base, image_size=(64, 64)))
+
+
+def torch_equal(a, b):
+    import torch
+
+    return bool(torch.equal(a, b))

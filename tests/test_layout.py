@@ -10,9 +10,10 @@ ROOT = Path(madda_rs.__file__).resolve().parent
 
 # Lowest first. A module may import its own layer and those below it, never above.
 LAYERS = [
-    # foundations: settings, the native kNN, plug-in import, file reading, losses, seeds, processes
+    # foundations: settings, the native kNN, plug-in import, file reading, losses, seeds, processes,
+    # arithmetic precision
     {"config", "plugins", "native", "_core", "data.decode", "data.files", "losses", "run.streams",
-     "run.processes"},
+     "run.processes", "run.precision"},
     # data: domains, folders, image sets, the sets of one run
     {"data", "data.folders", "data.images", "data.synth", "data.composite", "data.seven_segment", "data.hand",
      "data.domains", "data.geometry", "data.run_data"},

@@ -5,7 +5,17 @@ import json
 
 import pytest
 
-from madda_rs.experiments.votes import candidate_votes, finals_by_task, leave_one_task_out, regrets, votes_markdown
+import numpy as np
+
+from madda_rs.experiments.votes import (
+    candidate_votes,
+    collect_predictions,
+    ensemble_agreement,
+    finals_by_task,
+    leave_one_task_out,
+    regrets,
+    votes_markdown,
+)
 
 
 def _run(root, name, task, seed, acc, **scores):
@@ -63,3 +73,30 @@ def test_leaving_a_task_out_leaves_out_all_its_seeds(tmp_path):
     loto = leave_one_task_out(regrets(finals_by_task(runs)))
     assert set(loto) == {"a → x", "b → y"}
     assert loto["a → x"][0] != "im"  # chosen on b alone, where IM picks the worse run
+
+
+def test_ensv_picks_the_candidate_closest_to_the_candidates_majority(dev_runs, tmp_path):
+    # per image, the majority of three candidates; candidate 1 always agrees with it, candidate 0 on
+    # two of four images, and a tie (image 3: labels 2, 2, 5 -> 2) goes to the most frequent label
+    preds = [np.array([0, 1, 9, 5]), np.array([0, 1, 2, 2]), np.array([0, 3, 2, 2])]
+    assert ensemble_agreement(preds).tolist() == [0.5, 1.0, 0.75]
+    assert ensemble_agreement([np.array([4, 7]), np.array([7, 4])]).tolist() == [0.5, 0.5]  # ties: smallest label
+    # every task's "bad" run agrees with the majority (three candidates: two like it); EnsV then
+    # picks it, whatever the accuracies say; without predictions for every run there is no EnsV row
+    for t in "abc":
+        d = tmp_path / f"{t}-third"
+        d.mkdir()
+        (d / "config.json").write_text((tmp_path / f"{t}-bad" / "config.json").read_text())
+        (d / "metrics.json").write_text((tmp_path / f"{t}-bad" / "metrics.json").read_text())
+    runs = dev_runs + [str(tmp_path / f"{t}-third") for t in "abc"]
+    predictions = {f"{t}-{kind}": np.array(labels) for t in "abc"
+                   for kind, labels in (("good", [1, 1, 1]), ("bad", [0, 0, 1]), ("third", [0, 0, 0]))}
+    store = tmp_path / "predictions.npz"
+    assert collect_predictions(runs, store) == {} and not store.exists()  # no model files: nothing to compute
+    np.savez(store, **predictions)
+    assert {k: v.tolist() for k, v in collect_predictions(runs, store).items()} == \
+        {k: v.tolist() for k, v in predictions.items()}
+    markdown = votes_markdown(runs, predictions)
+    ensv = next(line for line in markdown.splitlines() if line.startswith("| EnsV"))
+    assert ensv.split(" | ")[1] == "0.300"  # the bad runs (0.6) picked on all three tasks, whose best is 0.9
+    assert "EnsV" not in votes_markdown(runs, {k: v for k, v in predictions.items() if not k.startswith("a-")})

@@ -6,7 +6,7 @@ paper's tables.
     madda-rs eval --run runs/DIR [--k K]
     madda-rs tune --src S --tgt T --out DIR [--budget MINUTES]   # settings chosen with no target label
     madda-rs report runs/* [--by-epoch | --selection]
-    madda-rs reproduce table1|table2|table3|ablation [--out results] [--seeds 0,1,2] [--quick]
+    madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|colour [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
@@ -34,7 +34,7 @@ from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
 from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
-TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth", "devtasks")
+TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth", "devtasks", "colour")
 
 # Flags of `train` that are not settings of the run. (Which settings a resume may change is
 # madda_rs.run.folder.RUN_ONLY.)
@@ -371,11 +371,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
     if args.table == "devtasks":  # rate the label-free votes on the development tasks' runs
-        from .experiments.votes import votes_markdown
+        from .experiments.votes import collect_predictions, votes_markdown
 
         done = [str(out / "runs" / r.slug) for r in runs if (out / "runs" / r.slug / "metrics.json").is_file()]
+        # EnsV reads every candidate's predictions: kept in one .npz beside the table
+        predictions = collect_predictions(done, out / "devtasks-predictions.npz")
         votes = out / "devtasks-votes.md"
-        votes.write_text(votes_markdown(done))
+        votes.write_text(votes_markdown(done, predictions))
         print(votes.read_text())
         print(f"written: {votes}")
     if not args.no_figures:

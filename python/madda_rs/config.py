@@ -40,6 +40,7 @@ NEGATIVES = ("random", "violating", "hardest", "semihard")
 CENTERS = ("class_means", "kmeans")
 MAGNET_SCOPES = ("model", "fc")
 MAGNET_LABELS = ("nearest", "clusters")
+PRECISIONS = ("fp32", "bf16", "fp16")  # madda_rs.run.precision: what each device runs
 AUGMENTATIONS = ("digits", "photo")  # what --augment draws: small affine warps; crops, flips, colour jitter
 # Settings that a method reads, not the run: a method declares which of them it takes
 # (madda_rs.methods.Method.reads), and any other one set away from its preset's value or default is
@@ -141,7 +142,8 @@ class TrainConfig:
     tgt_test: Optional[str] = _setting(None, "labelled target test folder (one subfolder per class, among the "
                                        "source's), for scoring only", type=str)
     image_size: Optional[Tuple[int, int]] = _setting(None, "height and width (one number: square) that folder "
-                                                     "images are resized to (default: the source's most common)",
+                                                     "images are resized to (default: the source's most common); "
+                                                     "with --resize-to-source/--resize-to-target, every set's",
                                                      type=int, minimum=8, nargs="+")
     channels: Optional[int] = _setting(None, "1 (grey) or 3 (colour) for folder images and synth-digits "
                                        "(default: a folder source's most common; else grey)", type=int, minimum=1)
@@ -177,6 +179,8 @@ class TrainConfig:
     synth_test_images: int = _setting(2000, "synth-digits test images rendered", type=int, minimum=1)
     resize_to_source: bool = _setting(False, "resize target images (and channels) to the source's shape; "
                                       "without it, a shape mismatch is an error")
+    resize_to_target: bool = _setting(False, "resize source images (and channels) to the target's shape, e.g. "
+                                      "grey 28x28 MNIST to 3x32x32 beside mnist-m")
     seed: int = _setting(0, "seed of every random stream (madda_rs.run.streams.SEED_STREAMS)", type=int, minimum=0)
     subset_seed: Optional[int] = _setting(None, "seed of the data subset alone (default: --seed)", type=int,
                                           minimum=0)
@@ -193,6 +197,11 @@ class TrainConfig:
                                               "many MB stream from their files, batch by batch, instead of being "
                                               "held in memory (0: always; default: a quarter of the machine's "
                                               "memory)", type=int, minimum=0)
+    precision: Optional[str] = _setting(None, "arithmetic of the training forward passes: 'bf16' or 'fp16' "
+                                        "autocast them (losses, evaluation and saved models stay float32); a device "
+                                        "refuses what it cannot run (default: bf16 on a CPU with AMX-BF16 or "
+                                        "AVX512-BF16, where it measured 1.2-1.4x faster at equal accuracy; else "
+                                        "fp32; docs/speed.md, 'Precision')", choices=PRECISIONS)
     deterministic: bool = _setting(False, "deterministic algorithms and a fixed thread count: two runs of one "
                                    "command on one machine give identical metrics and checkpoints")
     eval_every: int = _setting(10, "record label-free figures and target accuracy every N target epochs "
@@ -259,6 +268,8 @@ class TrainConfig:
             raise ValueError("src and tgt must be non-empty domain names or .npz paths")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize_to_source and self.resize_to_target:
+            raise ValueError("resize_to_source and resize_to_target contradict each other; give one")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
         if not self.im_weight >= 0:
@@ -301,6 +312,7 @@ class TrainConfig:
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys (e.g. from a newer version) are refused."""
         values = {k: v for k, v in values.items() if k not in DERIVED}
+        values.setdefault("precision", "fp32")  # saved before the setting existed: every run trained in float32
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config settings: {', '.join(sorted(unknown))}")
@@ -347,4 +359,4 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
 
 
 __all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES", "METHOD_SETTINGS",
-           "AUGMENTATIONS"]
+           "AUGMENTATIONS", "PRECISIONS"]

@@ -48,6 +48,7 @@ from .run.folder import (
     resume_conflicts,
 )
 from .run.loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
+from .run.precision import check_precision, resolve_precision
 from .run.processes import Parallel, configure_threads, machine_record, resolve_device
 from .scores.evaluate import confusion, target_scores
 from .scores.predictors import KnnPredictor
@@ -123,6 +124,9 @@ def train(
     check_config(config)  # a setting the method does not read, an unknown backbone: refused before any work
     config = resolve_geometry(config, config.threads)  # config.json records a folder source's image geometry
     device = _device(config)
+    # config.json records the precision trained in, the device's default included
+    config = config.replace(precision=resolve_precision(config.precision, device))
+    check_precision(config.precision, device)  # bf16 on a CPU without it: refused before any work
     # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
     threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
@@ -164,7 +168,10 @@ def _open_folder(config: TrainConfig, out_dir: Optional[str], parallel: Parallel
     if not resume:
         return folder, None
     saved = folder.load(CHECKPOINT_FILE)
-    differ = resume_conflicts(saved["config"], config.to_dict())
+    saved_config = dict(saved["config"])
+    if "precision" in saved_config and saved_config["precision"] is None:  # the device's default: resolved alike
+        saved_config["precision"] = config.precision
+    differ = resume_conflicts(saved_config, config.to_dict())
     if differ:
         raise ValueError(f"the config differs from the one saved in {folder.path} in {', '.join(differ)} (only "
                          f"where and how it runs may change); resume with "
@@ -215,6 +222,11 @@ class _Run:
             run_stage(stage, self.history[name], self.settings)
         except StreamError as exc:  # a file of a streamed folder went bad mid-run: say what was kept
             raise StreamError(f"{exc}; {self._kept()}") from None
+        except TrainingDiverged as exc:
+            if self.config.precision == "fp32":
+                raise
+            raise TrainingDiverged(f"{exc} (training in {self.config.precision}: its narrower numbers may be why; "
+                                   f"--precision fp32 trains in float32)") from None
 
     def _kept(self) -> str:
         if self.folder is None or not (self.folder.path / PROGRESS_FILE).is_file():

@@ -38,10 +38,12 @@ def resolve_geometry(config: TrainConfig, threads: Optional[int] = None) -> Trai
     """`config` with ``image_size`` and ``channels`` filled in from a folder source's most common
     size and channel count (headers only); unchanged for other sources. Either setting given for a
     source that is not a folder is a ValueError, but for channels with a registered domain that
-    draws its images in either (``takes_channels``, as synth-digits)."""
+    draws its images in either (``takes_channels``, as synth-digits), and for image_size when the
+    sets are resized to one shape anyway (``resize_to_source``, ``resize_to_target``)."""
     if not is_image_folder(config.src):
-        if config.image_size is not None:
-            raise ValueError(f"image_size sets the size of image folders; the source {config.src!r} is not a folder")
+        if config.image_size is not None and not (config.resize_to_source or config.resize_to_target):
+            raise ValueError(f"image_size sets the size of image folders, or of every image set with "
+                             f"resize_to_source or resize_to_target; the source {config.src!r} is not a folder")
         domain = REGISTRY.get(config.src)
         if config.channels is not None and (domain is None or not domain.takes_channels):
             takes = ", ".join(n for n, d in REGISTRY.items() if d.takes_channels)

@@ -50,8 +50,8 @@ def prepare_data(
     streams from its files (:class:`~.images.FileImageSet`).
 
     Raises ValueError (FolderError, or DataError for dataset files) before any training: missing
-    labels on the source, shapes that disagree without ``resize_to_source``, unknown names, empty
-    folders, undecodable images, test classes the source lacks."""
+    labels on the source, shapes that disagree without ``resize_to_source`` or ``resize_to_target``,
+    unknown names, empty folders, undecodable images, test classes the source lacks."""
     folders = _FolderSide(config, progress)
     src_train, src_test, _ = _side(config, config.src, source, source_test, config.src_test, "source", folders)
     tgt_train, tgt_test, tgt_holdout = _side(config, config.tgt, target, target_test, config.tgt_test, "target",
@@ -66,16 +66,21 @@ def prepare_data(
         raise ValueError("the source training set has fewer than two classes")
 
     tgt_train = tgt_train.unlabelled()
-    shape = src_train.shape
+    # one shape for all: the source's, or with resize_to_target the target's (grey 28x28 MNIST
+    # becomes 3x32x32 beside MNIST-M, as Ganin et al. 2016 did)
+    shape = tgt_train.shape if config.resize_to_target else src_train.shape
+    if config.image_size is not None and not is_image_folder(config.src):  # every set at one size, e.g. 64 x 64
+        shape = (shape[0], *config.image_size)
     fixed = []
-    for s in (tgt_train, tgt_test, src_test, tgt_holdout):
+    for s in (src_train, tgt_train, tgt_test, src_test, tgt_holdout):
         if s is not None and s.shape != shape:
-            if not config.resize_to_source:
+            if not (config.resize_to_source or config.resize_to_target):
                 raise ValueError(f"source images are {shape} (C, H, W) but {s.name or 'target'} images are {s.shape}; "
-                                 f"pass resize_to_source=True (--resize-to-source) to resize them")
+                                 f"pass resize_to_source=True (--resize-to-source) to resize them to the source's "
+                                 f"shape, or resize_to_target=True (--resize-to-target) to resize the source's")
             s = match_shape(s, shape)
         fixed.append(s)
-    tgt_train, tgt_test, src_test, tgt_holdout = fixed
+    src_train, tgt_train, tgt_test, src_test, tgt_holdout = fixed
     classes = np.unique(src_train.labels.numpy())
     names = folders.classes if folders.classes is not None else tuple(str(c) for c in classes.tolist())
     return RunData(src_train, src_test, tgt_train, tgt_test, tgt_holdout, tuple(names))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,13 +43,80 @@ def _filtered(vote: Callable[[List[Final]], int]) -> Callable[[List[Final]], int
     return pick
 
 
-def candidate_votes() -> Dict[str, Callable[[List[Final]], int]]:
-    """Every vote rated: tune's, its source-filtered form, and each selection score alone."""
+def _ensv(finals: List[Final]) -> int:
+    """EnsV (Hu et al. 2024): the candidate whose predictions agree most with the candidates'
+    majority vote (``ensv``, filled in by :func:`with_ensemble_agreement`)."""
+    return int(np.argmax([f.get("ensv", -np.inf) for f in finals]))
+
+
+def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int]]:
+    """Every vote rated: tune's, its source-filtered form, each selection score alone, and EnsV
+    where every task's runs have their predictions."""
     votes = {"IM + BNM + ClassAMI (tune's vote)": _rank_vote(TUNE_VOTE),
              "source filter, then IM + BNM + ClassAMI": _filtered(_rank_vote(TUNE_VOTE)),
              "source filter, then ClassAMI": _filtered(_rank_vote(("class_ami",)))}
     votes.update({name: _rank_vote((name,)) for name in SELECTION_SCORES})
+    if ensv:
+        votes["EnsV (agreement with the candidates' majority)"] = _ensv
+        votes["source filter, then EnsV"] = _filtered(_ensv)
     return votes
+
+
+def ensemble_agreement(predictions: Sequence[np.ndarray]) -> np.ndarray:
+    """Each candidate's share of target images on which it predicts the candidates' majority label
+    (ties to the smallest label). Labels are class indices >= 0."""
+    stacked = np.stack([np.asarray(p, dtype=np.int64) for p in predictions])  # candidates x images
+    counts = np.stack([np.bincount(col, minlength=int(stacked.max()) + 1) for col in stacked.T])
+    majority = counts.argmax(axis=1)
+    return (stacked == majority[None, :]).mean(axis=1)
+
+
+def target_train_predictions(run_dir: str) -> np.ndarray:
+    """A finished run's kNN labels for its target training images (the unlabelled ones it adapted
+    to), recomputed from target.pt and its source embeddings: what its final evaluation scored."""
+    from .. import native
+    from ..config import TrainConfig
+    from ..data.run_data import prepare_data
+    from ..run.folder import CONFIG_FILE, SOURCE_EMBEDDINGS_FILE, SOURCE_LABELS_FILE, TARGET_MODEL_FILE, load_model
+    from ..scores.predictors import embed
+
+    run = Path(run_dir)
+    config = TrainConfig.load(str(run / CONFIG_FILE))
+    emb = embed(load_model(run / TARGET_MODEL_FILE, "cpu"), prepare_data(config).tgt_train)
+    source = np.load(run / SOURCE_EMBEDDINGS_FILE)
+    return native.knn_predict(source, np.load(run / SOURCE_LABELS_FILE), emb, config.k, threads=config.threads)
+
+
+def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.ndarray]:
+    """{run name: its target training predictions}, kept in `store` (an .npz committed beside the
+    table: run folders keep only config.json and metrics.json), computed for runs not in it whose
+    model files are at hand."""
+    known: Dict[str, np.ndarray] = {}
+    if store.is_file():
+        with np.load(store) as f:
+            known = {k: f[k] for k in f.files}
+    added = False
+    for d in run_dirs:
+        name = Path(d).name
+        if name not in known and (Path(d) / "target.pt").is_file():
+            known[name] = target_train_predictions(d).astype(np.int16)
+            added = True
+    if added:
+        np.savez_compressed(store, **known)
+    return known
+
+
+def with_ensemble_agreement(tasks: Dict[str, List[Tuple[str, Final]]],
+                            predictions: Dict[str, np.ndarray]) -> bool:
+    """Fill in each run's ``ensv`` where every run of its task has predictions; True when every task has."""
+    complete = True
+    for runs in tasks.values():
+        if not all(name in predictions for name, _ in runs):
+            complete = False
+            continue
+        for (_, final), agree in zip(runs, ensemble_agreement([predictions[name] for name, _ in runs])):
+            final["ensv"] = float(agree)
+    return complete
 
 
 def finals_by_task(run_dirs: Sequence[str]) -> Dict[str, List[Tuple[str, Final]]]:
@@ -64,10 +131,10 @@ def finals_by_task(run_dirs: Sequence[str]) -> Dict[str, List[Tuple[str, Final]]
     return dict(tasks)
 
 
-def regrets(tasks: Dict[str, List[Tuple[str, Final]]]) -> Dict[str, Dict[str, float]]:
+def regrets(tasks: Dict[str, List[Tuple[str, Final]]], ensv: bool = False) -> Dict[str, Dict[str, float]]:
     """{vote: {task: best accuracy - the picked run's accuracy}}."""
     out: Dict[str, Dict[str, float]] = {}
-    for name, vote in candidate_votes().items():
+    for name, vote in candidate_votes(ensv).items():
         out[name] = {}
         for task, runs in tasks.items():
             finals = [f for _, f in runs]
@@ -92,11 +159,13 @@ def leave_one_task_out(table: Dict[str, Dict[str, float]]) -> Dict[str, Tuple[st
     return out
 
 
-def votes_markdown(run_dirs: Sequence[str]) -> str:
+def votes_markdown(run_dirs: Sequence[str], predictions: Optional[Dict[str, np.ndarray]] = None) -> str:
+    """The votes' regret table and leave-one-task-out choice; EnsV among the votes when
+    `predictions` covers every run."""
     tasks = finals_by_task(run_dirs)
     if len(tasks) < 2:
         return "fewer than two development tasks with scored runs: nothing to rate the votes on"
-    table = regrets(tasks)
+    table = regrets(tasks, ensv=with_ensemble_agreement(tasks, predictions or {}))
     names = sorted(tasks)
     sizes = sorted({len(runs) for runs in tasks.values()})
     lines = [f"{len(tasks)} development tasks, {'/'.join(map(str, sizes))} candidate runs each; the target "
@@ -117,4 +186,5 @@ def votes_markdown(run_dirs: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown"]
+__all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown",
+           "ensemble_agreement", "target_train_predictions", "collect_predictions", "with_ensemble_agreement"]

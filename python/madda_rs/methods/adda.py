@@ -35,7 +35,7 @@ class SoftmaxSourceStage(SourceStage):
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
         targets = self.targets[rows.to(self.device)]
-        logits = self.model(images)
+        logits = self.forward(images)
         loss = F.cross_entropy(logits, targets)
         return loss, {"loss": loss.detach(), "train_accuracy": (logits.argmax(1) == targets).float().mean()}
 

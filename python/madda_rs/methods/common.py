@@ -22,6 +22,7 @@ from ..data.images import ImageSet
 from ..data.run_data import RunData
 from ..losses import confusion_loss, discriminator_loss
 from ..models import Discriminator, EmbeddingNet, ModelSpec, build_model
+from ..run.precision import Precision
 from ..run.processes import Parallel
 from ..run.streams import seeded_init, torch_generator
 
@@ -158,6 +159,11 @@ class SourceStage:
         self.augmentation = config.augmentation or model.encoder.augmentation
         parallel.broadcast(self.model)
         self.optimizer = adam(self.model.parameters(), config, config.lr)
+        self.precision = Precision(config.precision, device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's float32 output on a batch, computed in the run's precision."""
+        return self.precision.forward(self.model, images)
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
         """The loss of one batch (`rows`: its CPU indices into the source) and the per-step figures
@@ -180,9 +186,9 @@ class SourceStage:
                 continue
             loss, step_figures = result
             zero_grad(self.optimizer, config)
-            loss.backward()
+            self.precision.backward(loss, self.optimizer)
             parallel.sync_grads(self.model.parameters(), share)
-            self.optimizer.step()
+            self.precision.step(self.optimizer)
             for key, value in step_figures.items():
                 figures[key].append(value)
         return parallel.mean({key: mean(values) for key, values in figures.items()})
@@ -215,6 +221,7 @@ class AdversarialTargetStage:
         parallel.broadcast(self.disc)
         self.opt_t = adam(self.target.parameters(), config, config.lr)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
+        self.precision = Precision(config.precision, device)
         # the mean teacher: an exponential moving average of the target model's weights
         self.teacher = copy.deepcopy(self.target).eval().requires_grad_(False) if config.ema_decay > 0 else None
 
@@ -230,9 +237,12 @@ class AdversarialTargetStage:
     def warp(self, images: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
         return augment(images, gen, self.augmentation) if gen is not None else images
 
+    def backward_target(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss, self.opt_t)
+
     def step_target(self) -> None:
         """The target model's optimiser step, then the teacher's moving-average update."""
-        self.opt_t.step()
+        self.precision.step(self.opt_t)
         if self.teacher is not None:
             ema_update(self.teacher, self.target, self.config.ema_decay)
 
@@ -265,20 +275,21 @@ class AdversarialTargetStage:
         """One discriminator step and one target-encoder step on this rank's source and target
         images; the shares weigh its gradients in the whole batch's (torchrun)."""
         config, parallel = self.config, self.parallel
+        forward = self.precision.forward
         with torch.no_grad():
-            f_src = self.source_model.encoder(self.warp(x_src, warp))
-        f_tgt = self.target.encoder(self.warp(x_tgt, warp))
-        s_logit, t_logit = self.disc(f_src), self.disc(f_tgt.detach())
+            f_src = forward(self.source_model.encoder, self.warp(x_src, warp))
+        f_tgt = forward(self.target.encoder, self.warp(x_tgt, warp))
+        s_logit, t_logit = forward(self.disc, f_src), forward(self.disc, f_tgt.detach())
         d_loss = discriminator_loss(s_logit, t_logit)
         zero_grad(self.opt_d, config)
-        d_loss.backward()
+        self.precision.backward(d_loss, self.opt_d)
         parallel.sync_grads(self.disc.parameters(), d_share)
-        self.opt_d.step()
+        self.precision.step(self.opt_d)
         # D is frozen for the encoder's step: its gradients would only be cleared unused
         self.disc.requires_grad_(False)
-        g_loss = confusion_loss(self.disc(f_tgt))
+        g_loss = confusion_loss(forward(self.disc, f_tgt))
         zero_grad(self.opt_t, config)
-        g_loss.backward()
+        self.backward_target(g_loss)
         parallel.sync_grads(self.target.parameters(), t_share)
         self.step_target()
         self.disc.requires_grad_(True)

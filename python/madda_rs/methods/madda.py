@@ -75,7 +75,7 @@ class TripletSourceStage(SourceStage):
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
         config, parallel = self.config, self.parallel
-        emb = self.model(images)
+        emb = self.forward(images)
         sq = None
         if config.negatives != "random":
             with torch.no_grad():
@@ -161,7 +161,8 @@ class MaddaTargetStage(AdversarialTargetStage):
         for (ti, share), images in zip(shards, tgt.stream([rows for rows, _ in shards], self.device)):
             rows = ti.to(self.device)
             x = self.warp(images, warp)
-            emb = self.target(x) if config.magnet_scope == "model" else self.target.embed_detached_trunk(x)
+            model = self.target if config.magnet_scope == "model" else self.target.embed_detached_trunk
+            emb = self.precision.forward(model, x)
             loss = emb.sum() * 0.0
             if config.magnet:
                 if config.magnet_labels == "nearest":
@@ -175,7 +176,7 @@ class MaddaTargetStage(AdversarialTargetStage):
                 loss = loss + config.im_weight * im
                 im_losses.append(im.detach())
             zero_grad(self.opt_t, config)
-            loss.backward()
+            self.backward_target(loss)
             self.parallel.sync_grads(self.target.parameters(), share)
             self.step_target()
         if losses:

@@ -69,6 +69,7 @@ def experiment_key(config: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:
 
 
 _ADDED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in PRESET_FIELDS}
+_ADDED_DEFAULTS["precision"] = "fp32"  # what runs saved before the setting trained in (TrainConfig.from_dict)
 
 
 def load_run(run_dir: os.PathLike | str) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -158,7 +158,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def machine_record(device: torch.device) -> Dict[str, Any]:
     """What ran a run, for metrics.json: the CPU's model and kernel-relevant flags, core count,
-    torch, CUDA and madda_rs versions, the GPU's name on CUDA, and the native kNN's kernel."""
+    torch, CUDA and madda_rs versions, the GPU's name and peak memory on CUDA, and the native kNN's
+    kernel."""
     cpu, flags, info = "unknown", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -179,6 +180,8 @@ def machine_record(device: torch.device) -> Dict[str, Any]:
     }
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
+        # the most GPU memory torch's tensors held at once in this process (the run's peak)
+        record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return record
 
 
