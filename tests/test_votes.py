@@ -3,9 +3,8 @@ the targets' labels only measure its regret, and the vote kept is chosen leaving
 
 import json
 
-import pytest
-
 import numpy as np
+import pytest
 
 from madda_rs.experiments.votes import (
     candidate_votes,
