@@ -96,14 +96,33 @@ def test_tune_keeps_to_its_budget_and_refuses_to_overwrite(generated_data_dir, t
         _tune(generated_data_dir, tmp_path / "u", "--budget", "0")
 
 
+CONSENSUS = np.arange(40) % 10  # the labels every faked candidate predicts where it is right
+
+
+def _fake_predictions(quality):
+    """candidate_predictions() faked from the run's config: a candidate of quality q gets
+    round(40 (1 - q / 1.56)) images wrong, each with a label of its own (10 + its index), so its
+    errors never form a majority and the best candidate agrees with the majority everywhere."""
+    def predictions(run_dir, base, cache):
+        config = TrainConfig.load(str(Path(run_dir) / "config.json"))
+        wrong = max(0, int(round(len(CONSENSUS) * (1 - quality(config) / 1.56))))
+        pred = CONSENSUS.copy()
+        pred[:wrong] = 10 + int(Path(run_dir).name[1:3])
+        return pred
+    return predictions
+
+
 def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_report(tmp_path, monkeypatch):
-    """Runs faked by their settings: the vote favours im_weight 1 with the adversarial loss on.
-    Target accuracies that agree with the vote, then ones that contradict it, leave the choice alone."""
+    """Runs faked by their settings: EnsV favours im_weight 1 with the adversarial loss on (their
+    predictions agree most with the candidates' majority). Target accuracies that agree with the
+    vote, then ones that contradict it, leave the choice alone."""
     import types
 
     import madda_rs.training as training
 
     monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
+    monkeypatch.setattr(tune_module, "candidate_predictions", _fake_predictions(
+        lambda c: c.im_weight + 0.5 * c.adversarial + 0.01 * c.epochs_source))
 
     def fake_train(accuracy_sign):
         def train(config, out_dir, overwrite=False):
@@ -111,7 +130,8 @@ def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_repo
             (Path(out_dir) / "config.json").write_text(json.dumps(config.to_dict()))
             quality = config.im_weight + 0.5 * config.adversarial + 0.01 * config.epochs_source
             acc = 0.5 + accuracy_sign * quality / 10
-            final = {"im": quality, "bnm": quality, "class_ami": quality, "target_accuracy": acc}
+            # the rank scores point the other way: a rank vote would choose otherwise, EnsV does not read them
+            final = {"im": -quality, "bnm": -quality, "class_ami": -quality, "target_accuracy": acc}
             return types.SimpleNamespace(wall_seconds=0.01, history={"target": [final]}, target_accuracy=acc)
         return train
 
@@ -120,6 +140,7 @@ def test_the_choice_follows_the_vote_and_ignores_whatever_accuracy_the_runs_repo
         monkeypatch.setattr(training, "train", fake_train(sign))
         record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / out), candidates=8)
         chosen.append(record["candidates"][record["chosen_index"]]["settings"])
+        assert record["vote"] == "ensv" and all("ensv" in r for c in record["candidates"] for r in c["rungs"][:-1])
     assert chosen[0] == chosen[1] == {"schedule": (6, 3), "im_weight": 1.0, "adversarial": True}
 
 
@@ -142,6 +163,7 @@ def test_a_tie_in_the_vote_is_not_broken_by_target_accuracy(tmp_path, monkeypatc
     import madda_rs.training as training
 
     monkeypatch.setattr(get_method("madda"), "search_space", SMALL_SPACE)
+    monkeypatch.setattr(tune_module, "candidate_predictions", lambda run_dir, base, cache: CONSENSUS)
     chosen = []
     for sign, out in ((+1, "up"), (-1, "down")):
         accuracy = (lambda s: lambda c: 0.5 + s * (c.im_weight + 0.5 * c.adversarial) / 10)(sign)
@@ -159,6 +181,7 @@ def test_the_budget_estimate_is_seconds_per_epoch_not_per_run(tmp_path, monkeypa
 
     monkeypatch.setattr(get_method("madda"), "search_space", {"schedule": ((9, 9),), "im_weight": (0.0, 1.0, 2.0)})
     monkeypatch.setattr(training, "train", _fake_train(lambda c: c.im_weight, lambda c: 0.5, seconds=60.0))
+    monkeypatch.setattr(tune_module, "candidate_predictions", lambda run_dir, base, cache: CONSENSUS)
     record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / "t"), budget_minutes=100 / 60,
                               candidates=3)
     assert [len(c["rungs"]) >= 1 for c in record["candidates"]] == [True, True, True]

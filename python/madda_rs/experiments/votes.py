@@ -18,10 +18,11 @@ import numpy as np
 
 from ..config import SELECTION_SCORES
 from ..run.folder import load_run
+from ..scores.label_free import ensemble_agreement
 
 # A run's final figures (label-free scores and, for rating only, target_accuracy).
 Final = Dict[str, float]
-TUNE_VOTE = ("im", "bnm", "class_ami")  # madda_rs.tune.VOTE when this was written
+TUNE_VOTE = ("im", "bnm", "class_ami")  # madda_rs.tune.RANK_VOTE: tune's vote until EnsV replaced it
 SOURCE_SLACK = 0.02  # the source-accuracy filter keeps candidates within this of the best source accuracy
 
 
@@ -52,7 +53,7 @@ def _ensv(finals: List[Final]) -> int:
 def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int]]:
     """Every vote rated: tune's, its source-filtered form, each selection score alone, and EnsV
     where every task's runs have their predictions."""
-    votes = {"IM + BNM + ClassAMI (tune's vote)": _rank_vote(TUNE_VOTE),
+    votes = {"IM + BNM + ClassAMI (tune's vote before EnsV)": _rank_vote(TUNE_VOTE),
              "source filter, then IM + BNM + ClassAMI": _filtered(_rank_vote(TUNE_VOTE)),
              "source filter, then ClassAMI": _filtered(_rank_vote(("class_ami",)))}
     votes.update({name: _rank_vote((name,)) for name in SELECTION_SCORES})
@@ -62,29 +63,12 @@ def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int
     return votes
 
 
-def ensemble_agreement(predictions: Sequence[np.ndarray]) -> np.ndarray:
-    """Each candidate's share of target images on which it predicts the candidates' majority label
-    (ties to the smallest label). Labels are class indices >= 0."""
-    stacked = np.stack([np.asarray(p, dtype=np.int64) for p in predictions])  # candidates x images
-    counts = np.stack([np.bincount(col, minlength=int(stacked.max()) + 1) for col in stacked.T])
-    majority = counts.argmax(axis=1)
-    return (stacked == majority[None, :]).mean(axis=1)
-
-
 def target_train_predictions(run_dir: str) -> np.ndarray:
-    """A finished run's kNN labels for its target training images (the unlabelled ones it adapted
-    to), recomputed from target.pt and its source embeddings: what its final evaluation scored."""
-    from .. import native
-    from ..config import TrainConfig
-    from ..data.run_data import prepare_data
-    from ..run.folder import CONFIG_FILE, SOURCE_EMBEDDINGS_FILE, SOURCE_LABELS_FILE, TARGET_MODEL_FILE, load_model
-    from ..scores.predictors import embed
+    """A finished run's labels for its target training images, recomputed from its model files
+    (madda_rs.scores.evaluate.target_predictions): what its final evaluation scored."""
+    from ..scores.evaluate import target_predictions
 
-    run = Path(run_dir)
-    config = TrainConfig.load(str(run / CONFIG_FILE))
-    emb = embed(load_model(run / TARGET_MODEL_FILE, "cpu"), prepare_data(config).tgt_train)
-    source = np.load(run / SOURCE_EMBEDDINGS_FILE)
-    return native.knn_predict(source, np.load(run / SOURCE_LABELS_FILE), emb, config.k, threads=config.threads)
+    return target_predictions(run_dir)
 
 
 def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.ndarray]:

@@ -129,4 +129,19 @@ def evaluate_run(
     return scores
 
 
-__all__ = ["target_scores", "confusion", "evaluate_run", "SOURCE_CHECK_IMAGES"]
+def target_predictions(run_dir: str, data: Optional[RunData] = None, device: str = "cpu") -> np.ndarray:
+    """A finished run's predicted class for each target training image (the unlabelled images it
+    adapted to): its method's predictor over its saved models, at its k. `data` saves rebuilding
+    the run's image sets when the caller holds them (tune's candidates share one)."""
+    from ..methods import get_method
+
+    folder = RunFolder(run_dir)
+    config = TrainConfig.load(str(folder.path / CONFIG_FILE))
+    dev = resolve_device(device)
+    data = data if data is not None else prepare_data(config)
+    source_model = load_model(folder.path / SOURCE_MODEL_FILE, dev)
+    predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)
+    return predictor.predict_embedded(embed(load_model(folder.path / TARGET_MODEL_FILE, dev), data.tgt_train))
+
+
+__all__ = ["target_scores", "confusion", "evaluate_run", "target_predictions", "SOURCE_CHECK_IMAGES"]

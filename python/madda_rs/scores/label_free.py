@@ -8,7 +8,7 @@ and its entry in that table (docs/extending.md).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -147,6 +147,15 @@ def reverse_accuracy(tgt: np.ndarray, pred: np.ndarray, src: np.ndarray, src_lab
     return float((native.knn_predict(tgt, pred, src, min(k, len(tgt)), threads=threads) == src_labels).mean())
 
 
+def ensemble_agreement(predictions: Sequence[np.ndarray]) -> np.ndarray:
+    """EnsV (Hu et al. 2024): each candidate's share of target images on which it predicts the
+    candidates' majority label (ties to the smallest label). Labels are class indices >= 0; no
+    target label is read, only the candidates' own predictions."""
+    stacked = np.stack([np.asarray(p, dtype=np.int64) for p in predictions])  # candidates x images
+    counts = np.stack([np.bincount(col, minlength=int(stacked.max()) + 1) for col in stacked.T])
+    return (stacked == counts.argmax(axis=1)[None, :]).mean(axis=1)
+
+
 def class_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-class mean embeddings (paper, Algorithm 2 line 8), rows in ascending label order."""
     return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
@@ -157,6 +166,7 @@ def nearest_center_labels(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.n
     return np.unique(ref_labels)[native.knn_search(class_means(ref_emb, ref_labels), emb, 1)[1][:, 0]]
 
 
-__all__ = ["SELECTION_SCORES", "LABELLED_TUNING_SCORES", "label_free_figures", "soft_neighbourhood_density",
-           "soft_predictions", "class_spread", "information_maximisation", "batch_nuclear_norm", "mean_entropy",
-           "class_ami", "deep_embedded_validation", "reverse_accuracy", "class_means", "nearest_center_labels"]
+__all__ = ["SELECTION_SCORES", "LABELLED_TUNING_SCORES", "ensemble_agreement", "label_free_figures",
+           "soft_neighbourhood_density", "soft_predictions", "class_spread", "information_maximisation",
+           "batch_nuclear_norm", "mean_entropy", "class_ami", "deep_embedded_validation", "reverse_accuracy",
+           "class_means", "nearest_center_labels"]
