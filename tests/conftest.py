@@ -49,3 +49,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def generated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Always the generated digits: fast, and exercises the readers on files we wrote."""
     return str(make_data_dir(tmp_path_factory.mktemp("generated")))
+
+
+@pytest.fixture
+def magnet_nan_in_target_epoch_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """M-ADDA's magnet loss turns NaN from the second target epoch on (12 magnet batches an epoch
+    on the generated digits), so a run stops there."""
+    import madda_rs.methods.madda as madda_stage
+
+    real, calls = madda_stage.center_magnet_loss, []
+
+    def nan_in_epoch_2(emb, centers):  # type: ignore[no-untyped-def]
+        calls.append(None)
+        loss = real(emb, centers)
+        return loss * float("nan") if len(calls) > 12 else loss
+
+    monkeypatch.setattr(madda_stage, "center_magnet_loss", nan_in_epoch_2)

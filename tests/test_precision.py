@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import madda_rs.methods.madda as madda_stage
 import madda_rs.run.precision as precision
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
@@ -76,16 +75,9 @@ def test_a_bf16_run_trains_records_its_precision_and_saves_float32_models(bf16_c
 
 
 def test_a_nan_loss_under_reduced_precision_stops_saying_so_and_keeps_the_checkpoint(bf16_cpu, generated_data_dir,
-                                                                                     tmp_path, monkeypatch, capsys):
-    real = madda_stage.center_magnet_loss
-    calls = []
-
-    def nan_in_epoch_2(emb, centers):
-        calls.append(None)
-        loss = real(emb, centers)
-        return loss * float("nan") if len(calls) > 12 else loss  # 12 magnet batches per epoch
-
-    monkeypatch.setattr(madda_stage, "center_magnet_loss", nan_in_epoch_2)
+                                                                                     tmp_path,
+                                                                                     magnet_nan_in_target_epoch_2,
+                                                                                     capsys):
     code = main(_argv(generated_data_dir, tmp_path / "run", "--epochs-target", "3", "--checkpoint-every", "1",
                       "--precision", "bf16"))
     err = capsys.readouterr().err.strip()
