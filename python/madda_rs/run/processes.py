@@ -30,7 +30,8 @@ def configure_threads(threads: Optional[int], deterministic: bool, processes: in
     thread count."""
     threads = threads or max(madda_rs.default_threads() // processes, 1)  # processes share the cores
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # setting it imports torch's compiler: 1-2 s
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
     return threads
