@@ -63,18 +63,13 @@ def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int
     return votes
 
 
-def target_train_predictions(run_dir: str) -> np.ndarray:
-    """A finished run's labels for its target training images, recomputed from its model files
-    (madda_rs.scores.evaluate.target_predictions): what its final evaluation scored."""
-    from ..scores.evaluate import target_predictions
-
-    return target_predictions(run_dir)
-
-
 def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.ndarray]:
     """{run name: its target training predictions}, kept in `store` (an .npz committed beside the
     table: run folders keep only config.json and metrics.json), computed for runs not in it whose
-    model files are at hand."""
+    model files are at hand (madda_rs.scores.evaluate.target_predictions: what each final evaluation
+    scored)."""
+    from ..scores.evaluate import target_predictions
+
     known: Dict[str, np.ndarray] = {}
     if store.is_file():
         with np.load(store) as f:
@@ -83,7 +78,7 @@ def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.nd
     for d in run_dirs:
         name = Path(d).name
         if name not in known and (Path(d) / "target.pt").is_file():
-            known[name] = target_train_predictions(d).astype(np.int16)
+            known[name] = target_predictions(d).astype(np.int16)
             added = True
     if added:
         np.savez_compressed(store, **known)
@@ -171,4 +166,4 @@ def votes_markdown(run_dirs: Sequence[str], predictions: Optional[Dict[str, np.n
 
 
 __all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown",
-           "ensemble_agreement", "target_train_predictions", "collect_predictions", "with_ensemble_agreement"]
+           "ensemble_agreement", "collect_predictions", "with_ensemble_agreement"]

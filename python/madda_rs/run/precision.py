@@ -18,20 +18,14 @@ from typing import Any, ContextManager, Dict, Optional, Tuple
 import torch
 
 from ..config import PRECISIONS
+from .processes import cpu_info
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_flags() -> set:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
+    return set(cpu_info().get("flags", "").split())
 
 
 def supported(device: torch.device) -> Tuple[str, ...]:

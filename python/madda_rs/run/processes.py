@@ -157,18 +157,25 @@ class Parallel:
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def machine_record(device: torch.device) -> Dict[str, Any]:
-    """What ran a run, for metrics.json: the CPU's model and kernel-relevant flags, core count,
-    torch, CUDA and madda_rs versions, the GPU's name and peak memory on CUDA, and the native kNN's
-    kernel."""
-    cpu, flags, info = "unknown", set(), {}
+def cpu_info() -> Dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (model name, family, flags, ...); empty where
+    there is none (not Linux)."""
+    info: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())  # the first processor's
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return info
+
+
+def machine_record(device: torch.device) -> Dict[str, Any]:
+    """What ran a run, for metrics.json: the CPU's model and kernel-relevant flags, core count,
+    torch, CUDA and madda_rs versions, the GPU's name and peak memory on CUDA, and the native kNN's
+    kernel."""
+    cpu, flags, info = "unknown", set(), cpu_info()
     if info:
         # the model name alone may not tell two CPUs apart ("Intel(R) Xeon(R) Processor")
         name, family, model = info.get("model name", "unknown"), info.get("cpu family", "?"), info.get("model", "?")
@@ -186,4 +193,4 @@ def machine_record(device: torch.device) -> Dict[str, Any]:
     return record
 
 
-__all__ = ["machine_record", "Parallel", "resolve_device", "configure_threads"]
+__all__ = ["cpu_info", "machine_record", "Parallel", "resolve_device", "configure_threads"]

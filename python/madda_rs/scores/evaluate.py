@@ -4,9 +4,10 @@ re-scoring a saved run (``madda-rs eval``)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import torch
 
 from ..config import TrainConfig
 from ..data.images import ImageSet
@@ -105,13 +106,7 @@ def evaluate_run(
 ) -> Dict[str, Any]:
     """Re-score a saved run: its config and models, its data rebuilt (or given, for a run trained
     on in-memory images), its method's predictor with the run's k unless `k` is given."""
-    from ..methods import get_method
-
-    folder = RunFolder(run_dir)
-    for name in (CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE):
-        if not (folder.path / name).is_file():
-            raise FileNotFoundError(f"{folder.path / name} is missing: is {run_dir} a finished 'madda-rs train' run?")
-    config = TrainConfig.load(str(folder.path / CONFIG_FILE))
+    folder, config = _saved_run(run_dir)
     changes: Dict[str, Any] = {"device": device}
     if data_dir is not None:
         changes["data_dir"] = data_dir
@@ -120,9 +115,7 @@ def evaluate_run(
     config = config.replace(**changes)
     dev = resolve_device(config.device)
     data = prepare_data(config, source=source, target=target, target_test=target_test, source_test=source_test)
-    source_model = load_model(folder.path / SOURCE_MODEL_FILE, dev)
-    target_model = load_model(folder.path / TARGET_MODEL_FILE, dev)
-    predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)
+    source_model, target_model, predictor = _saved_models(folder, config, data, dev)
     scores = target_scores(predictor, target_model, data, config.seed)
     if data.src_test is not None:
         scores["source_accuracy"] = predictor.accuracy(source_model, data.src_test)
@@ -133,15 +126,29 @@ def target_predictions(run_dir: str, data: Optional[RunData] = None, device: str
     """A finished run's predicted class for each target training image (the unlabelled images it
     adapted to): its method's predictor over its saved models, at its k. `data` saves rebuilding
     the run's image sets when the caller holds them (tune's candidates share one)."""
+    folder, config = _saved_run(run_dir)
+    data = data if data is not None else prepare_data(config)
+    _, target_model, predictor = _saved_models(folder, config, data, resolve_device(device))
+    return predictor.predict_embedded(embed(target_model, data.tgt_train))
+
+
+def _saved_run(run_dir: str) -> Tuple[RunFolder, TrainConfig]:
+    """A finished run's folder and config; a missing config or model file is named."""
+    folder = RunFolder(run_dir)
+    for name in (CONFIG_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE):
+        if not (folder.path / name).is_file():
+            raise FileNotFoundError(f"{folder.path / name} is missing: is {run_dir} a finished 'madda-rs train' run?")
+    return folder, TrainConfig.load(str(folder.path / CONFIG_FILE))
+
+
+def _saved_models(folder: RunFolder, config: TrainConfig, data: RunData,
+                  device: torch.device) -> Tuple[EmbeddingNet, EmbeddingNet, KnnPredictor]:
+    """The run's source and target models, and its method's predictor over `data`'s source images."""
     from ..methods import get_method
 
-    folder = RunFolder(run_dir)
-    config = TrainConfig.load(str(folder.path / CONFIG_FILE))
-    dev = resolve_device(device)
-    data = data if data is not None else prepare_data(config)
-    source_model = load_model(folder.path / SOURCE_MODEL_FILE, dev)
+    source_model = load_model(folder.path / SOURCE_MODEL_FILE, device)
     predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)
-    return predictor.predict_embedded(embed(load_model(folder.path / TARGET_MODEL_FILE, dev), data.tgt_train))
+    return source_model, load_model(folder.path / TARGET_MODEL_FILE, device), predictor
 
 
 __all__ = ["target_scores", "confusion", "evaluate_run", "target_predictions", "SOURCE_CHECK_IMAGES"]
