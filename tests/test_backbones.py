@@ -337,3 +337,33 @@ def test_photo_augmentation_draws_per_image_stays_in_range_and_follows_its_strea
     assert a.shape == same.shape and a.min() >= -1 and a.max() <= 1
     assert len({a[i].sum().item() for i in range(6)}) == 6  # a crop, flip and jitter of its own per image
     assert torch.equal(a, augment(same, torch.Generator().manual_seed(0), "photo"))
+
+
+@pytest.mark.parametrize("name, shape", [("resnet-cifar", (3, 32, 32)), ("resnet18", (3, 32, 32))])
+def test_recomputed_activations_give_the_same_step(name, shape):
+    """--recompute-activations trades compute for memory only: the loss, every gradient and the
+    batch-norm running statistics after a training step are those of a step that kept them."""
+    torch.manual_seed(0)
+    kept = EmbeddingNet(16, shape, name).train()
+    again = EmbeddingNet(16, shape, name).train()
+    again.load_state_dict(kept.state_dict())
+    again.encoder.recompute_activations = True
+    x = torch.rand(6, *shape) * 2 - 1
+    losses = []
+    for model in (kept, again):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    for (key, a), b in zip(kept.named_parameters(), again.parameters()):
+        assert torch.equal(a.grad, b.grad), key
+    for (key, a), b in zip(kept.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), key  # running means and variances moved once, as without it
+
+
+def test_recompute_activations_is_refused_for_a_backbone_that_keeps_its_trunk_whole():
+    from madda_rs.methods import check_config
+
+    with pytest.raises(ValueError, match="--recompute-activations: backbone lenet does not run its trunk in stages"):
+        check_config(TrainConfig(recompute_activations=True))
+    check_config(TrainConfig(backbone="resnet-cifar", recompute_activations=True))

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from madda_rs.cli import build_parser, config_from_args
-from madda_rs.config import PRESET_FIELDS, PRESETS, TrainConfig
+from madda_rs.config import PRESET_FIELDS, PRESETS, TrainConfig, run_fields
+from madda_rs.methods.madda import MaddaSettings
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -18,7 +19,10 @@ def test_a_preset_holds_its_values(preset):
 def test_presets_cover_every_preset_field():
     for values in PRESETS.values():
         assert set(values) == set(PRESET_FIELDS)
-    assert PRESETS["official"]["negatives"] == "violating" and PRESETS["paper"]["negatives"] == "random"
+    assert MaddaSettings.presets.keys() == PRESETS.keys()  # M-ADDA takes every preset; its values:
+    assert TrainConfig(preset="official").negatives == "violating" and TrainConfig().negatives == "random"
+    assert TrainConfig(preset="improved").settings == MaddaSettings(**{**dataclasses.asdict(MaddaSettings()),
+                                                                      **MaddaSettings.presets["improved"]})
 
 
 def test_overrides_are_recorded_and_survive_json():
@@ -87,7 +91,7 @@ def test_a_given_flag_overrides_the_preset_and_only_it():
 def test_every_setting_has_a_flag_and_help_shows_each_presets_value():
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     flat = " ".join(help_text.split())
-    for f in dataclasses.fields(TrainConfig):
+    for f in run_fields() + dataclasses.fields(MaddaSettings):
         assert "--" + f.name.replace("_", "-") in help_text, f.name
-    assert "[paper: random; official: violating; improved: semihard; labelfree: semihard]" in flat
-    assert "[paper: 1; official: 3; improved: 1; labelfree: 1]" in flat  # adversarial passes
+    assert "[--method madda; paper: random; official: violating; improved: semihard; labelfree: semihard]" in flat
+    assert "[--method adda, madda; paper: 1; official: 3; improved: 1; labelfree: 1]" in flat  # adversarial passes

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from madda_rs.config import PRESETS, TrainConfig
+from madda_rs.config import TrainConfig
 from madda_rs.data.domains import load_npz
 from madda_rs.losses import information_maximisation_loss, labelled_magnet_loss
 from madda_rs.methods import check_config
@@ -84,18 +84,20 @@ def test_guard_fires_on_merged_classes_only():
 
 
 def test_improved_settings_are_refused_with_adda_and_checked():
-    with pytest.raises(ValueError, match="--method adda takes none"):
-        check_config(TrainConfig(method="adda", preset="improved"))
-    assert TrainConfig(method="adda", preset="paper").guard is False
+    with pytest.raises(ValueError, match="--method adda has no preset 'improved'; its presets: paper, official"):
+        TrainConfig(method="adda", preset="improved")
+    with pytest.raises(ValueError, match="--method adda does not read --guard"):
+        TrainConfig(method="adda", guard=True)
+    with pytest.raises(ValueError, match="--augment belongs to M-ADDA's recipes"):
+        check_config(TrainConfig(method="adda", augment=True))
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(preset="improved", ema_decay=1.0)
     with pytest.raises(ValueError, match="im_weight"):
         TrainConfig(preset="improved", im_weight=-1.0)
     # the other presets compute what they did before these settings existed
     for name in ("paper", "official"):
-        p = PRESETS[name]
-        assert (p["augment"], p["magnet_labels"], p["im_weight"], p["ema_decay"], p["guard"]) == (
-            False, "nearest", 0.0, 0.0, False)
+        c = TrainConfig(preset=name)
+        assert (c.augment, c.magnet_labels, c.im_weight, c.ema_decay, c.guard) == (False, "nearest", 0.0, 0.0, False)
 
 
 def test_improved_run_beats_chance_scores_the_teacher_and_resumes_exactly(generated_data_dir, tmp_path):

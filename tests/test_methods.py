@@ -37,9 +37,11 @@ def test_a_method_in_its_own_file_trains_through_the_cli(registry, generated_dat
     argv = ["train", "--src", "mnist", "--tgt", "usps", "--data-dir", generated_data_dir, "--no-download",
             "--device", "cpu", "--threads", "1", "--method", spec, "--epochs-source", "1", "--epochs-target", "1",
             "--out", str(out), "--quiet"]
-    assert main(argv) == 0
+    assert main([*argv, "--label-smoothing", "0.1"]) == 0  # its own setting, a flag since --method names it
     metrics = json.loads((out / "metrics.json").read_text())
-    assert json.loads((out / "config.json").read_text())["method"] == spec
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["method"] == spec and saved["label_smoothing"] == 0.1 and saved["overridden"][-1] == "label_smoothing"
+    assert "magnet" not in saved and "k" in saved  # M-ADDA's settings are not the toy's
     assert len(metrics["history"]["source"]) == len(metrics["history"]["target"]) == 1
     assert set(metrics["history"]["target"][0]) >= {"d_loss", "g_loss", "d_acc"}  # the shared adversarial stage ran
     assert 0.0 <= metrics["target_accuracy"] <= 1.0
@@ -48,9 +50,15 @@ def test_a_method_in_its_own_file_trains_through_the_cli(registry, generated_dat
     assert slug(config, "short").startswith("mnist2usps-standard-adda-toy-paper-")
     with pytest.raises(ValueError, match="toy takes no augment"):
         methods.check_config(TrainConfig(method=spec, augment=True))
+    # its presets set its settings; a preset it does not name is refused
+    assert TrainConfig(method=spec, preset="improved").label_smoothing == 0.1
+    with pytest.raises(ValueError, match="has no preset 'official'; its presets: paper, improved"):
+        TrainConfig(method=spec, preset="official")
     # a method setting it does not read is refused by name, from the CLI before any work (exit 2)
     with pytest.raises(ValueError, match=r"--method .*toy does not read --magnet-labels"):
         methods.check_config(TrainConfig(method=spec, magnet_labels="clusters"))
+    with pytest.raises(ValueError, match=r"--method madda does not read --label-smoothing"):
+        TrainConfig(method="madda", label_smoothing=0.1)
     with pytest.raises(SystemExit) as exc:
         main([*argv[:-3], "--magnet-labels", "clusters", "--out", str(tmp_path / "refused"), "--quiet"])
     assert exc.value.code == 2 and not (tmp_path / "refused").exists()
@@ -79,6 +87,35 @@ def test_unknown_methods_and_clashing_names_are_refused(registry, tmp_path):
         methods.check_config(TrainConfig(method=f"{module}:nope"))
     with pytest.raises(ValueError, match="already registered"):
         methods.register_method("madda")(type("Impostor", (methods.Method,), {}))
+
+
+def test_a_methods_settings_are_checked_when_it_registers(registry):
+    import dataclasses
+
+    from madda_rs.config import MethodSettings, setting
+
+    def method(settings, **attrs):
+        return type("Bad", (methods.Method,), {"settings": settings, **attrs})
+
+    @dataclasses.dataclass(frozen=True)
+    class Voting(MethodSettings):
+        k: int = setting(2, "neighbours", type=int, minimum=1)
+
+    with pytest.raises(TypeError, match="its settings must declare k"):  # the default predictor votes by k
+        methods.register_method("bad1")(method(MethodSettings))
+    with pytest.raises(TypeError, match="frozen"):
+        methods.register_method("bad2")(method(dataclasses.dataclass(type("Loose", (MethodSettings,), {}))))
+    with pytest.raises(ValueError, match="presets must map preset names"):
+        methods.register_method("bad3")(method(type("Odd", (Voting,), {"presets": {"fast": {"k": 3}}})))
+    with pytest.raises(ValueError, match="presets must map preset names"):
+        methods.register_method("bad4")(method(type("Odd", (Voting,), {"presets": {"paper": {"margin": 3}}})))
+    with pytest.raises(ValueError, match="seed already name run settings"):
+        clash = dataclasses.make_dataclass("Clash", [("seed", int, setting(0, "a seed", type=int))],
+                                           bases=(Voting,), frozen=True)
+        methods.register_method("bad5")(method(clash))
+    assert not {"bad1", "bad2", "bad3", "bad4", "bad5"} & set(registry)
+    methods.register_method("good")(method(Voting))
+    assert TrainConfig(method="good", k=5).k == 5
     with pytest.raises(SystemExit) as exc:
         main(["train", "--src", "mnist", "--tgt", "usps", "--method", "nope"])
     assert exc.value.code == 2

@@ -12,7 +12,7 @@ import madda_rs
 import madda_rs.methods.common as common
 import madda_rs.methods.madda as madda_stage
 from madda_rs.cli import main
-from madda_rs.config import PRESETS, TrainConfig
+from madda_rs.config import TrainConfig
 from madda_rs.run.folder import load_model
 from madda_rs.scores.evaluate import evaluate_run
 from madda_rs.training import train
@@ -38,7 +38,7 @@ def test_two_epoch_run_writes_everything_and_beats_chance(generated_data_dir, tm
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["history"]["source"]) == 2 and len(metrics["history"]["target"]) == 2
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["preset"] == preset and config["negatives"] == PRESETS[preset]["negatives"]
+    assert config["preset"] == preset and config["negatives"] == TrainConfig(preset=preset).negatives
     assert config["overridden"] == ["epochs_source", "epochs_target"]
     assert result.source_accuracy > 0.5 and result.target_accuracy > 0.5  # chance is 0.1
     assert metrics["target_accuracy"] == result.target_accuracy

@@ -8,6 +8,7 @@ in :mod:`madda_rs.cli`.
 
 from importlib.metadata import version as _version
 
+from . import methods as _methods  # noqa: F401  the method registry: TrainConfig looks up a method's settings there
 from .native import (
     MAX_TRIPLETS,
     KnnIndex,

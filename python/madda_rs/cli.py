@@ -12,10 +12,12 @@ paper's tables.
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
     madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
 
-The train flags are generated from :class:`madda_rs.config.TrainConfig`'s fields: a flag left
-out takes the preset's value (or the config's default), and ``--help`` shows both presets'
-values. Exit status 0 on success; otherwise one line on stderr saying why, and status 2 (bad
-arguments, refused before any work) or 1 (a failure while running).
+The train and tune flags are generated from the run's settings (:class:`madda_rs.config.TrainConfig`'s
+fields) and every method's own (each method's :class:`~madda_rs.config.MethodSettings`; a method
+named as FILE.py:NAME adds its own too): a flag left out takes the preset's value (or the
+setting's default), and ``--help`` shows every preset's value. Exit status 0 on success;
+otherwise one line on stderr saying why, and status 2 (bad arguments, refused before any work)
+or 1 (a failure while running).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig
+from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig, run_fields
 from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
@@ -61,14 +63,63 @@ def _show(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _add_setting(parser: argparse.ArgumentParser, f: "dataclasses.Field[Any]") -> None:
-    """One flag for one TrainConfig field; absent from the namespace unless given."""
+def _preset_values(f: "dataclasses.Field[Any]", settings: Optional[type]) -> str:
+    """What --help shows in brackets: the value under each preset, or the one default."""
+    if settings is not None:  # a method's setting
+        values = {p: settings.preset_value(p, f.name) for p in (settings.presets or PRESETS)}
+    elif f.name in PRESET_FIELDS:
+        values = {name: values[f.name] for name, values in PRESETS.items()}
+    else:
+        return "" if f.default is None else f"default: {_show(f.default)}"
+    if len({_show(v) for v in values.values()}) == 1:
+        return f"default: {_show(next(iter(values.values())))}"
+    return "; ".join(f"{name}: {_show(v)}" for name, v in values.items())
+
+
+def _method_settings(argv: Optional[List[str]]) -> List[Tuple["dataclasses.Field[Any]", type, List[str]]]:
+    """Every method's settings, once each: (field, the first declaring method's settings class,
+    the methods that read it). The registered methods, and one named as FILE.py:NAME or
+    MODULE:NAME in `argv` (a bad name is left for the config to refuse)."""
+    from .methods import get_method, method_names
+
+    names = list(method_names())
+    args = list(argv or [])
+    for i, arg in enumerate(args):
+        spec = args[i + 1] if arg == "--method" and i + 1 < len(args) else arg.partition("=")[2] \
+            if arg.startswith("--method=") else ""
+        if ":" in spec:
+            try:
+                get_method(spec)
+            except (ValueError, ImportError, OSError):
+                continue
+            names.append(spec)
+    found: Dict[str, Tuple["dataclasses.Field[Any]", type, List[str]]] = {}
+    for name in names:
+        settings = get_method(name).settings
+        for f in dataclasses.fields(settings):
+            _, shown, readers = found.get(f.name, (f, settings, []))
+            # --help shows the values of the reader that takes the most presets
+            wider = len(settings.presets or PRESETS) > len(shown.presets or PRESETS)
+            found[f.name] = (f, settings if wider else shown, readers + [name])
+    return list(found.values())
+
+
+def _add_settings(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> None:
+    """The run's settings, then the methods' (a group of their own) as flags."""
+    for f in run_fields():
+        _add_setting(parser, f)
+    group = parser.add_argument_group("method settings", "read by the methods named; any other method refuses them")
+    for f, settings, readers in _method_settings(argv):
+        _add_setting(group, f, settings, readers)
+
+
+def _add_setting(parser: Any, f: "dataclasses.Field[Any]", settings: Optional[type] = None,
+                 readers: Tuple[str, ...] | List[str] = ()) -> None:
+    """One flag for one setting; absent from the namespace unless given."""
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
-    if f.name in PRESET_FIELDS:
-        default = "; ".join(f"{name}: {_show(values[f.name])}" for name, values in PRESETS.items())
-    else:
-        default = "" if f.default is None else f"default: {_show(f.default)}"
+    default = _preset_values(f, settings)
+    default = f"{'; '.join(filter(None, ['--method ' + ', '.join(readers) if readers else '', default]))}"
     shown = f"{meta['help']} [{default}]" if default else meta["help"]
     kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=shown)
     if meta["choices"]:
@@ -94,7 +145,9 @@ def _add_setting(parser: argparse.ArgumentParser, f: "dataclasses.Field[Any]") -
     parser.add_argument(flag, **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The command line; `argv` only serves to find a method named as FILE.py:NAME, whose
+    settings become flags too."""
     parser = argparse.ArgumentParser(prog="madda-rs", description="M-ADDA: metric-learning domain adaptation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -103,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train source and target models and report target accuracy",
         description="Run M-ADDA end to end. Each setting left out takes the preset's value, shown in brackets.",
     )
-    for f in dataclasses.fields(TrainConfig):
-        _add_setting(t, f)
+    _add_settings(t, argv)
     t.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
     t.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last checkpoint, with the config saved there; only "
@@ -156,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads [default: all cores]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    _add_inference_commands(sub)
+    _add_inference_commands(sub, argv)
 
     g = sub.add_parser("plot", help="figures of saved runs: t-SNE before/after, curves over epochs, accuracy "
                        "against wall time, confusion")
@@ -169,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_inference_commands(sub: Any) -> None:
+def _add_inference_commands(sub: Any, argv: Optional[List[str]] = None) -> None:
     """`predict` and `export`: using a finished run."""
     q = sub.add_parser("predict", help="label new images with a finished run: one row per image",
                        description="One row per image: its path (or its index in a lone .npz), label (class name), "
@@ -187,8 +239,7 @@ def _add_inference_commands(sub: Any) -> None:
                      "train the chosen run", description="Search docs/label-free.md's space by successive halving, "
         "ranking candidates by the label-free validators' vote; writes DIR/tune.json and the chosen run in DIR. "
         "Settings given here are held fixed and not searched.")
-    for f in dataclasses.fields(TrainConfig):
-        _add_setting(u, f)
+    _add_settings(u, argv)
     u.add_argument("--out", required=True, help="the folder for tune.json, the candidates and the chosen run")
     from .tune import DEFAULT_BUDGET_MINUTES, DEFAULT_CANDIDATES
 
@@ -483,7 +534,7 @@ def _usps_splits(text: str) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

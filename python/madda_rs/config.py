@@ -1,11 +1,23 @@
-"""Training settings: one frozen dataclass and its named presets, saved as JSON with every run.
+"""Training settings: the run's settings in one frozen dataclass, each method's own beside them,
+the named presets, and the JSON saved with every run.
 
-This module is the one home of every default. A setting is one field here; its metadata (help,
-choices, minimum) drives both validation and the command line, which is generated from the
-fields (:mod:`madda_rs.cli`). Settings that a preset controls default to ``None``, meaning "the
-preset's value", and are filled in from :data:`PRESETS` on construction, so
-``TrainConfig(preset="official")`` holds the official values. A config records which preset
-settings were overridden, so ``config.json`` never claims a preset whose values it does not hold.
+This module is the one home of every run setting and of the machinery every setting uses. A
+setting is one field with metadata (help, choices, minimum) that drives validation and the
+command line, which is generated from the fields (:mod:`madda_rs.cli`). The settings only a
+method reads (M-ADDA's magnet, ADDA's discriminator rate, a plug-in's own) are fields of that
+method's :class:`MethodSettings` dataclass, declared in the method's module with the same
+:func:`setting`, together with their values under each preset. A :class:`TrainConfig` holds the
+run's fields and its method's settings (``config.settings``; ``config.im_weight`` reads them
+too), and refuses a setting its method does not declare, naming it.
+
+Run settings that a preset controls default to ``None``, meaning "the preset's value", and are
+filled in from :data:`PRESETS` on construction; a method setting left out takes its method's
+value for the preset, else its default. A config records which preset settings were overridden,
+so ``config.json`` never claims a preset whose values it does not hold.
+
+The methods sit above this layer, so the method registry installs the lookup from a method name
+to its settings class (:func:`set_settings_lookup`) when it is imported, as ``import madda_rs``
+does.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
 
 # The scores recorded at each evaluation that can pick a checkpoint (TrainConfig.select; `madda-rs
 # report --selection` rates them), with the direction that is better. They are computed in
@@ -36,77 +48,40 @@ PROTOCOLS = ("adda", "full")
 USPS_RESIZES = ("box20", "stretch", "pad3")
 USPS_SPLITS = ("standard", "pooled")
 DEVICES = ("auto", "cpu", "cuda")
-NEGATIVES = ("random", "violating", "hardest", "semihard")
-CENTERS = ("class_means", "kmeans")
-MAGNET_SCOPES = ("model", "fc")
-MAGNET_LABELS = ("nearest", "clusters")
 PRECISIONS = ("fp32", "bf16", "fp16")  # madda_rs.run.precision: what each device runs
 AUGMENTATIONS = ("digits", "photo")  # what --augment draws: small affine warps; crops, flips, colour jitter
-# Settings that a method reads, not the run: a method declares which of them it takes
-# (madda_rs.methods.Method.reads), and any other one set away from its preset's value or default is
-# refused naming it. The rest (data, schedule, optimiser, where it runs) is shared by every method.
-METHOD_SETTINGS = ("magnet", "adversarial", "margin", "embedding_dim", "negatives", "centers", "magnet_scope",
-                   "adversarial_passes", "lr_discriminator", "magnet_labels", "im_weight", "ema_decay", "guard", "k")
-# Every setting a preset controls. 'paper' follows the text of Laradji & Babanezhad (2018), with
-# the authors' released code's values where the paper is silent (k, optimiser, batch sizes);
-# 'official' follows the released code (docs/presets.md).
+# What config.json held before each method declared its own settings: every built-in method's
+# settings, whatever the method. A saved config's keys among these that its method does not declare
+# are dropped on loading (they sat at their neutral values: anything else was refused).
+LEGACY_METHOD_SETTINGS = ("magnet", "adversarial", "margin", "embedding_dim", "negatives", "centers",
+                          "magnet_scope", "adversarial_passes", "lr_discriminator", "magnet_labels", "im_weight",
+                          "ema_decay", "guard", "k")
+# The run's settings under each preset (every preset names every field of PRESET_FIELDS); a method
+# gives its own settings' values under each preset (MethodSettings.presets). 'paper' follows the
+# text of Laradji & Babanezhad (2018), with the authors' released code's values where the paper is
+# silent (optimiser, batch sizes); 'official' follows the released code (docs/presets.md).
 _PAPER: Dict[str, Any] = dict(
     epochs_source=200,
     epochs_target=200,
     batch_size=64,  # source batch (triplets and the adversarial source side)
     target_batch_size=50,
-    k=2,
     lr=1e-4,
-    lr_discriminator=1e-4,
     betas=(0.5, 0.9),
-    margin=1.0,
-    embedding_dim=256,
-    negatives="random",  # Alg. 1: "a random sample whose label is not y_i"
-    centers="class_means",  # Alg. 2 line 8: Euclidean mean of each class
-    magnet_scope="model",  # Eq. 4 is minimised w.r.t. all of theta_T
-    adversarial_passes=1,  # Alg. 2: one loop over the batches per epoch
     zero_grad_momentum=False,
     augment=False,
-    magnet_labels="nearest",  # Eq. 4: each target embedding goes to its nearest centre
-    im_weight=0.0,
-    ema_decay=0.0,
-    guard=False,
 )
-# madda-rs tune's choice (docs/label-free.md, "The labelfree preset"): candidate 20 of the tunes of
-# MNIST -> USPS and USPS -> MNIST at seed 100 (tune.json in results/tune/), the one candidate that
-# reached the last rung of both with the best mean vote rank there. The adversarial loss (on)
-# is not a preset field; it stays at its default.
-LABELFREE_CHOICE: Dict[str, Any] = dict(epochs_source=80, epochs_target=30, augment=False, im_weight=1.0,
-                                        magnet_labels="clusters", negatives="semihard", ema_decay=0.0, k=2)
 PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": _PAPER,
-    "official": dict(
-        _PAPER,
-        negatives="violating",  # uniform among margin violators
-        centers="kmeans",  # KMeans(10) of source embeddings, refit every epoch
-        magnet_scope="fc",  # conv output detached: the magnet trains the fully connected layers only
-        adversarial_passes=3,
-        zero_grad_momentum=True,  # PyTorch 0.4 zeroed grads, so Adam kept moving params via momentum
-    ),
-    # Ours (docs/presets.md, "The improved preset"): every value below was chosen on held-out target
+    # PyTorch 0.4 zeroed grads, so Adam kept moving idle params by momentum
+    "official": dict(_PAPER, zero_grad_momentum=True),
+    # Ours (docs/presets.md, "The improved preset"): every value was chosen on held-out target
     # *training* images and source validation, never on a target test set.
-    "improved": dict(
-        _PAPER,
-        epochs_source=80,
-        epochs_target=30,
-        k=10,
-        negatives="semihard",
-        augment=True,
-        magnet_labels="clusters",
-        im_weight=1.0,
-        ema_decay=0.99,
-        guard=True,
-    ),
+    "improved": dict(_PAPER, epochs_source=80, epochs_target=30, augment=True),
+    # Chosen by `madda-rs tune` alone (docs/label-free.md, "The labelfree preset"): candidate 20 of
+    # the tunes of MNIST -> USPS and USPS -> MNIST at seed 100 (tune.json in results/tune/), ranked
+    # by the label-free validators' vote; no target label, test or training.
+    "labelfree": dict(_PAPER, epochs_source=80, epochs_target=30, augment=False),
 }
-# Chosen by `madda-rs tune` alone (docs/label-free.md, "The labelfree preset"): on tuning seed 100,
-# both directions, candidates ranked by the label-free validators' vote. The values it does not
-# search are the paper's, with the label-free safeguard on. No target label, test or training.
-PRESETS["labelfree"] = dict(_PAPER, guard=True, **LABELFREE_CHOICE)
 PRESET_FIELDS = tuple(_PAPER)
 # What labelled target data chose each preset's values (the label rule: tables say it on every row).
 PRESET_TARGET_LABELS: Dict[str, str] = {
@@ -120,17 +95,87 @@ PRESET_TARGET_LABELS: Dict[str, str] = {
 DERIVED = ("overridden", "class_names")
 
 
-def _setting(default: Any, help: str, *, type: Any = None, choices: Tuple[str, ...] = (), minimum: Any = None,
-             nargs: Any = None) -> Any:
-    """A dataclass field whose metadata validates it and describes its command-line flag."""
+def setting(default: Any, help: str, *, type: Any = None, choices: Tuple[str, ...] = (), minimum: Any = None,
+            nargs: Any = None) -> Any:
+    """A dataclass field whose metadata validates it and describes its command-line flag: a
+    switch (``--x/--no-x``) when neither `type` nor `choices` is given."""
     meta = dict(help=help, type=type, choices=choices, minimum=minimum, nargs=nargs)
     return field(default=default, metadata=meta)
 
 
+_setting = setting
+
+
 @dataclass(frozen=True)
+class MethodSettings:
+    """The settings one method reads, declared in its module as a frozen dataclass subclass whose
+    fields are made by :func:`setting` (defaults: their values under the 'paper' preset, or the
+    method's own default). :attr:`presets` gives the fields' values under each preset where they
+    depart from the defaults; a method with presets named there accepts only those presets.
+    ``__post_init__`` may check values together (a ValueError, one line)."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # Switches no preset sets (a method's variants, such as Table 3's ablations): never counted as
+    # overriding the preset; the method's run names spell them (Method.variant).
+    outside_presets: ClassVar[Tuple[str, ...]] = ()
+
+    def check(self, run: "TrainConfig") -> None:
+        """Refuse (ValueError, one line) values that contradict the run's settings; called when a
+        config is made."""
+
+    @classmethod
+    def accepts(cls, preset: str) -> bool:
+        return not cls.presets or preset in cls.presets
+
+    @classmethod
+    def preset_value(cls, preset: str, name: str) -> Any:
+        return cls.presets.get(preset, {}).get(name, cls.__dataclass_fields__[name].default)
+
+    @classmethod
+    def build(cls, method: str, preset: str, given: Dict[str, Any]) -> "MethodSettings":
+        """Its settings for `preset` with `given` over them; refuses a setting it does not
+        declare, naming it and the method."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unread = [n for n in given if n not in names]
+        if unread:
+            flags = ", ".join("--" + n.replace("_", "-") for n in unread)
+            raise ValueError(f"--method {method} does not read {flags}; drop {'it' if len(unread) == 1 else 'them'} "
+                             f"(the method's settings: {', '.join(names) or 'none'})")
+        if not cls.accepts(preset):
+            raise ValueError(f"--method {method} has no preset {preset!r}; its presets: {', '.join(cls.presets)}")
+        values = {n: cls.preset_value(preset, n) if given.get(n) is None else given[n] for n in names}
+        for f in dataclasses.fields(cls):
+            values[f.name] = _normalised(f, values[f.name])
+            _validate(f, values[f.name])
+        return cls(**values)
+
+
+# How a method name (or FILE.py:NAME spec) becomes its MethodSettings class; installed by the
+# method registry (madda_rs.methods), which sits above this layer.
+_settings_lookup: Optional[Callable[[str], Type[MethodSettings]]] = None
+
+
+def set_settings_lookup(lookup: Callable[[str], Type[MethodSettings]]) -> None:
+    global _settings_lookup
+    _settings_lookup = lookup
+
+
+def settings_class(method: str) -> Type[MethodSettings]:
+    if _settings_lookup is None:  # only if madda_rs.config was loaded without its package
+        raise RuntimeError("no method registry: import madda_rs (it installs madda_rs.methods' settings lookup)")
+    return _settings_lookup(method)
+
+
+def _normalised(f: "dataclasses.Field[Any]", value: Any) -> Any:
+    """JSON gives lists where a setting holds a tuple."""
+    return tuple(value) if isinstance(value, list) and f.metadata.get("nargs") else value
+
+
+@dataclass(frozen=True, init=False)
 class TrainConfig:
-    """Every setting of one run. Fields left at ``None`` among :data:`PRESET_FIELDS` take the
-    preset's value; see each field's help (``madda-rs train --help``)."""
+    """Every setting of one run: the run's fields, and the method's own in :attr:`settings`.
+    Fields left at ``None`` among :data:`PRESET_FIELDS` take the preset's value; see each
+    field's help (``madda-rs train --help``)."""
 
     # What to adapt, and how the data are drawn (no preset controls these).
     src: str = _setting("mnist", "labelled source domain: a registered name (mnist, usps, synth-digits), an .npz "
@@ -202,6 +247,10 @@ class TrainConfig:
                                         "refuses what it cannot run (default: bf16 on a CPU with AMX-BF16 or "
                                         "AVX512-BF16, where it measured 1.2-1.4x faster at equal accuracy; else "
                                         "fp32; docs/speed.md, 'Precision')", choices=PRECISIONS)
+    recompute_activations: bool = _setting(False, "keep only the outputs of the backbone's stages for the backward "
+                                           "pass and recompute the rest there (activation checkpointing): the "
+                                           "same results for about a third more compute and a fraction of the "
+                                           "memory, for large images (docs/own-images.md)")
     deterministic: bool = _setting(False, "deterministic algorithms and a fixed thread count: two runs of one "
                                    "command on one machine give identical metrics and checkpoints")
     eval_every: int = _setting(10, "record label-free figures and target accuracy every N target epochs "
@@ -211,44 +260,45 @@ class TrainConfig:
     select: Optional[str] = _setting(None, "also keep the target model this score picks among the evaluations "
                                      "(selected.pt; metrics.json 'selected'); the headline stays the final epoch",
                                      choices=tuple(SELECTION_SCORES))
-    # Variants of the method (Table 3 ablations and the baseline).
-    magnet: bool = _setting(True, "the center-magnet loss (--no-magnet: Table 3 'adversarial only')")
-    adversarial: bool = _setting(True, "the adversarial loss (--no-adversarial: Table 3 'center magnet only')")
-    source_only: bool = _setting(False, "baseline: kNN on the source model, no adaptation")
+    # The baseline.
+    source_only: bool = _setting(False, "baseline: the source model's predictions, no adaptation")
     # The preset's settings: None means the preset's value.
     epochs_source: Optional[int] = _setting(None, "stage 1 epochs (Algorithm 1)", type=int, minimum=0)
     epochs_target: Optional[int] = _setting(None, "stage 2 epochs (Algorithm 2)", type=int, minimum=0)
     batch_size: Optional[int] = _setting(None, "source batch size", type=int, minimum=1)
     target_batch_size: Optional[int] = _setting(None, "target batch size", type=int, minimum=1)
-    k: Optional[int] = _setting(None, "neighbours in the kNN vote (Algorithm 3)", type=int, minimum=1)
     lr: Optional[float] = _setting(None, "Adam learning rate of the source and target models", type=float)
-    lr_discriminator: Optional[float] = _setting(None, "Adam learning rate of the discriminator", type=float)
     betas: Optional[Tuple[float, float]] = _setting(None, "Adam betas", type=float, nargs=2)
-    margin: Optional[float] = _setting(None, "triplet margin on squared distances (Eq. 1)", type=float)
-    embedding_dim: Optional[int] = _setting(None, "embedding size", type=int, minimum=1)
-    negatives: Optional[str] = _setting(None, "triplet negatives", choices=NEGATIVES)
-    centers: Optional[str] = _setting(None, "magnet centres: per-class means or KMeans of source embeddings",
-                                      choices=CENTERS)
-    magnet_scope: Optional[str] = _setting(None, "what the magnet trains: the whole model, or the fully "
-                                           "connected layers only", choices=MAGNET_SCOPES)
-    adversarial_passes: Optional[int] = _setting(None, "adversarial passes over the batches per target epoch",
-                                                 type=int, minimum=0)
     zero_grad_momentum: Optional[bool] = _setting(None, "zero (not None) grads, so Adam keeps moving idle "
                                                   "parameters by momentum as PyTorch 0.4 did")
     augment: Optional[bool] = _setting(None, "augment every training batch (both stages) as --augmentation says: "
                                        "small warps for digits, crops, flips and colour jitter for photos")
-    magnet_labels: Optional[str] = _setting(None, "which centre the magnet pulls a target image to: 'nearest' "
-                                            "(Eq. 4), or 'clusters': its cluster among the target embeddings "
-                                            "(k-means started at the source centres, each epoch), kept only where "
-                                            "the kNN vote agrees", choices=MAGNET_LABELS)
-    im_weight: Optional[float] = _setting(None, "weight of information maximisation on soft assignments to the "
-                                          "centres: confident per image, balanced over the batch (0: off)",
-                                          type=float)
-    ema_decay: Optional[float] = _setting(None, "a mean-teacher (EMA) copy of the target model with this decay per "
-                                          "step labels the clusters and is the model scored and saved (0: off)",
-                                          type=float)
-    guard: Optional[bool] = _setting(None, "label-free safeguard: fall back to the source model when adaptation "
-                                     "merged classes (docs/presets.md, 'Safeguard')")
+    # The method's own settings (a MethodSettings of the method's class), filled on construction.
+    settings: Any = field(default=None, metadata=dict(method_settings=True))
+
+    def __init__(self, **values: Any) -> None:
+        """Run settings and the method's settings by name, flat; ``settings=`` (a
+        MethodSettings) gives the method's settings at once, names given beside it override."""
+        run_names = {f.name for f in run_fields()}
+        for f in run_fields():
+            object.__setattr__(self, f.name, values.pop(f.name, f.default))
+        given = values.pop("settings", None)
+        own = {} if given is None else dataclasses.asdict(given)
+        self.__post_init__()
+        cls = settings_class(self.method)
+        if given is not None and type(given) is not cls:
+            raise ValueError(f"settings must be {cls.__name__} for --method {self.method}, got {type(given).__name__}")
+        assert not run_names & set(values)
+        object.__setattr__(self, "settings", cls.build(self.method, self.preset, {**own, **values}))
+        self.settings.check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A method setting by name (``config.im_weight``); called only when no run field matched."""
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings.__dataclass_fields__:
+            return getattr(settings, name)
+        raise AttributeError(f"{name!r} is neither a run setting nor a setting of --method "
+                             f"{self.__dict__.get('method')}")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -260,7 +310,7 @@ class TrainConfig:
         if self.image_size is not None:
             size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else (self.image_size,)
             object.__setattr__(self, "image_size", size * 2 if len(size) == 1 else size)
-        for f in dataclasses.fields(self):
+        for f in run_fields():
             _validate(f, getattr(self, f.name))
         if not self.backbone or not self.method:
             raise ValueError("backbone and method must be non-empty names")
@@ -272,22 +322,19 @@ class TrainConfig:
             raise ValueError("resize_to_source and resize_to_target contradict each other; give one")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
-        if not self.im_weight >= 0:
-            raise ValueError(f"im_weight must be >= 0, got {self.im_weight}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("lr", "lr_discriminator", "margin"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.source_only and not (self.magnet or self.adversarial):
-            raise ValueError("--no-magnet and --no-adversarial together leave nothing to train; use --source-only")
 
     @property
     def overridden(self) -> Tuple[str, ...]:
-        """The preset settings whose value differs from the preset's."""
-        return tuple(n for n in PRESET_FIELDS if getattr(self, n) != PRESETS[self.preset][n])
+        """The preset settings, the run's and the method's, whose value differs from the preset's."""
+        run = [n for n in PRESET_FIELDS if getattr(self, n) != PRESETS[self.preset][n]]
+        cls = type(self.settings)
+        own = [f.name for f in dataclasses.fields(cls) if f.name not in cls.outside_presets
+               and getattr(self.settings, f.name) != cls.preset_value(self.preset, f.name)]
+        return tuple(run + own)
 
     @property
     def effective_subset_seed(self) -> int:
@@ -299,21 +346,31 @@ class TrainConfig:
         return cls(preset=preset, **{k: v for k, v in overrides.items() if v is not None})
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` (run or method settings, by name). A change of method starts
+        from the new method's settings for the preset; otherwise the method's settings carry over."""
+        values = {f.name: getattr(self, f.name) for f in run_fields()}
+        if changes.get("method", self.method) == self.method:
+            values["settings"] = self.settings
+        return TrainConfig(**{**values, **changes})
 
     def to_dict(self) -> Dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["betas"] = list(self.betas)
-        values["image_size"] = None if self.image_size is None else list(self.image_size)
+        """The run's settings and the method's, flat, as config.json holds them."""
+        values = {f.name: getattr(self, f.name) for f in run_fields()}
+        values.update(dataclasses.asdict(self.settings))
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         values["overridden"] = list(self.overridden)
         return values
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys (e.g. from a newer version) are refused."""
+        """Inverse of :meth:`to_dict`; keys that are no setting of the run or of its method are
+        refused (e.g. from a newer version), except the other methods' settings that configs
+        saved before the methods declared their own held."""
         values = {k: v for k, v in values.items() if k not in DERIVED}
         values.setdefault("precision", "fp32")  # saved before the setting existed: every run trained in float32
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        own = {f.name for f in dataclasses.fields(settings_class(values.get("method", "madda")))}
+        values = {k: v for k, v in values.items() if k in own or k not in LEGACY_METHOD_SETTINGS}
+        unknown = set(values) - own - {f.name for f in run_fields()}
         if unknown:
             raise ValueError(f"unknown config settings: {', '.join(sorted(unknown))}")
         return cls(**values)
@@ -322,6 +379,11 @@ class TrainConfig:
     def load(cls, path: str) -> "TrainConfig":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def run_fields() -> Tuple["dataclasses.Field[Any]", ...]:
+    """TrainConfig's own settings (not the method's)."""
+    return tuple(f for f in dataclasses.fields(TrainConfig) if f.name != "settings")
 
 
 def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
@@ -358,5 +420,6 @@ def _validate(f: "dataclasses.Field[Any]", value: Any) -> None:
         raise ValueError(f"{f.name} must be an integer >= {meta['minimum']}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES", "METHOD_SETTINGS",
+__all__ = ["TrainConfig", "MethodSettings", "setting", "set_settings_lookup", "settings_class", "run_fields",
+           "PRESETS", "PRESET_FIELDS", "PRESET_TARGET_LABELS", "SELECTION_SCORES", "LEGACY_METHOD_SETTINGS",
            "AUGMENTATIONS", "PRECISIONS"]

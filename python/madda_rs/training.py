@@ -242,7 +242,7 @@ class _Run:
         source_model = source_stage.model
         if self.writer is not None:
             self.writer.save_model(SOURCE_MODEL_FILE, source_model, config, config.epochs_source)
-        predictor = self.method.predictor(source_model, data.src_train, config.k, config.threads, self.parallel)
+        predictor = self.method.predictor(source_model, data.src_train, config, self.parallel)
         source_acc = predictor.accuracy(source_model, data.src_test) if data.src_test is not None else None
         source_only = target_scores(predictor, source_model, data, config.seed)
         final, target_model, guard = source_only, source_model, None
@@ -273,7 +273,7 @@ class _Run:
         assert self.writer is not None
         self.writer.save_array(SOURCE_EMBEDDINGS_FILE, predictor.emb)
         self.writer.save_array(SOURCE_LABELS_FILE, predictor.labels)
-        self.writer.write_json(PREDICTOR_FILE, {"predictor": predictor.kind, "k": self.config.k,
+        self.writer.write_json(PREDICTOR_FILE, {"predictor": predictor.kind, "k": predictor.k,
                                                 "class_names": list(self.data.class_names),
                                                 "shape": list(self.data.src_train.shape)})
 

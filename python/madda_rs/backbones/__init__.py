@@ -11,7 +11,10 @@ declares what every consumer needs and nothing else reads from its insides:
 * ``augmentation``: the augmentation that suits its images ('digits': small affine warps;
   'photo': random resized crops, flips and colour jitter);
 * where its trunk ends: ``forward(x) = neck(trunk(scale(x)))``. ``trunk`` is what
-  ``magnet_scope='fc'`` cuts from the graph; ``neck`` maps the trunk's output to the features.
+  ``magnet_scope='fc'`` cuts from the graph; ``neck`` maps the trunk's output to the features;
+* its trunk's stages, where it runs them through :meth:`Backbone.stages` (``splits_trunk``): then
+  ``--recompute-activations`` keeps only the stages' outputs for the backward pass and recomputes
+  the rest (activation checkpointing), for large images on little memory.
 
 Every backbone takes images in madda_rs's one scale, float (N, C, H, W) in [-1, 1] (pixel / 255
 * 2 - 1), and carries its own input normalisation as a layer (:class:`InputScaling`), so the data
@@ -23,8 +26,9 @@ A module dropped into this package is found by :func:`discover`; one elsewhere i
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from torch import nn
@@ -71,10 +75,29 @@ class Backbone(nn.Module):
     # before the images are read), and a shape to build at for that check
     size_free_weights: bool = True
     default_shape: Tuple[int, int, int] = (3, 224, 224)
+    splits_trunk: bool = False  # its trunk runs through stages(): --recompute-activations applies
 
     def __init__(self, in_shape: Tuple[int, int, int]) -> None:
         super().__init__()
         self.in_shape = tuple(int(v) for v in in_shape)
+        # a training-time switch (TrainConfig.recompute_activations), not part of the model
+        self.recompute_activations = False
+
+    def stages(self, stages: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """`x` through `stages` in turn. With :attr:`recompute_activations`, while training with
+        gradients, each stage keeps only its input for the backward pass and runs again there
+        (torch.utils.checkpoint; the recomputation leaves batch-norm running statistics alone,
+        so they move once per step as without it). The values and gradients are the same."""
+        if not (self.recompute_activations and self.training and torch.is_grad_enabled()):
+            for stage in stages:
+                x = stage(x)
+            return x
+        from torch.utils.checkpoint import checkpoint
+
+        for stage in stages:
+            x = checkpoint(stage, x, use_reentrant=False,
+                           context_fn=lambda stage=stage: (_nothing(), _frozen_batch_stats(stage)))
+        return x
 
     def scaling(self, x: torch.Tensor) -> torch.Tensor:
         """The input normalisation (identity unless the backbone has an :class:`InputScaling`)."""
@@ -105,6 +128,30 @@ class Backbone(nn.Module):
         (default: this backbone); keys starting with one of `ignore` are skipped."""
         state = read_state_file(path)
         load_checked(module if module is not None else self, state, path, ignore=ignore)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _frozen_batch_stats(module: nn.Module) -> Iterator[None]:
+    """Batch norms in `module` normalise by the batch as before but leave their running statistics
+    unchanged (momentum 0): a recomputed forward pass must not count the batch twice."""
+    norms: List[nn.modules.batchnorm._BatchNorm] = [m for m in module.modules()
+                                                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def read_state_file(path: str) -> Dict[str, torch.Tensor]:

@@ -50,8 +50,10 @@ class ResNetCifar(Backbone):
         self.features = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
+    splits_trunk = True
+
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        return self.stages([self.features[:3], *self.features[3:]], x)  # the stem, then each block
 
     def neck(self, t: torch.Tensor) -> torch.Tensor:
         return self.pool(t)

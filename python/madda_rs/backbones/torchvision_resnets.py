@@ -51,10 +51,12 @@ class TorchvisionResNet(Backbone):
         self.input_scaling = InputScaling(3, IMAGENET_MEAN, IMAGENET_STD)
         self.net = net
 
+    splits_trunk = True
+
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        stem = nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool)  # not registered: the state dict stays torchvision's
+        return self.stages([stem, *n.layer1, *n.layer2, *n.layer3, *n.layer4], x)  # the stem, then each block
 
     def neck(self, t: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(t), 1)

@@ -15,6 +15,7 @@ and scikit-learn load inside the functions, so importing this module stays cheap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data import display_name
-from ..run.folder import NOT_GROUPED, SOURCE_MODEL_FILE, TARGET_MODEL_FILE, experiment_key, load_run
+from ..run.folder import (
+    NOT_GROUPED,
+    SOURCE_MODEL_FILE,
+    TARGET_MODEL_FILE,
+    experiment_key,
+    load_run,
+    saved_method_settings,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -381,11 +389,13 @@ def _title(config: Dict[str, Any]) -> str:
 
 def _group_labels(configs: List[Dict[str, Any]]) -> List[str]:
     """Each group's title, plus the settings in which the groups differ (so no two read alike)."""
-    from ..config import PRESET_FIELDS
+    from ..config import PRESET_FIELDS, MethodSettings
 
-    # the preset's name already says what its fields hold; list them only where they were overridden
-    shown = NOT_GROUPED | {"src", "tgt", "method", "preset"} | (set(PRESET_FIELDS) - {
-        k for c in configs for k in c.get("overridden", [])})
+    # the preset's name already says what its fields (the run's and the method's) hold; list them
+    # only where they were overridden
+    own = {f.name for c in configs for f in dataclasses.fields(saved_method_settings(c) or MethodSettings)}
+    shown = NOT_GROUPED | {"src", "tgt", "method", "preset"} | (set(PRESET_FIELDS) | own) - {
+        k for c in configs for k in c.get("overridden", [])}
     keys = sorted({k for c in configs for k in c} - shown)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     return [_title(c) + "".join(f", {k}={c.get(k)}" for k in varying) for c in configs]

@@ -2,8 +2,9 @@
 
 A method is a subclass of :class:`Method` decorated with ``@register_method("NAME")``. It owns
 its two stages (stage 1 on the labelled source, stage 2 adapting to the target), how it labels
-target images (:attr:`Method.predictor`), the settings it refuses (:meth:`Method.check`), the
-name of its runs' folders and the centres a figure draws. Everything else (``--method``, config
+target images (:attr:`Method.predictor`), its settings (:attr:`Method.settings`, a
+:class:`~madda_rs.config.MethodSettings` dataclass with their values under each preset), what tune
+searches, the name of its runs' folders and the centres a figure draws. Everything else (``--method``, config
 checks, ``reproduce``'s run names, reports, plots, ``eval``) asks :func:`get_method`.
 
 A module dropped into this package is found by :func:`discover`; one elsewhere is named as
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
+from ..config import MethodSettings, set_settings_lookup
 from ..plugins import import_package_modules, lookup
 
 if TYPE_CHECKING:  # the registry itself imports nothing heavy; methods import torch
@@ -47,22 +49,24 @@ class Method:
         """Stage 2: adapts a model to the target; its ``.output`` is the model scored and saved."""
         raise NotImplementedError
 
-    def predictor(self, model: "EmbeddingNet", source: "ImageSet", k: int, threads: Optional[int],
-                  parallel: Optional["Parallel"] = None) -> "KnnPredictor":
-        """How a target image gets its label: by default the kNN vote over source embeddings."""
+    def predictor(self, model: "EmbeddingNet", source: "ImageSet", config: "TrainConfig",
+                  parallel: Optional["Parallel"] = None, k: Optional[int] = None) -> "KnnPredictor":
+        """How a target image gets its label: by default the vote of the `k` (else the method's
+        setting ``k``) nearest source embeddings."""
         from ..run.processes import Parallel
         from ..scores.predictors import KnnPredictor
 
-        return KnnPredictor(model, source, k, threads, parallel or Parallel())
+        return KnnPredictor(model, source, k or config.k, config.threads, parallel or Parallel())
 
-    # The method settings (madda_rs.config.METHOD_SETTINGS) this method reads; any other one set
-    # away from its preset's value (or its default) is refused by check_config, naming it.
-    reads: Tuple[str, ...] = ()
-    # Settings a search (madda-rs tune) may vary for this method, with their candidate values.
+    # The settings this method reads beyond the run's: a frozen MethodSettings dataclass declared
+    # in its module, with their values under each preset. A config refuses any other one by name.
+    settings: Type[MethodSettings] = MethodSettings
+    # Settings a search (madda-rs tune) may vary for this method (its own or the run's), with their
+    # candidate values; 'schedule' is (epochs_source, epochs_target).
     search_space: Dict[str, Tuple[Any, ...]] = {}
 
     def check(self, config: "TrainConfig") -> None:
-        """Raise ValueError naming settings this method refuses beyond those it does not read."""
+        """Raise ValueError (one line) for a combination of settings this method cannot run."""
 
     def run_name(self, config: "TrainConfig") -> str:
         """The method part of reproduce's run-folder names."""
@@ -98,6 +102,10 @@ def register_method(name: str) -> Callable[[M], M]:
         known = _REGISTRY.get(name)
         if known is not None and type(known).__qualname__ != cls.__qualname__:
             raise ValueError(f"method {name!r} is already registered by {type(known).__module__}")
+        _check_settings(name, cls.settings)
+        if cls.predictor is Method.predictor and "k" not in cls.settings.__dataclass_fields__:
+            raise TypeError(f"method {name!r} votes by its k nearest source embeddings (the default predictor): "
+                            f"its settings must declare k")
         method = cls()
         method.name = name
         _REGISTRY[name] = method
@@ -106,36 +114,43 @@ def register_method(name: str) -> Callable[[M], M]:
     return add
 
 
+def _check_settings(name: str, settings: Any) -> None:
+    """A method's settings class must be a frozen MethodSettings dataclass whose presets name
+    known presets and its own fields (caught when the method registers, not at a run)."""
+    import dataclasses
+
+    from ..config import PRESETS, run_fields
+
+    if not (isinstance(settings, type) and issubclass(settings, MethodSettings) and dataclasses.is_dataclass(settings)
+            and settings.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"method {name!r}: settings must be a @dataclass(frozen=True) subclass of MethodSettings")
+    fields = {f.name for f in dataclasses.fields(settings)}
+    clash = fields & {f.name for f in run_fields()}
+    if clash:
+        raise ValueError(f"method {name!r}: {', '.join(sorted(clash))} already name run settings")
+    for preset, values in settings.presets.items():
+        if preset not in PRESETS or set(values) - fields or set(values) & set(settings.outside_presets):
+            raise ValueError(f"method {name!r}: presets must map preset names ({', '.join(PRESETS)}) to its own "
+                             f"settings (not those outside_presets); got {preset!r}: {sorted(values)}")
+
+
 def discover() -> None:
     """Import every module of this package, so each registers its methods."""
     import_package_modules(__path__, __name__)
 
 
-def unread_settings(method: Method, config: "TrainConfig") -> Tuple[str, ...]:
-    """The method settings set in `config` (away from the preset's value, or from the field's
-    default for settings no preset holds) that `method` does not read."""
-    import dataclasses
-
-    from ..config import METHOD_SETTINGS, PRESET_FIELDS, PRESETS, TrainConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    neutral = {n: PRESETS[config.preset][n] if n in PRESET_FIELDS else defaults[n] for n in METHOD_SETTINGS}
-    return tuple(n for n in METHOD_SETTINGS if n not in method.reads and getattr(config, n) != neutral[n])
-
-
 def check_config(config: "TrainConfig") -> Method:
-    """The config's method, after refusing (ValueError, one line) a setting it does not read or
-    otherwise refuses, an unknown backbone, or weights that do not fit it. Every entry point calls
-    it before any work: train(), the CLI, tune."""
+    """The config's method, after refusing (ValueError, one line) a combination it cannot run,
+    an unknown backbone, or weights that do not fit it (a setting the method does not read is
+    refused when the config is made). Every entry point calls it before any work: train(), the
+    CLI, tune."""
     from ..backbones import check_backbone
 
-    check_backbone(config.backbone, config.weights, config.download)
+    backbone = check_backbone(config.backbone, config.weights, config.download)
+    if config.recompute_activations and not backbone.splits_trunk:
+        raise ValueError(f"--recompute-activations: backbone {backbone.name} does not run its trunk in stages "
+                         f"(Backbone.stages), so there is nothing to recompute; drop the flag")
     method = get_method(config.method)
-    unread = unread_settings(method, config)
-    if unread:
-        flags = ", ".join("--" + n.replace("_", "-") for n in unread)
-        raise ValueError(f"--method {config.method} does not read {flags}; drop {'it' if len(unread) == 1 else 'them'} "
-                         f"(the method's settings: {', '.join(method.reads) or 'none'})")
     method.check(config)
     return method
 
@@ -152,4 +167,6 @@ def get_method(spec: str) -> Method:
     return lookup(_REGISTRY, spec, "method")
 
 
-__all__ = ["Method", "register_method", "get_method", "method_names", "discover", "check_config", "unread_settings"]
+set_settings_lookup(lambda spec: get_method(spec).settings)  # TrainConfig asks it for a method's settings
+
+__all__ = ["Method", "register_method", "get_method", "method_names", "discover", "check_config"]

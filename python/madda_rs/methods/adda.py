@@ -20,7 +20,11 @@ from ..models import EmbeddingNet
 from ..run.processes import Parallel
 from ..scores.predictors import ClassifierPredictor, KnnPredictor
 from . import Method, register_method
-from .common import AdversarialTargetStage, BatchResult, SourceStage
+from .common import AdversarialSettings, AdversarialTargetStage, BatchResult, SourceStage
+
+# The k of ADDA's runs' label-free scores that vote by neighbours (reverse accuracy's kNN): the
+# paper preset's, as every ADDA run has used. ADDA's own labels come from its classifier.
+SCORE_K = 2
 
 
 class SoftmaxSourceStage(SourceStage):
@@ -48,10 +52,6 @@ class AddaTargetStage(AdversarialTargetStage):
         return self.parallel.mean(self.adversarial_epoch(self.batches(epoch), None))
 
 
-# M-ADDA's metric-model settings, which ADDA's classifier does not take
-_METRIC_ONLY = ("augment", "im_weight", "ema_decay", "guard")
-
-
 @register_method("adda")
 class Adda(Method):
     summary = "softmax source classifier, adversarial only (Tzeng et al. 2017, the paper's baseline)"
@@ -65,20 +65,18 @@ class Adda(Method):
                      device: torch.device, parallel: Parallel) -> AddaTargetStage:
         return AddaTargetStage(config, source_model, data, device, parallel)
 
-    def predictor(self, model: EmbeddingNet, source: ImageSet, k: int, threads: Optional[int],
-                  parallel: Optional[Parallel] = None) -> ClassifierPredictor:
-        return ClassifierPredictor(model, source, k, threads, parallel or Parallel())
+    def predictor(self, model: EmbeddingNet, source: ImageSet, config: TrainConfig,
+                  parallel: Optional[Parallel] = None, k: Optional[int] = None) -> ClassifierPredictor:
+        return ClassifierPredictor(model, source, k or SCORE_K, config.threads, parallel or Parallel())
 
-    # the adversarial stage's settings; the triplet model's, the magnet's and the kNN vote's are M-ADDA's
-    reads = ("adversarial_passes", "lr_discriminator")
+    # the adversarial stage's settings; the triplet model's, the magnet's and the kNN vote's are
+    # M-ADDA's. Its presets are the paper's and the released code's (improved and labelfree are
+    # M-ADDA's own recipes).
+    settings = AdversarialSettings
 
     def check(self, config: TrainConfig) -> None:
-        # the improved and labelfree presets set M-ADDA's metric-model settings themselves
-        extras = [n for n in _METRIC_ONLY if getattr(config, n)]
-        extras += ["magnet_labels"] if config.magnet_labels != "nearest" else []
-        if extras:
-            raise ValueError(f"{', '.join(extras)} belong to M-ADDA's metric model; --method adda takes "
-                             f"none of them (use --preset paper or official with it)")
+        if config.augment:
+            raise ValueError("--augment belongs to M-ADDA's recipes; --method adda trains on the images as they are")
 
     def run_name(self, config: TrainConfig) -> str:
         return "adda"  # its runs predate presets in run names; the preset shows in config.json

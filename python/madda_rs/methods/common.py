@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ..config import MethodSettings, TrainConfig, setting
 from ..data.images import ImageSet
 from ..data.run_data import RunData
 from ..losses import confusion_loss, discriminator_loss
@@ -25,6 +26,22 @@ from ..models import Discriminator, EmbeddingNet, ModelSpec, build_model
 from ..run.precision import Precision
 from ..run.processes import Parallel
 from ..run.streams import seeded_init, torch_generator
+
+
+@dataclass(frozen=True)
+class AdversarialSettings(MethodSettings):
+    """The settings of the adversarial stage 2 (:class:`AdversarialTargetStage`), which every
+    adversarial method reads: a method's settings subclass this to add its own."""
+
+    adversarial_passes: int = setting(1, "adversarial passes over the batches per target epoch (Alg. 2: one)",
+                                      type=int, minimum=0)
+    lr_discriminator: float = setting(1e-4, "Adam learning rate of the discriminator", type=float)
+
+    presets = {"paper": {}, "official": dict(adversarial_passes=3)}  # the released code's three passes
+
+    def __post_init__(self) -> None:
+        if not self.lr_discriminator > 0:
+            raise ValueError(f"lr_discriminator must be > 0, got {self.lr_discriminator}")
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
@@ -152,6 +169,7 @@ class SourceStage:
         self.epochs = config.epochs_source
         with seeded_init(config.seed, "init_source"):
             model = build_model(ModelSpec(config.backbone, source.shape, out_dim))
+        model.encoder.recompute_activations = config.recompute_activations
         if config.weights is not None:  # pretrained: the backbone's own weights replace its initial draw
             model.encoder.load_weights(config.weights, download=config.download)
         # channels-last weights: LeNet's training step ran 1.5-1.7x faster so on a 2-core CPU
@@ -204,18 +222,21 @@ class SourceStage:
 class AdversarialTargetStage:
     """Stage 2's adversarial part (ADDA, and M-ADDA's Eq. 3): a target model initialised from the
     frozen source model, a discriminator on encoder features, their optimisers, and a mean-teacher
-    copy of the target model when ``config.ema_decay`` > 0 (the stage's :attr:`output`)."""
+    copy of the target model when `ema_decay` > 0 (the stage's :attr:`output`). The config's
+    method reads :class:`AdversarialSettings`."""
 
     name = "target"
     shown: Tuple[str, ...] = ("d_loss", "d_acc")
 
     def __init__(self, config: TrainConfig, source_model: EmbeddingNet, data: RunData, device: torch.device,
-                 parallel: Parallel) -> None:
+                 parallel: Parallel, ema_decay: float = 0.0) -> None:
         self.config, self.data, self.device, self.parallel = config, data, device, parallel
+        self.ema_decay = ema_decay
         self.epochs = config.epochs_target
         self.source_model = source_model.eval().requires_grad_(False)  # frozen: M_S in Eq. 3
         self.augmentation = config.augmentation or source_model.encoder.augmentation
         self.target = copy.deepcopy(source_model).train().requires_grad_(True)
+        self.target.encoder.recompute_activations = config.recompute_activations
         with seeded_init(config.seed, "init_discriminator"):
             self.disc = Discriminator(source_model.encoder.feature_dim).to(device)
         parallel.broadcast(self.disc)
@@ -223,7 +244,7 @@ class AdversarialTargetStage:
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
         self.precision = Precision(config.precision, device)
         # the mean teacher: an exponential moving average of the target model's weights
-        self.teacher = copy.deepcopy(self.target).eval().requires_grad_(False) if config.ema_decay > 0 else None
+        self.teacher = copy.deepcopy(self.target).eval().requires_grad_(False) if ema_decay > 0 else None
 
     @property
     def output(self) -> EmbeddingNet:
@@ -244,7 +265,7 @@ class AdversarialTargetStage:
         """The target model's optimiser step, then the teacher's moving-average update."""
         self.precision.step(self.opt_t)
         if self.teacher is not None:
-            ema_update(self.teacher, self.target, self.config.ema_decay)
+            ema_update(self.teacher, self.target, self.ema_decay)
 
     def adversarial_epoch(self, gen: torch.Generator, warp: Optional[torch.Generator]) -> Dict[str, float]:
         """`config.adversarial_passes` passes over paired source and target batches: a
@@ -313,5 +334,5 @@ class AdversarialTargetStage:
         self.opt_d.load_state_dict(state["opt_discriminator"])
 
 
-__all__ = ["guard_verdict", "GUARD_ENTROPY_DROP", "epoch_batches", "augment", "adam", "zero_grad", "mean",
-           "ema_update", "SourceStage", "AdversarialTargetStage"]
+__all__ = ["AdversarialSettings", "guard_verdict", "GUARD_ENTROPY_DROP", "epoch_batches", "augment", "adam",
+           "zero_grad", "mean", "ema_update", "SourceStage", "AdversarialTargetStage"]

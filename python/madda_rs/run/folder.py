@@ -12,9 +12,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 
-from ..config import PRESET_FIELDS, TrainConfig
+from ..config import LEGACY_METHOD_SETTINGS, PRESET_FIELDS, MethodSettings, TrainConfig, run_fields, settings_class
 
 if TYPE_CHECKING:  # torch loads when a model or checkpoint is read or written, so reports stay light
     import torch
@@ -35,7 +35,8 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PROGRESS_FILE, SOURCE_M
 # Where and how a run executes, not what it computes: a resume may change them, and they neither
 # split a report's groups nor tell two of reproduce's runs apart. (The run folder itself, --out,
 # is not a setting.)
-RUN_ONLY = ("device", "data_dir", "download", "threads", "eval_every", "checkpoint_every", "workers", "stream_above_mb")
+RUN_ONLY = ("device", "data_dir", "download", "threads", "eval_every", "checkpoint_every", "workers", "stream_above_mb",
+            "recompute_activations")
 # Seeds vary within one experiment: a report's group spans them.
 REPLICATES = ("seed", "subset_seed")
 # Kept on resume, yet not a different experiment: bitwise determinism, and which checkpoint a
@@ -62,13 +63,28 @@ def experiment_key(config: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:
     """What makes two runs the same experiment (a report's group): every setting but the
     run-only ones, the seeds and :data:`SAME_EXPERIMENT`. A setting that a saved config lacks
     (added since) counts at its default, as :meth:`TrainConfig.load` reads it, so a new setting
-    does not split old runs from new ones. (Preset settings stay as saved: filling them from the
+    does not split old runs from new ones; a method setting counts at the method's value for the
+    run's preset, and the other methods' settings that configs saved before the methods declared
+    their own held are dropped. (Run settings of the preset stay as saved: filling them from the
     preset would regroup the committed records.)"""
     values = {**_ADDED_DEFAULTS, **config}
+    settings = saved_method_settings(values)
+    if settings is not None:
+        own = {f.name: settings.preset_value(values.get("preset", "paper"), f.name)
+               for f in dataclasses.fields(settings)}
+        values = {k: v for k, v in {**own, **values}.items() if k in own or k not in LEGACY_METHOD_SETTINGS}
     return tuple(sorted((k, json.dumps(v)) for k, v in values.items() if k not in NOT_GROUPED))
 
 
-_ADDED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in PRESET_FIELDS}
+def saved_method_settings(config: Mapping[str, Any]) -> Optional[Type[MethodSettings]]:
+    """The settings class of a saved config's method; None for a plug-in method no longer found."""
+    try:
+        return settings_class(config.get("method", "madda"))
+    except (ValueError, ImportError, OSError):
+        return None
+
+
+_ADDED_DEFAULTS = {f.name: f.default for f in run_fields() if f.name not in PRESET_FIELDS}
 _ADDED_DEFAULTS["precision"] = "fp32"  # what runs saved before the setting trained in (TrainConfig.from_dict)
 
 
@@ -174,4 +190,4 @@ class RunFolder:
 
 
 __all__ = ["RunFolder", "RUN_FILES", "RUN_ONLY", "REPLICATES", "NOT_GROUPED", "resume_conflicts", "with_run_settings",
-           "experiment_key", "load_run", "model_file", "load_model"]
+           "experiment_key", "saved_method_settings", "load_run", "model_file", "load_model"]

@@ -110,12 +110,10 @@ def evaluate_run(
     changes: Dict[str, Any] = {"device": device}
     if data_dir is not None:
         changes["data_dir"] = data_dir
-    if k is not None:
-        changes["k"] = k
     config = config.replace(**changes)
     dev = resolve_device(config.device)
     data = prepare_data(config, source=source, target=target, target_test=target_test, source_test=source_test)
-    source_model, target_model, predictor = _saved_models(folder, config, data, dev)
+    source_model, target_model, predictor = _saved_models(folder, config, data, dev, k)
     scores = target_scores(predictor, target_model, data, config.seed)
     if data.src_test is not None:
         scores["source_accuracy"] = predictor.accuracy(source_model, data.src_test)
@@ -141,13 +139,14 @@ def _saved_run(run_dir: str) -> Tuple[RunFolder, TrainConfig]:
     return folder, TrainConfig.load(str(folder.path / CONFIG_FILE))
 
 
-def _saved_models(folder: RunFolder, config: TrainConfig, data: RunData,
-                  device: torch.device) -> Tuple[EmbeddingNet, EmbeddingNet, KnnPredictor]:
-    """The run's source and target models, and its method's predictor over `data`'s source images."""
+def _saved_models(folder: RunFolder, config: TrainConfig, data: RunData, device: torch.device,
+                  k: Optional[int] = None) -> Tuple[EmbeddingNet, EmbeddingNet, KnnPredictor]:
+    """The run's source and target models, and its method's predictor over `data`'s source images
+    (with `k` neighbours in place of the run's, where given)."""
     from ..methods import get_method
 
     source_model = load_model(folder.path / SOURCE_MODEL_FILE, device)
-    predictor = get_method(config.method).predictor(source_model, data.src_train, config.k, config.threads)
+    predictor = get_method(config.method).predictor(source_model, data.src_train, config, k=k)
     return source_model, load_model(folder.path / TARGET_MODEL_FILE, device), predictor
 
 
