@@ -11,6 +11,7 @@ from madda_rs.scores.label_free import (
     deep_embedded_validation,
     information_maximisation,
     mean_entropy,
+    mixval,
     reverse_accuracy,
     soft_predictions,
 )
@@ -138,3 +139,44 @@ def test_class_ami_clusters_into_the_number_of_classes_so_a_collapse_scores_zero
     x, labels = _blobs()
     assert class_ami(x, labels, C, seed=0) == pytest.approx(1.0)
     assert class_ami(x, np.zeros(len(x), int), C, seed=0) == pytest.approx(0.0, abs=1e-9)
+
+
+def _quadrant(x):
+    """Four classes by the quadrant of a 2-d point: a fixed model whose mixes can change class."""
+    return (x[:, 0] > 0).astype(int) * 2 + (x[:, 1] > 0).astype(int)
+
+
+def test_mixval_matches_skadas_mixval_scorer():
+    metrics = pytest.importorskip("skada.metrics")
+    rng = np.random.default_rng(7)
+    src, tgt = rng.standard_normal((60, 2)), rng.standard_normal((300, 2)) + 0.3
+
+    class Fixed:
+        def fit(self, x, y=None, **kw):
+            return self
+
+        def predict(self, x, sample_domain=None, **kw):
+            return _quadrant(x)
+
+        def score(self, x, y, sample_domain=None, **kw):
+            return float((_quadrant(x) == y).mean())
+
+    x = np.concatenate([src, tgt])
+    y = np.r_[_quadrant(src), -np.ones(len(tgt), int)]
+    sample_domain = np.r_[np.ones(len(src), int), -np.ones(len(tgt), int)]
+    theirs = metrics.MixValScorer(random_state=0)(Fixed(), x, y, sample_domain=sample_domain)
+    ours = mixval(_quadrant, tgt, np.random.RandomState(0).permutation(len(tgt)))
+    assert 0.3 < ours < 0.95  # mixes across quadrants change class: neither trivial end
+    assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_mixval_rewards_labels_that_mixes_keep():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((400, 2))
+    order = rng.permutation(len(x))
+    # a mix at 0.55 of two points on one side of a line through the origin stays on that side, so
+    # a half-plane rule keeps the first point's label more often than a rule by distance from the
+    # origin, which mixing moves inward
+    half_plane = mixval(lambda z: (z[:, 0] > 0).astype(int), x, order)
+    radial = mixval(lambda z: (np.hypot(z[:, 0], z[:, 1]) > 1).astype(int), x, order)
+    assert half_plane > 0.75 and radial < half_plane - 0.1

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from madda_rs.experiments.votes import (
+    MIXVAL_KEY,
     candidate_votes,
     collect_predictions,
     ensemble_agreement,
@@ -99,3 +100,18 @@ def test_ensv_picks_the_candidate_closest_to_the_candidates_majority(dev_runs, t
     ensv = next(line for line in markdown.splitlines() if line.startswith("| EnsV"))
     assert ensv.split(" | ")[1] == "0.300"  # the bad runs (0.6) picked on all three tasks, whose best is 0.9
     assert "| EnsV" not in votes_markdown(runs, {k: v for k, v in predictions.items() if not k.startswith("a-")})
+
+
+def test_mixval_picks_the_candidate_with_the_highest_stored_score(dev_runs):
+    # MixVal's scores live in the predictions store beside the predictions (MIXVAL_KEY); it picks
+    # the highest, whatever the other figures say; a run without one leaves MixVal out
+    store = {f"{t}-{kind}": np.array([0, 1]) for t in "abc" for kind in ("good", "bad")}
+    store.update({MIXVAL_KEY.format(run=f"{t}-{kind}"): np.float64(score) for t in "abc"
+                  for kind, score in (("good", 0.8), ("bad", 0.7))})
+    row = next(line for line in votes_markdown(dev_runs, store).splitlines() if line.startswith("| MixVal"))
+    assert row.split(" | ")[1] == "0.000"  # the good run (0.9) picked on every task
+    store.update({MIXVAL_KEY.format(run=f"{t}-bad"): np.float64(0.9) for t in "abc"})
+    row = next(line for line in votes_markdown(dev_runs, store).splitlines() if line.startswith("| MixVal"))
+    assert row.split(" | ")[1] == "0.300"
+    del store[MIXVAL_KEY.format(run="a-good")]
+    assert "| MixVal" not in votes_markdown(dev_runs, store)

@@ -44,15 +44,21 @@ def _filtered(vote: Callable[[List[Final]], int]) -> Callable[[List[Final]], int
     return pick
 
 
+def _mixval(finals: List[Final]) -> int:
+    """MixVal (Hu et al. 2023): the candidate whose predictions mixed target images keep most
+    (``mixval``, filled in by :func:`with_mixval` from the stored scores)."""
+    return int(np.argmax([f.get("mixval", -np.inf) for f in finals]))
+
+
 def _ensv(finals: List[Final]) -> int:
     """EnsV (Hu et al. 2024): the candidate whose predictions agree most with the candidates'
     majority vote (``ensv``, filled in by :func:`with_ensemble_agreement`)."""
     return int(np.argmax([f.get("ensv", -np.inf) for f in finals]))
 
 
-def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int]]:
+def candidate_votes(ensv: bool = False, mixval: bool = False) -> Dict[str, Callable[[List[Final]], int]]:
     """Every vote rated: tune's, its source-filtered form, each selection score alone, and EnsV
-    where every task's runs have their predictions."""
+    and MixVal where every task's runs have their predictions and MixVal scores."""
     votes = {"IM + BNM + ClassAMI (tune's vote before EnsV)": _rank_vote(TUNE_VOTE),
              "source filter, then IM + BNM + ClassAMI": _filtered(_rank_vote(TUNE_VOTE)),
              "source filter, then ClassAMI": _filtered(_rank_vote(("class_ami",)))}
@@ -60,15 +66,21 @@ def candidate_votes(ensv: bool = False) -> Dict[str, Callable[[List[Final]], int
     if ensv:
         votes["EnsV (agreement with the candidates' majority)"] = _ensv
         votes["source filter, then EnsV"] = _filtered(_ensv)
+    if mixval:
+        votes["MixVal (Hu et al. 2023)"] = _mixval
     return votes
 
 
+MIXVAL_KEY = "{run}:mixval"  # a run's MixVal score in the store, beside its predictions
+
+
 def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.ndarray]:
-    """{run name: its target training predictions}, kept in `store` (an .npz committed beside the
-    table: run folders keep only config.json and metrics.json), computed for runs not in it whose
-    model files are at hand (madda_rs.scores.evaluate.target_predictions: what each final evaluation
-    scored)."""
-    from ..scores.evaluate import target_predictions
+    """{run name: its target training predictions, and MIXVAL_KEY: its MixVal score}, kept in
+    `store` (an .npz committed beside the table: run folders keep only config.json and
+    metrics.json), computed for runs not in it whose model files are at hand
+    (madda_rs.scores.evaluate: target_predictions, what each final evaluation scored, and
+    target_mixval)."""
+    from ..scores.evaluate import target_mixval, target_predictions
 
     known: Dict[str, np.ndarray] = {}
     if store.is_file():
@@ -77,8 +89,13 @@ def collect_predictions(run_dirs: Sequence[str], store: Path) -> Dict[str, np.nd
     added = False
     for d in run_dirs:
         name = Path(d).name
-        if name not in known and (Path(d) / "target.pt").is_file():
+        if not (Path(d) / "target.pt").is_file():
+            continue
+        if name not in known:
             known[name] = target_predictions(d).astype(np.int16)
+            added = True
+        if MIXVAL_KEY.format(run=name) not in known:
+            known[MIXVAL_KEY.format(run=name)] = np.float64(target_mixval(d))
             added = True
     if added:
         np.savez_compressed(store, **known)
@@ -98,6 +115,19 @@ def with_ensemble_agreement(tasks: Dict[str, List[Tuple[str, Final]]],
     return complete
 
 
+def with_mixval(tasks: Dict[str, List[Tuple[str, Final]]], store: Dict[str, np.ndarray]) -> bool:
+    """Fill in each run's ``mixval`` from `store` (:data:`MIXVAL_KEY`); True when every run has one."""
+    complete = True
+    for runs in tasks.values():
+        for name, final in runs:
+            key = MIXVAL_KEY.format(run=name)
+            if key in store:
+                final["mixval"] = float(store[key])
+            else:
+                complete = False
+    return complete
+
+
 def finals_by_task(run_dirs: Sequence[str]) -> Dict[str, List[Tuple[str, Final]]]:
     """{task (source -> target, seed): [(run, its final figures)]} over runs scored on a target test set."""
     tasks: Dict[str, List[Tuple[str, Final]]] = defaultdict(list)
@@ -110,10 +140,11 @@ def finals_by_task(run_dirs: Sequence[str]) -> Dict[str, List[Tuple[str, Final]]
     return dict(tasks)
 
 
-def regrets(tasks: Dict[str, List[Tuple[str, Final]]], ensv: bool = False) -> Dict[str, Dict[str, float]]:
+def regrets(tasks: Dict[str, List[Tuple[str, Final]]], ensv: bool = False,
+            mixval: bool = False) -> Dict[str, Dict[str, float]]:
     """{vote: {task: best accuracy - the picked run's accuracy}}."""
     out: Dict[str, Dict[str, float]] = {}
-    for name, vote in candidate_votes(ensv).items():
+    for name, vote in candidate_votes(ensv, mixval).items():
         out[name] = {}
         for task, runs in tasks.items():
             finals = [f for _, f in runs]
@@ -139,12 +170,13 @@ def leave_one_task_out(table: Dict[str, Dict[str, float]]) -> Dict[str, Tuple[st
 
 
 def votes_markdown(run_dirs: Sequence[str], predictions: Optional[Dict[str, np.ndarray]] = None) -> str:
-    """The votes' regret table and leave-one-task-out choice; EnsV among the votes when
-    `predictions` covers every run."""
+    """The votes' regret table and leave-one-task-out choice; EnsV and MixVal among the votes
+    when `predictions` (:func:`collect_predictions`) covers every run."""
     tasks = finals_by_task(run_dirs)
     if len(tasks) < 2:
         return "fewer than two development tasks with scored runs: nothing to rate the votes on"
-    table = regrets(tasks, ensv=with_ensemble_agreement(tasks, predictions or {}))
+    table = regrets(tasks, ensv=with_ensemble_agreement(tasks, predictions or {}),
+                    mixval=with_mixval(tasks, predictions or {}))
     names = sorted(tasks)
     sizes = sorted({len(runs) for runs in tasks.values()})
     lines = [f"{len(tasks)} development tasks, {'/'.join(map(str, sizes))} candidate runs each; the target "
@@ -166,4 +198,4 @@ def votes_markdown(run_dirs: Sequence[str], predictions: Optional[Dict[str, np.n
 
 
 __all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown",
-           "ensemble_agreement", "collect_predictions", "with_ensemble_agreement"]
+           "ensemble_agreement", "collect_predictions", "with_ensemble_agreement", "with_mixval", "MIXVAL_KEY"]

@@ -23,6 +23,7 @@ from .label_free import (
     information_maximisation,
     label_free_figures,
     mean_entropy,
+    mixval,
     nearest_center_labels,
     reverse_accuracy,
     soft_neighbourhood_density,
@@ -150,4 +151,22 @@ def _saved_models(folder: RunFolder, config: TrainConfig, data: RunData, device:
     return source_model, load_model(folder.path / TARGET_MODEL_FILE, device), predictor
 
 
-__all__ = ["target_scores", "confusion", "evaluate_run", "target_predictions", "SOURCE_CHECK_IMAGES"]
+def target_mixval(run_dir: str, data: Optional[RunData] = None, device: str = "cpu") -> float:
+    """MixVal (:func:`~madda_rs.scores.label_free.mixval`) of a finished run on its target
+    training images: its method's predictor over its saved models, images paired in an order
+    drawn from the run's 'mixval' stream. Reads no label."""
+    folder, config = _saved_run(run_dir)
+    data = data if data is not None else prepare_data(config)
+    dev = resolve_device(device)
+    _, target_model, predictor = _saved_models(folder, config, data, dev)
+    images = torch.cat(list(data.tgt_train.stream(torch.arange(len(data.tgt_train)).split(512), dev))).cpu().numpy()
+    order = numpy_rng(config.seed, "mixval").permutation(len(images))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return predictor.predict_embedded(embed(target_model, torch.from_numpy(x.astype(np.float32)).to(dev)))
+
+    return mixval(predict, images, order)
+
+
+__all__ = ["target_scores", "confusion", "evaluate_run", "target_predictions", "target_mixval",
+           "SOURCE_CHECK_IMAGES"]

@@ -8,7 +8,7 @@ and its entry in that table (docs/extending.md).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -166,7 +166,27 @@ def nearest_center_labels(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.n
     return np.unique(ref_labels)[native.knn_search(class_means(ref_emb, ref_labels), emb, 1)[1][:, 0]]
 
 
-__all__ = ["SELECTION_SCORES", "LABELLED_TUNING_SCORES", "ensemble_agreement", "label_free_figures",
+MIXVAL_ALPHA = 0.55  # Hu et al. 2023's (and skada's MixValScorer's) mixing weight
+
+
+def mixval(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, order: np.ndarray,
+           alpha: float = MIXVAL_ALPHA) -> float:
+    """MixVal (Hu et al. 2023), as skada's ``MixValScorer(ice_type='both')`` computes it: each
+    target image is mixed with image ``order[i]`` (``alpha`` of the first), the mix should get
+    the first image's predicted label; the score is the mean of that agreement over pairs the
+    model labels alike and over pairs it labels apart (either alone where the other is empty).
+    `predict` maps model inputs (N, ...) to labels; `order` is a permutation of the images."""
+    labels = np.asarray(predict(images))
+    other = labels[order]
+    mixed = alpha * images + (1 - alpha) * images[order]
+    wanted = labels if alpha >= 0.5 else other
+    agree = np.asarray(predict(mixed)) == wanted
+    parts = [agree[mask].mean() for mask in (labels == other, labels != other) if mask.any()]
+    return float(np.mean(parts))
+
+
+__all__ = ["SELECTION_SCORES", "LABELLED_TUNING_SCORES", "ensemble_agreement", "mixval", "MIXVAL_ALPHA",
+           "label_free_figures",
            "soft_neighbourhood_density", "soft_predictions", "class_spread", "information_maximisation",
            "batch_nuclear_norm", "mean_entropy", "class_ami", "deep_embedded_validation", "reverse_accuracy",
            "class_means", "nearest_center_labels"]
