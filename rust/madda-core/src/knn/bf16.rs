@@ -177,25 +177,33 @@ impl Source {
 
 /// Target rows `t0..t0 + rows`, centred and split, with each row's centred norm bound.
 pub(super) struct Targets {
-    /// `[row][segment hi, lo][pair]`, rows padded with zeros to `padded_rows`.
+    /// Row-major, `[row][segment hi, lo][pair]`; or, for the AMX kernel, whole tiles:
+    /// `[16-row panel][segment][chunk][16 rows][16 pairs]`. Rows past `rows` are zero.
     pub rows: Vec<u32>,
     pub norms: Vec<f64>,
 }
 
 impl Targets {
-    pub(super) fn new(tgt: &Rows<'_>, t0: usize, rows: usize, padded_rows: usize, source: &Source) -> Self {
+    pub(super) fn new(tgt: &Rows<'_>, t0: usize, rows: usize, padded_rows: usize, source: &Source, tiles: bool) -> Self {
         let (d, pairs) = (tgt.cols, source.pairs);
         let mut packed = vec![0u32; padded_rows * 2 * pairs];
         let mut norms = Vec::with_capacity(rows);
         let mut c = vec![0f32; d + 1];
+        let chunks = pairs / CHUNK_PAIRS;
         for r in 0..rows {
             norms.push(norm_bound(centre(tgt.row(t0 + r), &source.mean, &mut c[..d])));
             c[d] = 0.0;
-            let out = &mut packed[r * 2 * pairs..(r + 1) * 2 * pairs];
             for p in 0..d.div_ceil(2) {
                 let ((h0, l0), (h1, l1)) = (split(c[2 * p]), split(c[2 * p + 1]));
-                out[p] = pair(h0, h1);
-                out[pairs + p] = pair(l0, l1);
+                for (seg, v) in [(0, pair(h0, h1)), (1, pair(l0, l1))] {
+                    let at = if tiles {
+                        let (panel, m, chunk, q) = (r / GROUP, r % GROUP, p / CHUNK_PAIRS, p % CHUNK_PAIRS);
+                        (((panel * 2 + seg) * chunks + chunk) * GROUP + m) * CHUNK_PAIRS + q
+                    } else {
+                        (r * 2 + seg) * pairs + p
+                    };
+                    packed[at] = v;
+                }
             }
         }
         Targets { rows: packed, norms }
@@ -312,7 +320,7 @@ pub(super) fn scan_block(
     #[cfg(target_arch = "x86_64")]
     {
         let padded = rows.next_multiple_of(if kernel == Kernel::AmxBf16 { 2 * GROUP } else { MR });
-        let targets = Targets::new(tgt, t0, rows, padded, source);
+        let targets = Targets::new(tgt, t0, rows, padded, source, kernel == Kernel::AmxBf16);
         let windows = targets.norms.iter().map(|&x| 2.0 * source.error_bound(x, tgt.cols)).collect();
         let mut finder = BlockSearch::with_windows(k, windows);
         match kernel {
@@ -419,61 +427,78 @@ pub(super) mod amx {
         let rows = finder.candidates.len();
         let pairs = source.pairs;
         let seg = pairs * GROUP;
-        let t_stride = 2 * pairs * 4;
-        let mut out = Block([[0.0; GROUP * GROUP]; 4]);
-        for g in (0..source.norms.len() / GROUP).step_by(2) {
+        let chunks = pairs / CHUNK_PAIRS;
+        // one tile of targets: 16 rows of one chunk, 1 KiB contiguous
+        let tile = GROUP * CHUNK_PAIRS;
+        // Two result buffers: a block's threshold test runs while the tiles multiply the next
+        // block, so the AVX-512 work overlaps the AMX work instead of waiting for it.
+        let mut out = [Block([[0.0; GROUP * GROUP]; 4]), Block([[0.0; GROUP * GROUP]; 4])];
+        let mut pending: Option<(usize, usize, usize)> = None;
+        let test_block = |finder: &mut BlockSearch, out: &Block, g: usize, r0: usize| {
             let norms = [
                 _mm512_loadu_ps(source.norms.as_ptr().add(g * GROUP)),
                 _mm512_loadu_ps(source.norms.as_ptr().add((g + 1) * GROUP)),
             ];
+            for m in 0..(2 * GROUP).min(rows - r0) {
+                let (a, b) = if m < GROUP { (0, 1) } else { (2, 3) };
+                let row = (m % GROUP) * GROUP;
+                let dots = [_mm512_loadu_ps(out.0[a][row..].as_ptr()), _mm512_loadu_ps(out.0[b][row..].as_ptr())];
+                test_row(finder, r0 + m, dots, norms, g * GROUP);
+            }
+        };
+        let mut slot = 0;
+        for g in (0..source.norms.len() / GROUP).step_by(2) {
             let s0 = source.packed.as_ptr().add(g * 2 * seg);
             let s1 = s0.add(2 * seg);
             for r0 in (0..rows).step_by(2 * GROUP) {
                 let ta = targets.rows.as_ptr().add(r0 * 2 * pairs);
                 let tb = ta.add(GROUP * 2 * pairs);
+                let t_lo = chunks * tile;
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
                      options(nostack, nomem, preserves_flags));
-                for c in 0..pairs / CHUNK_PAIRS {
-                    let (to, so) = (c * CHUNK_PAIRS, c * CHUNK_PAIRS * GROUP);
-                    let [(_, _), (_, sl), (tl, _)] = SEGMENTS;
-                    // hi.hi
-                    load!(4, ta.add(to), t_stride);
-                    load!(5, tb.add(to), t_stride);
-                    load!(6, s0.add(so), 64usize);
-                    load!(7, s1.add(so), 64usize);
-                    dot!(0, 4, 6);
-                    dot!(1, 4, 7);
-                    dot!(2, 5, 6);
-                    dot!(3, 5, 7);
-                    // hi.lo
+                for c in 0..chunks {
+                    let (to, so) = (c * tile, c * CHUNK_PAIRS * GROUP);
+                    let [_, (_, sl), (tl, _)] = SEGMENTS;
+                    let (bh0, bh1) = (s0.add(so), s1.add(so));
+                    // hi.lo, then hi.hi (new source tiles only), then lo.hi (new target tiles
+                    // only): a tile register is not renamed, so a load waits for the multiplies
+                    // that read its old contents; reloading half the operands per step keeps
+                    // the other half's multiplies running meanwhile.
+                    load!(4, ta.add(to), 64usize);
                     load!(6, s0.add(sl * seg + so), 64usize);
-                    load!(7, s1.add(sl * seg + so), 64usize);
                     dot!(0, 4, 6);
+                    load!(7, s1.add(sl * seg + so), 64usize);
                     dot!(1, 4, 7);
+                    load!(5, tb.add(to), 64usize);
                     dot!(2, 5, 6);
                     dot!(3, 5, 7);
-                    // lo.hi
-                    load!(4, ta.add(tl * pairs + to), t_stride);
-                    load!(5, tb.add(tl * pairs + to), t_stride);
-                    load!(6, s0.add(so), 64usize);
-                    load!(7, s1.add(so), 64usize);
+                    load!(6, bh0, 64usize);
+                    dot!(0, 4, 6);
+                    dot!(2, 5, 6);
+                    load!(7, bh1, 64usize);
+                    dot!(1, 4, 7);
+                    dot!(3, 5, 7);
+                    load!(4, ta.add(tl * t_lo + to), 64usize);
                     dot!(0, 4, 6);
                     dot!(1, 4, 7);
+                    load!(5, tb.add(tl * t_lo + to), 64usize);
                     dot!(2, 5, 6);
                     dot!(3, 5, 7);
                 }
-                let o = out.0.as_mut_ptr() as *mut f32;
+                if let Some((pg, pr0, ps)) = pending {
+                    test_block(finder, &out[ps], pg, pr0);
+                }
+                let o = out[slot].0.as_mut_ptr() as *mut f32;
                 asm!("tilestored [{o} + {s}*1], tmm0", "tilestored [{o1} + {s}*1], tmm1",
                      "tilestored [{o2} + {s}*1], tmm2", "tilestored [{o3} + {s}*1], tmm3",
                      o = in(reg) o, o1 = in(reg) o.add(256), o2 = in(reg) o.add(512), o3 = in(reg) o.add(768),
                      s = in(reg) 64usize, options(nostack, preserves_flags));
-                for m in 0..(2 * GROUP).min(rows - r0) {
-                    let (a, b) = if m < GROUP { (0, 1) } else { (2, 3) };
-                    let row = (m % GROUP) * GROUP;
-                    let dots = [_mm512_loadu_ps(out.0[a][row..].as_ptr()), _mm512_loadu_ps(out.0[b][row..].as_ptr())];
-                    test_row(finder, r0 + m, dots, norms, g * GROUP);
-                }
+                pending = Some((g, r0, slot));
+                slot ^= 1;
             }
+        }
+        if let Some((pg, pr0, ps)) = pending {
+            test_block(finder, &out[ps], pg, pr0);
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
     }
@@ -494,5 +519,45 @@ mod tests {
         // ties to even
         assert_eq!(bf16_bits(f32::from_bits(0x3F80_8000)), 0x3F80);
         assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod amx_probe {
+    #[test]
+    #[ignore]
+    fn probe_tdpbf16ps_rate() {
+        use std::arch::asm;
+        if !super::amx::available() {
+            return;
+        }
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t] = 64;
+            cfg[48 + t] = 16;
+        }
+        let buf = vec![0u8; 64 * 1024];
+        for (name, loads) in [("dp only", 0), ("dp + 2 loads per 4 dp", 2), ("dp + 4 loads per 4 dp", 4)] {
+            let n = 20_000_000u64;
+            let start = std::time::Instant::now();
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr());
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7");
+                for i in 0..n / 4 {
+                    let p = buf.as_ptr().add(((i % 32) * 1024) as usize);
+                    if loads >= 2 {
+                        asm!("tileloadd tmm4, [{p} + {s}*1]", "tileloadd tmm6, [{q} + {s}*1]", p = in(reg) p, q = in(reg) p.add(2048), s = in(reg) 64usize);
+                    }
+                    if loads >= 4 {
+                        asm!("tileloadd tmm5, [{p} + {s}*1]", "tileloadd tmm7, [{q} + {s}*1]", p = in(reg) p.add(4096), q = in(reg) p.add(8192), s = in(reg) 64usize);
+                    }
+                    asm!("tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7", "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7");
+                }
+                asm!("tilerelease");
+            }
+            let s = start.elapsed().as_secs_f64();
+            println!("{name}: {:.1} ns per tdpbf16ps, {:.0} GFLOP/s one core", s / n as f64 * 1e9, n as f64 * 16.0 * 16.0 * 32.0 * 2.0 / s / 1e9);
+        }
     }
 }
