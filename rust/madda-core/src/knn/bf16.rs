@@ -65,13 +65,17 @@ pub(super) fn fallback_cap(k: usize, n_src: usize) -> usize {
 
 /// `x` rounded to the nearest bf16 (ties to even), as the top 16 bits of a float32; values
 /// below the smallest normal become zero, as bf16 hardware would read them.
+#[inline(always)]
 fn bf16_bits(x: f32) -> u16 {
-    if x.abs() < f32::MIN_POSITIVE {
-        return 0;
-    }
     let bits = x.to_bits();
-    // finite inputs only (checked by `Rows::new`), so no NaN care is needed
-    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+    // finite inputs only (checked by `Rows::new`), so no NaN care is needed; branch-free, so
+    // the packing loops vectorise
+    let rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.abs() < f32::MIN_POSITIVE {
+        0
+    } else {
+        rounded
+    }
 }
 
 fn bf16_value(b: u16) -> f32 {
@@ -79,6 +83,7 @@ fn bf16_value(b: u16) -> f32 {
 }
 
 /// The (hi, lo) bf16 pair of `c`: `hi + lo` is within `u^2 |c| + m` of `c`.
+#[inline(always)]
 fn split(c: f32) -> (u16, u16) {
     let hi = bf16_bits(c);
     // exact: hi is c rounded to 8 significant bits, so c - hi fits in float32
@@ -104,14 +109,18 @@ pub(super) struct Source {
     pub packed: Vec<u32>,
 }
 
-/// The centred float32 value of every column of `row`, rounded once from float64.
-fn centre(row: &[f32], mean: &[f32], out: &mut [f32]) -> f64 {
-    let mut sq = 0f64;
-    for ((o, &v), &m) in out.iter_mut().zip(row).zip(mean) {
+/// One row centred and split: `hi[i] + lo[i]` approximates `row[i] - mean[i]` (each centred value
+/// rounded once from float64 to float32, then split); slices past the row's length stay zero.
+/// Returns the squared norm of the centred float32 row.
+fn centre_split(row: &[f32], mean: &[f32], c: &mut [f32], hi: &mut [u16], lo: &mut [u16]) -> f64 {
+    let d = row.len();
+    for ((o, &v), &m) in c[..d].iter_mut().zip(row).zip(mean) {
         *o = (v as f64 - m as f64) as f32;
-        sq += *o as f64 * *o as f64;
     }
-    sq
+    for ((&v, h), l) in c[..d].iter().zip(&mut hi[..d]).zip(&mut lo[..d]) {
+        (*h, *l) = split(v);
+    }
+    super::sq_norm(&c[..d])
 }
 
 /// Inflates a float64 norm computed from centred float32 values to bound the exact one.
@@ -126,12 +135,20 @@ impl Source {
         let pairs = d.div_ceil(2).next_multiple_of(CHUNK_PAIRS);
         // whole pairs of groups: the kernels take 32 source rows at a time
         let groups = 2 * src.rows.div_ceil(2 * GROUP);
-        let mut sum = vec![0f64; d];
-        for j in 0..src.rows {
-            for (a, &v) in sum.iter_mut().zip(src.row(j)) {
-                *a += v as f64;
-            }
-        }
+        let sum = pool.install(|| {
+            src.data
+                .par_chunks(d * 1024)
+                .map(|rows| {
+                    let mut sum = vec![0f64; d];
+                    for row in rows.chunks_exact(d) {
+                        for (a, &v) in sum.iter_mut().zip(row) {
+                            *a += v as f64;
+                        }
+                    }
+                    sum
+                })
+                .reduce(|| vec![0f64; d], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect())
+        });
         let mean: Vec<f32> = sum.iter().map(|&s| (s / src.rows.max(1) as f64) as f32).collect();
         let mut packed = vec![0u32; groups * 2 * pairs * GROUP];
         let mut norms = vec![f32::NAN; groups * GROUP];
@@ -141,17 +158,15 @@ impl Source {
                 .zip(norms.par_chunks_mut(GROUP))
                 .enumerate()
                 .map(|(g, (block, norms))| {
-                    let mut c = vec![0f32; d + 1];
+                    let (mut c, mut hi, mut lo) = (vec![0f32; d], vec![0u16; d + 1], vec![0u16; d + 1]);
                     let mut max_sq = 0f64;
                     for lane in 0..GROUP.min(src.rows.saturating_sub(g * GROUP)) {
-                        let sq = centre(src.row(g * GROUP + lane), &mean, &mut c[..d]);
+                        let sq = centre_split(src.row(g * GROUP + lane), &mean, &mut c, &mut hi, &mut lo);
                         norms[lane] = sq as f32;
                         max_sq = f64::max(max_sq, sq);
-                        c[d] = 0.0;
                         for p in 0..d.div_ceil(2) {
-                            let ((h0, l0), (h1, l1)) = (split(c[2 * p]), split(c[2 * p + 1]));
-                            block[p * GROUP + lane] = pair(h0, h1);
-                            block[(pairs + p) * GROUP + lane] = pair(l0, l1);
+                            block[p * GROUP + lane] = pair(hi[2 * p], hi[2 * p + 1]);
+                            block[(pairs + p) * GROUP + lane] = pair(lo[2 * p], lo[2 * p + 1]);
                         }
                     }
                     max_sq
@@ -188,14 +203,12 @@ impl Targets {
         let (d, pairs) = (tgt.cols, source.pairs);
         let mut packed = vec![0u32; padded_rows * 2 * pairs];
         let mut norms = Vec::with_capacity(rows);
-        let mut c = vec![0f32; d + 1];
+        let (mut c, mut hi, mut lo) = (vec![0f32; d], vec![0u16; d + 1], vec![0u16; d + 1]);
         let chunks = pairs / CHUNK_PAIRS;
         for r in 0..rows {
-            norms.push(norm_bound(centre(tgt.row(t0 + r), &source.mean, &mut c[..d])));
-            c[d] = 0.0;
+            norms.push(norm_bound(centre_split(tgt.row(t0 + r), &source.mean, &mut c, &mut hi, &mut lo)));
             for p in 0..d.div_ceil(2) {
-                let ((h0, l0), (h1, l1)) = (split(c[2 * p]), split(c[2 * p + 1]));
-                for (seg, v) in [(0, pair(h0, h1)), (1, pair(l0, l1))] {
+                for (seg, v) in [(0, pair(hi[2 * p], hi[2 * p + 1])), (1, pair(lo[2 * p], lo[2 * p + 1]))] {
                     let at = if tiles {
                         let (panel, m, chunk, q) = (r / GROUP, r % GROUP, p / CHUNK_PAIRS, p % CHUNK_PAIRS);
                         (((panel * 2 + seg) * chunks + chunk) * GROUP + m) * CHUNK_PAIRS + q
@@ -524,10 +537,21 @@ mod tests {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod amx_probe {
+    use std::arch::asm;
+    macro_rules! ld {
+        ($t:literal, $p:expr) => {
+            asm!(concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"), p = in(reg) $p, s = in(reg) 64usize)
+        };
+    }
+    macro_rules! dp {
+        ($c:literal, $a:literal, $b:literal) => {
+            asm!(concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b))
+        };
+    }
+
     #[test]
     #[ignore]
     fn probe_tdpbf16ps_rate() {
-        use std::arch::asm;
         if !super::amx::available() {
             return;
         }
@@ -538,26 +562,44 @@ mod amx_probe {
             cfg[48 + t] = 16;
         }
         let buf = vec![0u8; 64 * 1024];
-        for (name, loads) in [("dp only", 0), ("dp + 2 loads per 4 dp", 2), ("dp + 4 loads per 4 dp", 4)] {
-            let n = 20_000_000u64;
+        for schedule in 0..3 {
+            let n = 600_000usize; // chunks of 12 dps
             let start = std::time::Instant::now();
             unsafe {
                 asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr());
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7");
-                for i in 0..n / 4 {
-                    let p = buf.as_ptr().add(((i % 32) * 1024) as usize);
-                    if loads >= 2 {
-                        asm!("tileloadd tmm4, [{p} + {s}*1]", "tileloadd tmm6, [{q} + {s}*1]", p = in(reg) p, q = in(reg) p.add(2048), s = in(reg) 64usize);
+                for i in 0..n {
+                    let b = buf.as_ptr().add((i % 4) * 12 * 1024);
+                    match schedule {
+                        0 => {
+                            // current: 2x2, hl / hh / lh
+                            ld!(4, b); ld!(6, b.add(1024)); dp!(0, 4, 6); ld!(7, b.add(2048)); dp!(1, 4, 7);
+                            ld!(5, b.add(3072)); dp!(2, 5, 6); dp!(3, 5, 7);
+                            ld!(6, b.add(4096)); dp!(0, 4, 6); dp!(2, 5, 6); ld!(7, b.add(5120)); dp!(1, 4, 7); dp!(3, 5, 7);
+                            ld!(4, b.add(6144)); dp!(0, 4, 6); dp!(1, 4, 7); ld!(5, b.add(7168)); dp!(2, 5, 6); dp!(3, 5, 7);
+                        }
+                        1 => {
+                            // 4 target panels x 1 source group: B hi, lo resident, A double-buffered
+                            ld!(6, b); ld!(7, b.add(1024));
+                            ld!(4, b.add(2048)); dp!(0, 4, 6); dp!(0, 4, 7); ld!(5, b.add(3072)); dp!(0, 5, 6);
+                            ld!(4, b.add(4096)); dp!(1, 4, 6); dp!(1, 4, 7); ld!(5, b.add(5120)); dp!(1, 5, 6);
+                            ld!(4, b.add(6144)); dp!(2, 4, 6); dp!(2, 4, 7); ld!(5, b.add(7168)); dp!(2, 5, 6);
+                            ld!(4, b.add(8192)); dp!(3, 4, 6); dp!(3, 4, 7); ld!(5, b.add(9216)); dp!(3, 5, 6);
+                        }
+                        _ => {
+                            // 4x1 with A loads interleaved one panel ahead
+                            ld!(6, b); ld!(4, b.add(2048)); ld!(7, b.add(1024));
+                            dp!(0, 4, 6); ld!(5, b.add(3072)); dp!(0, 4, 7); dp!(0, 5, 6);
+                            ld!(4, b.add(4096)); dp!(1, 4, 6); ld!(5, b.add(5120)); dp!(1, 4, 7); dp!(1, 5, 6);
+                            ld!(4, b.add(6144)); dp!(2, 4, 6); ld!(5, b.add(7168)); dp!(2, 4, 7); dp!(2, 5, 6);
+                            ld!(4, b.add(8192)); dp!(3, 4, 6); ld!(5, b.add(9216)); dp!(3, 4, 7); dp!(3, 5, 6);
+                        }
                     }
-                    if loads >= 4 {
-                        asm!("tileloadd tmm5, [{p} + {s}*1]", "tileloadd tmm7, [{q} + {s}*1]", p = in(reg) p.add(4096), q = in(reg) p.add(8192), s = in(reg) 64usize);
-                    }
-                    asm!("tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7", "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7");
                 }
                 asm!("tilerelease");
             }
             let s = start.elapsed().as_secs_f64();
-            println!("{name}: {:.1} ns per tdpbf16ps, {:.0} GFLOP/s one core", s / n as f64 * 1e9, n as f64 * 16.0 * 16.0 * 32.0 * 2.0 / s / 1e9);
+            println!("schedule {schedule}: {:.1} ns per tdpbf16ps", s / (12 * n) as f64 * 1e9);
         }
     }
 }
