@@ -6,8 +6,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import final
 
-__all__ = ["MAX_TRIPLETS", "default_threads", "knn_kernel", "knn_kernels", "knn_predict", "knn_search", "knn_search_stats",
-           "triplets"]
+__all__ = ["MAX_TRIPLETS", "default_threads", "knn_kernel", "knn_kernels", "knn_predict", "knn_search",
+           "knn_search_stats", "triplets"]
 
 MAX_TRIPLETS: int
 

@@ -32,6 +32,14 @@
 //! thread these paths need only the packed target block (rows x d floats). Elsewhere the
 //! `portable` kernel (the `gemm` crate's GEMM, then a threshold pass) runs; every kernel returns
 //! identical results, and `MADDA_KNN_KERNEL` can force a lower one.
+//!
+//! Where the CPU has AMX-BF16 (and Linux grants the tile state), the `amx-bf16` kernel (module
+//! `bf16`, whose doc states its error bound) finds the candidates with bf16 tile products
+//! instead: both sides centred by the source mean and split into hi + lo bf16 halves, three
+//! bf16 products per float32 one, a window `2E` from a rigorous bound on that arithmetic, then
+//! the same exact re-rank. A row whose candidates overflow goes through the float32 kernel again
+//! ([`SearchStats`] counts them). `avx512-bf16` runs the same pass with `vdpbf16ps`; on the
+//! Xeon it was written on it is slower than the AVX-512 kernel, so it runs only when named.
 
 use rayon::prelude::*;
 
@@ -141,10 +149,12 @@ impl Kernel {
 
     /// Parses a kernel name; `arg` names the argument (or variable) for the error.
     pub fn parse(arg: &'static str, name: &str) -> Result<Kernel, Error> {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| Error::arg(arg, format!("expected one of 'amx-bf16', 'avx512-bf16', 'avx512', 'avx2', 'portable', got {name:?}")))
+        Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            Error::arg(
+                arg,
+                format!("expected one of 'amx-bf16', 'avx512-bf16', 'avx512', 'avx2', 'portable', got {name:?}"),
+            )
+        })
     }
 
     /// Whether this CPU can run the kernel (checked at run time).
@@ -156,7 +166,9 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16"),
+            Kernel::Avx512Bf16 => {
+                std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(target_arch = "x86_64")]
             Kernel::AmxBf16 => std::is_x86_feature_detected!("avx512f") && bf16::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
@@ -624,8 +636,6 @@ impl BlockSearch {
     /// Bookkeeping for target rows `t0..t0 + rows`; `error_bound(|t|^2)` bounds the rounding
     /// error of one approximate distance of that row.
     fn new(tgt: &Rows<'_>, t0: usize, rows: usize, k: usize, error_bound: impl Fn(f64) -> f64) -> Self {
-        // Until a row's first prune its threshold is infinite and every source row is pushed; a low
-        // trigger ends that phase early (measured: 64 cost about 5% more than 16 at 2000 x 1800).
         let window = (0..rows).map(|r| 2.0 * error_bound(sq_norm(tgt.row(t0 + r)))).collect();
         BlockSearch::with_windows(k, window)
     }
@@ -633,6 +643,8 @@ impl BlockSearch {
     /// Bookkeeping for `window.len()` target rows, given each row's window `2E`.
     fn with_windows(k: usize, window: Vec<f64>) -> Self {
         let rows = window.len();
+        // Until a row's first prune its threshold is infinite and every source row is pushed; a low
+        // trigger ends that phase early (measured: 64 cost about 5% more than 16 at 2000 x 1800).
         let first_prune = (2 * k).max(16);
         let mut thr32 = vec![f32::NAN; rows.next_multiple_of(MAX_PANEL)];
         thr32[..rows].fill(f32::INFINITY);
@@ -1164,6 +1176,118 @@ mod tests {
         let tgt = lcg_floats(n_tgt * d, 12);
         for threads in [Some(1), Some(2), Some(3)] {
             check_both_paths(&src, &tgt, d, 10, threads);
+        }
+    }
+
+    /// Rows built so that bf16 arithmetic cannot see the difference between neighbours: tight
+    /// clusters of copies that differ by a few float32 ulps in a few columns (so the hi + lo
+    /// split rounds them alike), around centres far from the origin, with duplicates.
+    fn near_tie_clusters(n_src: usize, n_tgt: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let centres = lcg_floats(8 * d, seed).iter().map(|v| 50.0 + 10.0 * v).collect::<Vec<f32>>();
+        let noise = lcg_ints(n_src * d + n_tgt * d, seed + 1, 7);
+        let pick = lcg_ints(n_src + n_tgt, seed + 2, 8);
+        let row = |i: usize, out: &mut Vec<f32>| {
+            let c = &centres[pick[i] as usize * d..(pick[i] as usize + 1) * d];
+            for (col, &v) in c.iter().enumerate() {
+                // one column of four moved: by a few float32 ulps (below bf16's resolution) in
+                // odd rows, by up to 3/8 of a bf16 ulp in even rows (so bf16 rounds neighbours
+                // apart in either direction); the rest exact copies
+                let step = if i.is_multiple_of(2) { 1 << 13 } else { 1 };
+                let ulps = if col % 4 == i % 4 { (noise[i * d + col] as i32 - 3) * step } else { 0 };
+                out.push(f32::from_bits((v.to_bits() as i32 + ulps) as u32));
+            }
+        };
+        let (mut src, mut tgt) = (Vec::new(), Vec::new());
+        (0..n_src).for_each(|i| row(i, &mut src));
+        (n_src..n_src + n_tgt).for_each(|i| row(i, &mut tgt));
+        (src, tgt)
+    }
+
+    /// The bf16 (hi only) distance, as one bf16 rounding of each side would give it.
+    fn bf16_only_distance(t: &[f32], s: &[f32]) -> f64 {
+        let r = |v: f32| f32::from_bits((v.to_bits() + 0x7FFF + ((v.to_bits() >> 16) & 1)) & 0xFFFF_0000) as f64;
+        t.iter().zip(s).map(|(&a, &b)| (r(a) - r(b)).powi(2)).sum()
+    }
+
+    #[test]
+    fn every_kernel_exact_where_bf16_rounding_reorders_neighbours() {
+        for &d in &[3usize, 16, 64] {
+            let (src, tgt) = near_tie_clusters(1500, 60, d, d as u64);
+            // The data is adversarial: plain bf16 rounding ranks some true neighbours wrongly.
+            let want = brute(&src, &tgt, d, 5);
+            let swapped = want.iter().enumerate().any(|(i, w)| {
+                let t = &tgt[i * d..(i + 1) * d];
+                w.windows(2).any(|p| {
+                    let (a, b) = (&src[p[0] * d..(p[0] + 1) * d], &src[p[1] * d..(p[1] + 1) * d]);
+                    exact_sq_dist(t, a) < exact_sq_dist(t, b) && bf16_only_distance(t, a) > bf16_only_distance(t, b)
+                })
+            });
+            assert!(swapped || d == 3, "d {d}: no neighbour pair that bf16 rounding reorders");
+            for k in [1, 5, 40] {
+                check_both_paths(&src, &tgt, d, k, Some(2));
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_exact_on_duplicates_and_extreme_magnitudes() {
+        let d = 24;
+        let base = lcg_floats(300 * d, 21);
+        // duplicates: every source row three times, so ties go by index
+        let src: Vec<f32> = base.chunks(d).flat_map(|r| r.iter().chain(r).chain(r)).copied().collect();
+        let tgt = lcg_floats(50 * d, 22);
+        check_both_paths(&src, &tgt, d, 7, Some(2));
+        // huge: near the largest accepted magnitude, spread small against the offset
+        let limit = (f32::MAX as f64 / (8.0 * d as f64)).sqrt() as f32;
+        let huge = |v: &f32| 0.5 * limit + 0.01 * limit * v;
+        check_both_paths(
+            &src.iter().map(huge).collect::<Vec<_>>(),
+            &tgt.iter().map(huge).collect::<Vec<_>>(),
+            d,
+            4,
+            Some(2),
+        );
+        // tiny: squared distances in float32's subnormal range
+        let tiny = |v: &f32| 1e-21 * v;
+        check_both_paths(
+            &src.iter().map(tiny).collect::<Vec<_>>(),
+            &tgt.iter().map(tiny).collect::<Vec<_>>(),
+            d,
+            4,
+            Some(2),
+        );
+    }
+
+    #[test]
+    fn bf16_rows_that_overflow_fall_back_and_stay_exact() {
+        let d = 16;
+        let bf16: Vec<Kernel> = Kernel::available().into_iter().filter(|k| k.is_bf16()).collect();
+        let (src, tgt) = (lcg_floats(1300 * d, 31), lcg_floats(77 * d, 32));
+        let s = Rows::new("src_emb", &src, 1300, d).unwrap();
+        let t = Rows::new("tgt_emb", &tgt, 77, d).unwrap();
+        let want = knn_search_with(s, t, 6, Some(2), Kernel::Portable).unwrap();
+        for &kernel in &bf16 {
+            // Normal data: a handful of candidates per row, no fallback.
+            let (got, stats) = search(s, t, 6, Some(2), kernel, None).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!((stats.rows, stats.fallback_rows), (77, 0), "{kernel:?}");
+            assert!(stats.candidates >= 77 * 6 && stats.candidates < 77 * 40, "{kernel:?}: {stats:?}");
+            // A cap of zero: every row through the float32 kernel, the same answer.
+            let (got, stats) = search(s, t, 6, Some(2), kernel, Some(0)).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!(stats.fallback_rows, 77, "{kernel:?}");
+        }
+        // Tiny values: the bound's absolute floor makes every source row a candidate, more than
+        // the cap (1024), so every row falls back on its own.
+        let (src, tgt) =
+            (src.iter().map(|v| 1e-25 * v).collect::<Vec<_>>(), tgt.iter().map(|v| 1e-25 * v).collect::<Vec<_>>());
+        let s = Rows::new("src_emb", &src, 1300, d).unwrap();
+        let t = Rows::new("tgt_emb", &tgt, 77, d).unwrap();
+        let want = knn_search_with(s, t, 6, Some(2), Kernel::Portable).unwrap();
+        for &kernel in &bf16 {
+            let (got, stats) = search(s, t, 6, Some(2), kernel, None).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!(stats.fallback_rows, 77, "{kernel:?}");
         }
     }
 

@@ -199,7 +199,14 @@ pub(super) struct Targets {
 }
 
 impl Targets {
-    pub(super) fn new(tgt: &Rows<'_>, t0: usize, rows: usize, padded_rows: usize, source: &Source, tiles: bool) -> Self {
+    pub(super) fn new(
+        tgt: &Rows<'_>,
+        t0: usize,
+        rows: usize,
+        padded_rows: usize,
+        source: &Source,
+        tiles: bool,
+    ) -> Self {
         let (d, pairs) = (tgt.cols, source.pairs);
         let mut packed = vec![0u32; padded_rows * 2 * pairs];
         let mut norms = Vec::with_capacity(rows);
@@ -291,7 +298,10 @@ pub(super) unsafe fn scan_avx512(finder: &mut BlockSearch, targets: &Targets, so
     let seg = pairs * GROUP;
     for g in (0..groups).step_by(2) {
         let s_base = source.packed.as_ptr().add(g * 2 * seg);
-        let norms = [_mm512_loadu_ps(source.norms.as_ptr().add(g * GROUP)), _mm512_loadu_ps(source.norms.as_ptr().add((g + 1) * GROUP))];
+        let norms = [
+            _mm512_loadu_ps(source.norms.as_ptr().add(g * GROUP)),
+            _mm512_loadu_ps(source.norms.as_ptr().add((g + 1) * GROUP)),
+        ];
         for r0 in (0..rows).step_by(MR) {
             let t_base = targets.rows.as_ptr().add(r0 * 2 * pairs);
             let mut c = [[_mm512_setzero_ps(); 2]; MR];
@@ -306,7 +316,9 @@ pub(super) unsafe fn scan_avx512(finder: &mut BlockSearch, targets: &Targets, so
                         std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(s1.add(p * GROUP) as *const _)),
                     ];
                     for i in 0..MR {
-                        let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*t.add(i * 2 * pairs + p) as i32));
+                        let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                            *t.add(i * 2 * pairs + p) as i32
+                        ));
                         for j in 0..2 {
                             c[i][j] = _mm512_dpbf16_ps(c[i][j], x, y[j]);
                         }
@@ -467,8 +479,13 @@ pub(super) mod amx {
                 let ta = targets.rows.as_ptr().add(r0 * 2 * pairs);
                 let tb = ta.add(GROUP * 2 * pairs);
                 let t_lo = chunks * tile;
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                     options(nostack, nomem, preserves_flags));
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem, preserves_flags)
+                );
                 for c in 0..chunks {
                     let (to, so) = (c * tile, c * CHUNK_PAIRS * GROUP);
                     let [_, (_, sl), (tl, _)] = SEGMENTS;
@@ -521,6 +538,60 @@ pub(super) mod amx {
 mod tests {
     use super::*;
 
+    /// Values whose hi + lo split leaves the largest residual, all of one sign: bits 17-24 of the
+    /// significand 0111_1111 (just under half of the split's last unit), so every element's
+    /// error adds up instead of cancelling.
+    fn coherent(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let mantissa = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 9) & 0x7F_FF00;
+                f32::from_bits(0x3F80_0000 | mantissa | 0x7F)
+            })
+            .collect()
+    }
+
+    /// Every approximate distance of a bf16 kernel is within the bound `E` of the exact one, on
+    /// rows built so that the rounding errors add up; returns the largest |error| / E seen.
+    fn worst_error_ratio(kernel: Kernel, d: usize) -> f64 {
+        // Sources y and -y around a zero mean, so the centred values are the crafted ones.
+        let half = coherent(40 * d, 1);
+        let src: Vec<f32> = half.iter().copied().chain(half.iter().map(|v| -v)).collect();
+        let tgt = coherent(20 * d, 7);
+        let (s, t) = (Rows::new("s", &src, 80, d).unwrap(), Rows::new("t", &tgt, 20, d).unwrap());
+        let pool = crate::pool::get(Some(1));
+        let source = Source::new(&s, &pool);
+        assert!(source.mean.iter().all(|&m| m == 0.0));
+        // k = every source row: nothing is pruned, so every pair's approximate distance is kept.
+        let finder = scan_block(&source, &t, 0, 20, 80, kernel).unwrap();
+        let mut worst = 0f64;
+        for (r, cands) in finder.candidates.iter().enumerate() {
+            assert_eq!(cands.len(), 80);
+            let x = t.row(r);
+            let bound = finder.window[r] / 2.0;
+            for &(a, j) in cands {
+                let y = s.row(j as usize);
+                let exact: f64 = y.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
+                    - 2.0 * x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();
+                worst = worst.max((a as f64 - exact).abs() / bound);
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn error_bound_holds_where_rounding_errors_add_up() {
+        for kernel in [Kernel::AmxBf16, Kernel::Avx512Bf16] {
+            if !kernel.is_available() {
+                continue;
+            }
+            for d in [1, 16, 256, 1000] {
+                let ratio = worst_error_ratio(kernel, d);
+                println!("{kernel:?} d={d}: largest error / E = {ratio:.3}");
+                assert!(ratio <= 1.0, "{kernel:?}, d {d}: an approximate distance is {ratio:.2} E from the exact one");
+            }
+        }
+    }
+
     #[test]
     fn split_holds_sixteen_bits() {
         for &c in &[1.0f32, -3.7, 1e-30, 123456.78, 0.1, -2.5e7, 1.1754944e-38, 3e-39] {
@@ -532,74 +603,5 @@ mod tests {
         // ties to even
         assert_eq!(bf16_bits(f32::from_bits(0x3F80_8000)), 0x3F80);
         assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
-    }
-}
-
-#[cfg(all(test, target_arch = "x86_64"))]
-mod amx_probe {
-    use std::arch::asm;
-    macro_rules! ld {
-        ($t:literal, $p:expr) => {
-            asm!(concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"), p = in(reg) $p, s = in(reg) 64usize)
-        };
-    }
-    macro_rules! dp {
-        ($c:literal, $a:literal, $b:literal) => {
-            asm!(concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b))
-        };
-    }
-
-    #[test]
-    #[ignore]
-    fn probe_tdpbf16ps_rate() {
-        if !super::amx::available() {
-            return;
-        }
-        let mut cfg = [0u8; 64];
-        cfg[0] = 1;
-        for t in 0..8 {
-            cfg[16 + 2 * t] = 64;
-            cfg[48 + t] = 16;
-        }
-        let buf = vec![0u8; 64 * 1024];
-        for schedule in 0..3 {
-            let n = 600_000usize; // chunks of 12 dps
-            let start = std::time::Instant::now();
-            unsafe {
-                asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr());
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7");
-                for i in 0..n {
-                    let b = buf.as_ptr().add((i % 4) * 12 * 1024);
-                    match schedule {
-                        0 => {
-                            // current: 2x2, hl / hh / lh
-                            ld!(4, b); ld!(6, b.add(1024)); dp!(0, 4, 6); ld!(7, b.add(2048)); dp!(1, 4, 7);
-                            ld!(5, b.add(3072)); dp!(2, 5, 6); dp!(3, 5, 7);
-                            ld!(6, b.add(4096)); dp!(0, 4, 6); dp!(2, 5, 6); ld!(7, b.add(5120)); dp!(1, 4, 7); dp!(3, 5, 7);
-                            ld!(4, b.add(6144)); dp!(0, 4, 6); dp!(1, 4, 7); ld!(5, b.add(7168)); dp!(2, 5, 6); dp!(3, 5, 7);
-                        }
-                        1 => {
-                            // 4 target panels x 1 source group: B hi, lo resident, A double-buffered
-                            ld!(6, b); ld!(7, b.add(1024));
-                            ld!(4, b.add(2048)); dp!(0, 4, 6); dp!(0, 4, 7); ld!(5, b.add(3072)); dp!(0, 5, 6);
-                            ld!(4, b.add(4096)); dp!(1, 4, 6); dp!(1, 4, 7); ld!(5, b.add(5120)); dp!(1, 5, 6);
-                            ld!(4, b.add(6144)); dp!(2, 4, 6); dp!(2, 4, 7); ld!(5, b.add(7168)); dp!(2, 5, 6);
-                            ld!(4, b.add(8192)); dp!(3, 4, 6); dp!(3, 4, 7); ld!(5, b.add(9216)); dp!(3, 5, 6);
-                        }
-                        _ => {
-                            // 4x1 with A loads interleaved one panel ahead
-                            ld!(6, b); ld!(4, b.add(2048)); ld!(7, b.add(1024));
-                            dp!(0, 4, 6); ld!(5, b.add(3072)); dp!(0, 4, 7); dp!(0, 5, 6);
-                            ld!(4, b.add(4096)); dp!(1, 4, 6); ld!(5, b.add(5120)); dp!(1, 4, 7); dp!(1, 5, 6);
-                            ld!(4, b.add(6144)); dp!(2, 4, 6); ld!(5, b.add(7168)); dp!(2, 4, 7); dp!(2, 5, 6);
-                            ld!(4, b.add(8192)); dp!(3, 4, 6); ld!(5, b.add(9216)); dp!(3, 4, 7); dp!(3, 5, 6);
-                        }
-                    }
-                }
-                asm!("tilerelease");
-            }
-            let s = start.elapsed().as_secs_f64();
-            println!("schedule {schedule}: {:.1} ns per tdpbf16ps", s / (12 * n) as f64 * 1e9);
-        }
     }
 }
