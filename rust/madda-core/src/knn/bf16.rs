@@ -46,6 +46,9 @@
 //! for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`). Both keep the source in one packed
 //! copy shared by every thread (`2d` bf16 per row: as many bytes as the float32 rows).
 
+// The kernels are x86-64 only; elsewhere the packing and bound are compiled but never run.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use super::{BlockSearch, Kernel, Rows};
 
 /// bf16 unit roundoff.
