@@ -436,12 +436,13 @@ def test_triplets_never_panic(labels, mode, sq_shape, poison, margin, seed):
 @pytest.mark.parametrize("fn", [madda_rs._core.knn_search, madda_rs._core.knn_predict])
 def test_unknown_kernel(fn):
     args = (SRC, TGT) if fn is madda_rs._core.knn_search else (SRC, Y.astype(np.int64), TGT)
-    with pytest.raises(ValueError, match=r"kernel: expected one of 'avx512', 'avx2', 'portable', got \"sse2\""):
+    with pytest.raises(ValueError, match=r"kernel: expected one of 'amx-bf16', 'avx512-bf16', 'avx512', 'avx2', "
+                                         r"'portable', got \"sse2\""):
         fn(*args, 2, None, "sse2")
 
 
 def test_kernel_this_cpu_lacks():
-    missing = [k for k in ("avx512", "avx2") if k not in madda_rs._core.knn_kernels()]
+    missing = [k for k in ("amx-bf16", "avx512-bf16", "avx512", "avx2") if k not in madda_rs._core.knn_kernels()]
     if not missing:
         pytest.skip("this CPU runs every kernel")
     with pytest.raises(ValueError, match=rf"kernel: this CPU cannot run the \"{missing[0]}\" kernel"):
@@ -451,7 +452,8 @@ def test_kernel_this_cpu_lacks():
 @BOTH
 def test_unknown_kernel_in_environment(fn, monkeypatch):
     monkeypatch.setenv("MADDA_KNN_KERNEL", "fastest")
-    with pytest.raises(ValueError, match=r"MADDA_KNN_KERNEL: expected one of 'avx512', 'avx2', 'portable'"):
+    with pytest.raises(ValueError, match=r"MADDA_KNN_KERNEL: expected one of 'amx-bf16', 'avx512-bf16', 'avx512', "
+                                         r"'avx2', 'portable'"):
         call(fn)
     with pytest.raises(ValueError, match=r"MADDA_KNN_KERNEL"):
         madda_rs.knn_kernel()

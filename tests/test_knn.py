@@ -502,7 +502,7 @@ def _search_with(src, tgt, k, kernel, threads=2):
 
 def test_kernel_list_and_default():
     assert KERNELS[-1] == "portable"
-    assert set(KERNELS) <= {"avx512", "avx2", "portable"}
+    assert set(KERNELS) <= {"amx-bf16", "avx512-bf16", "avx512", "avx2", "portable"}
     assert madda_rs.knn_kernel() == KERNELS[0]
 
 

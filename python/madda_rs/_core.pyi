@@ -6,7 +6,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import final
 
-__all__ = ["MAX_TRIPLETS", "default_threads", "knn_kernel", "knn_kernels", "knn_predict", "knn_search", "triplets"]
+__all__ = ["MAX_TRIPLETS", "default_threads", "knn_kernel", "knn_kernels", "knn_predict", "knn_search",
+           "knn_search_stats", "triplets"]
 
 MAX_TRIPLETS: int
 
@@ -20,6 +21,17 @@ def knn_search(
     """(distances, indices), each (n_tgt, k); neighbours ordered by (squared distance, source index).
     Inputs must be C-contiguous float32. ``kernel`` (one of :func:`knn_kernels`) forces the inner
     loop; every kernel gives identical results."""
+
+def knn_search_stats(
+    src_emb: npt.NDArray[np.float32],
+    tgt_emb: npt.NDArray[np.float32],
+    k: int,
+    threads: Optional[int] = None,
+    kernel: Optional[str] = None,
+) -> Tuple[int, int, int]:
+    """Runs ``knn_search`` and returns what its bf16 candidate pass did: (target rows it searched,
+    candidates re-ranked exactly over the rows that did not fall back, rows whose candidates
+    overflowed and that the float32 kernel searched again). All zero for the float32 kernels."""
 
 def knn_predict(
     src_emb: npt.NDArray[np.float32],
@@ -86,8 +98,8 @@ def default_threads() -> int:
     """``MADDA_NUM_THREADS`` if set, else the number of CPUs."""
 
 def knn_kernel() -> str:
-    """The kNN kernel used when none is forced: ``"avx512"``, ``"avx2"`` or ``"portable"``, the
-    widest this CPU runs, capped by ``MADDA_KNN_KERNEL`` when set."""
+    """The kNN kernel used when none is forced: ``"amx-bf16"``, ``"avx512-bf16"``, ``"avx512"``,
+    ``"avx2"`` or ``"portable"``, the fastest this CPU runs, or ``MADDA_KNN_KERNEL`` when set."""
 
 def knn_kernels() -> List[str]:
     """The kNN kernels this CPU runs, fastest first (``"portable"`` always last)."""

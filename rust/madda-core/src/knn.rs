@@ -32,11 +32,21 @@
 //! thread these paths need only the packed target block (rows x d floats). Elsewhere the
 //! `portable` kernel (the `gemm` crate's GEMM, then a threshold pass) runs; every kernel returns
 //! identical results, and `MADDA_KNN_KERNEL` can force a lower one.
+//!
+//! Where the CPU has AMX-BF16 (and Linux grants the tile state), the `amx-bf16` kernel (module
+//! `bf16`, whose doc states its error bound) finds the candidates with bf16 tile products
+//! instead: both sides centred by the source mean and split into hi + lo bf16 halves, three
+//! bf16 products per float32 one, a window `2E` from a rigorous bound on that arithmetic, then
+//! the same exact re-rank. A row whose candidates overflow goes through the float32 kernel again
+//! ([`SearchStats`] counts them). `avx512-bf16` runs the same pass with `vdpbf16ps`; on the
+//! Xeon it was written on it is slower than the AVX-512 kernel, so it runs only when named.
 
 use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::pool;
+
+mod bf16;
 
 /// Rows of targets per task (upper bound; smaller when there are few targets, to feed every thread).
 const TARGET_BLOCK: usize = 256;
@@ -98,15 +108,19 @@ pub fn knn_search(src: Rows<'_>, tgt: Rows<'_>, k: usize, threads: Option<usize>
     knn_search_with(src, tgt, k, threads, Kernel::default_for_cpu()?)
 }
 
-/// Environment variable that caps the kNN kernel (`avx512`, `avx2` or `portable`): for
-/// measuring one kernel against another, and for testing the lower kernels on a CPU that has
-/// the higher ones.
+/// Environment variable that forces the kNN kernel (`amx-bf16`, `avx512-bf16`, `avx512`,
+/// `avx2` or `portable`): for measuring one kernel against another, and for testing the lower
+/// kernels on a CPU that has the higher ones.
 pub const KERNEL_ENV: &str = "MADDA_KNN_KERNEL";
 
 /// The inner loop of the kNN scan. Every kernel returns identical results (same candidates
 /// window, same float64 re-rank); they differ only in speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// AMX-BF16 tiles find the candidates (module `bf16`), the exact re-rank decides.
+    AmxBf16,
+    /// AVX512-BF16 `vdpbf16ps` finds the candidates (module `bf16`), the exact re-rank decides.
+    Avx512Bf16,
     /// AVX-512F: 32-row target panels, the threshold test fused into the multiply.
     Avx512,
     /// AVX2 + FMA: 16-row target panels, the threshold test fused into the multiply.
@@ -116,12 +130,17 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+    /// Every kernel, fastest first (as measured on an Intel Xeon with all of them: the
+    /// AVX512-BF16 pass needs three bf16 products per float32 one, and `vdpbf16ps` issues at
+    /// half the rate of float32 FMAs there, so it is slower than the AVX-512 kernel and runs
+    /// only when named).
+    pub const ALL: [Kernel; 5] = [Kernel::AmxBf16, Kernel::Avx512, Kernel::Avx512Bf16, Kernel::Avx2, Kernel::Portable];
 
     /// The name used by `MADDA_KNN_KERNEL` and the Python API.
     pub fn name(self) -> &'static str {
         match self {
+            Kernel::AmxBf16 => "amx-bf16",
+            Kernel::Avx512Bf16 => "avx512-bf16",
             Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
             Kernel::Portable => "portable",
@@ -130,10 +149,12 @@ impl Kernel {
 
     /// Parses a kernel name; `arg` names the argument (or variable) for the error.
     pub fn parse(arg: &'static str, name: &str) -> Result<Kernel, Error> {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| Error::arg(arg, format!("expected one of 'avx512', 'avx2', 'portable', got {name:?}")))
+        Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            Error::arg(
+                arg,
+                format!("expected one of 'amx-bf16', 'avx512-bf16', 'avx512', 'avx2', 'portable', got {name:?}"),
+            )
+        })
     }
 
     /// Whether this CPU can run the kernel (checked at run time).
@@ -144,6 +165,12 @@ impl Kernel {
             Kernel::Avx2 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => {
+                std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AmxBf16 => std::is_x86_feature_detected!("avx512f") && bf16::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -172,9 +199,34 @@ impl Kernel {
         Err(Error::arg(arg, format!("this CPU cannot run the {:?} kernel; it runs {names:?}", self.name())))
     }
 
+    /// Whether the kernel is a bf16 candidate pass (which re-checks with a float32 kernel).
+    fn is_bf16(self) -> bool {
+        matches!(self, Kernel::AmxBf16 | Kernel::Avx512Bf16)
+    }
+
+    /// The float32 kernel behind a bf16 one (for rows whose candidates overflow), else itself.
+    fn float32(self) -> Kernel {
+        match self {
+            Kernel::AmxBf16 | Kernel::Avx512Bf16 => Kernel::Avx512,
+            other => other,
+        }
+    }
+
+    /// Target rows per task, at most: the AMX kernel re-reads the whole source once per block
+    /// and is fast enough that this traffic shows, so its blocks are larger (1 MiB of packed
+    /// targets at d = 256, within a core's L2).
+    fn target_block(self) -> usize {
+        match self {
+            Kernel::AmxBf16 => 4 * TARGET_BLOCK,
+            _ => TARGET_BLOCK,
+        }
+    }
+
     /// Target rows per packed panel (the fused kernels' vector width).
     fn panel(self) -> usize {
         match self {
+            Kernel::AmxBf16 => 32,
+            Kernel::Avx512Bf16 => 14,
             Kernel::Avx512 => 32,
             Kernel::Avx2 => 16,
             Kernel::Portable => 1,
@@ -190,49 +242,142 @@ pub fn knn_search_with(
     threads: Option<usize>,
     kernel: Kernel,
 ) -> Result<Neighbors, Error> {
+    knn_search_counted(src, tgt, k, threads, kernel).map(|(nn, _)| nn)
+}
+
+/// What the bf16 candidate pass did in one search (all zero for the float32 kernels).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Target rows whose candidates the bf16 pass found.
+    pub rows: u64,
+    /// Candidates re-ranked exactly, summed over those rows that did not fall back.
+    pub candidates: u64,
+    /// Rows whose bf16 candidates overflowed, searched again by the float32 kernel.
+    pub fallback_rows: u64,
+}
+
+impl std::ops::Add for SearchStats {
+    type Output = SearchStats;
+    fn add(self, o: SearchStats) -> SearchStats {
+        SearchStats {
+            rows: self.rows + o.rows,
+            candidates: self.candidates + o.candidates,
+            fallback_rows: self.fallback_rows + o.fallback_rows,
+        }
+    }
+}
+
+/// [`knn_search_with`], also returning what the bf16 candidate pass did (for benchmarks and tests).
+pub fn knn_search_counted(
+    src: Rows<'_>,
+    tgt: Rows<'_>,
+    k: usize,
+    threads: Option<usize>,
+    kernel: Kernel,
+) -> Result<(Neighbors, SearchStats), Error> {
+    search(src, tgt, k, threads, kernel, None)
+}
+
+/// The search; `cap` overrides [`bf16::fallback_cap`] (tests force the fallback with it).
+fn search(
+    src: Rows<'_>,
+    tgt: Rows<'_>,
+    k: usize,
+    threads: Option<usize>,
+    kernel: Kernel,
+    cap: Option<usize>,
+) -> Result<(Neighbors, SearchStats), Error> {
     let kernel = kernel.require("kernel")?;
     check_shapes(&src, &tgt, k)?;
     let n_tgt = tgt.rows;
     let mut distances = vec![0f32; n_tgt * k];
     let mut indices = vec![0i64; n_tgt * k];
     if n_tgt == 0 {
-        return Ok(Neighbors { k, distances, indices });
+        return Ok((Neighbors { k, distances, indices }, SearchStats::default()));
     }
     let d = src.cols;
     let pool = pool::get(threads);
-    let src_norms: Vec<f32> =
-        pool.install(|| (0..src.rows).into_par_iter().with_min_len(1024).map(|j| sq_norm(src.row(j)) as f32).collect());
-    let max_src_norm = src_norms.iter().copied().fold(0f32, f32::max) as f64;
+    // The float32 kernels' source norms; a bf16 search needs them only for rows that fall back.
+    let src_norms = std::sync::OnceLock::<(Vec<f32>, f64)>::new();
+    let float32_norms = || {
+        src_norms.get_or_init(|| {
+            let norms: Vec<f32> =
+                (0..src.rows).into_par_iter().with_min_len(1024).map(|j| sq_norm(src.row(j)) as f32).collect();
+            let max = norms.iter().copied().fold(0f32, f32::max) as f64;
+            (norms, max)
+        })
+    };
     // Rounding bound on one approximate distance: the dot product's (d terms, gamma_d ~ d*u) plus
     // the norm and the subtraction; doubled for safety. u = EPSILON / 2.
     let err_scale = (d as f64 + 8.0) * f32::EPSILON as f64;
     // Products in float32's subnormal range carry an absolute error (up to half the smallest
     // subnormal each) that the relative bound above does not cover.
     let err_floor = (d as f64 + 8.0) * 4.0 * f32::from_bits(1) as f64;
+    let f32_bound = |t_norm: f64, max_src_norm: f64| err_scale * (t_norm + max_src_norm) + err_floor;
+    let source = kernel.is_bf16().then(|| bf16::Source::new(&src, &pool));
+    let cap = cap.unwrap_or(bf16::fallback_cap(k, src.rows));
 
-    let mut block = TARGET_BLOCK.min(n_tgt.div_ceil(pool.current_num_threads() * 4)).max(8);
+    let mut block = kernel.target_block().min(n_tgt.div_ceil(pool.current_num_threads() * 4)).max(8);
     if kernel != Kernel::Portable {
         block = balanced_block(n_tgt, block, pool.current_num_threads(), kernel.panel());
     }
-    pool.install(|| {
-        distances.par_chunks_mut(block * k).zip(indices.par_chunks_mut(block * k)).enumerate().for_each(
-            |(b, (dist_out, idx_out))| {
+    let stats = pool.install(|| {
+        distances
+            .par_chunks_mut(block * k)
+            .zip(indices.par_chunks_mut(block * k))
+            .enumerate()
+            .map(|(b, (dist_out, idx_out))| {
                 let t0 = b * block;
                 let rows = dist_out.len() / k;
-                let mut finder =
-                    BlockSearch::new(&tgt, t0, rows, k, |t_norm| err_scale * (t_norm + max_src_norm) + err_floor);
-                scan_source(&mut finder, &src, &tgt, t0, &src_norms, kernel);
-                for r in 0..rows {
-                    let best = finder.exact_top_k(r, tgt.row(t0 + r), &src);
+                let mut write = |r: usize, best: Vec<(f64, usize)>| {
                     for (slot, (dist, j)) in best.into_iter().enumerate() {
                         dist_out[r * k + slot] = dist as f32;
                         idx_out[r * k + slot] = j as i64;
                     }
+                };
+                let Some(source) = &source else {
+                    let (norms, max) = float32_norms();
+                    let mut finder = BlockSearch::new(&tgt, t0, rows, k, |t| f32_bound(t, *max));
+                    scan_source(&mut finder, &src, &tgt, t0, norms, kernel);
+                    for r in 0..rows {
+                        write(r, finder.exact_top_k(r, tgt.row(t0 + r), &src));
+                    }
+                    return SearchStats::default();
+                };
+                let mut stats = SearchStats { rows: rows as u64, ..SearchStats::default() };
+                let mut fallback = Vec::new();
+                match bf16::scan_block(source, &tgt, t0, rows, k, kernel) {
+                    Some(mut finder) => {
+                        for r in 0..rows {
+                            finder.prune(r);
+                            let n = finder.candidates[r].len();
+                            if n > cap {
+                                fallback.push(r);
+                            } else {
+                                stats.candidates += n as u64;
+                                write(r, finder.exact_top_k(r, tgt.row(t0 + r), &src));
+                            }
+                        }
+                    }
+                    None => fallback.extend(0..rows),
                 }
-            },
-        );
+                if !fallback.is_empty() {
+                    // The overflowing rows, gathered, through the float32 kernel.
+                    let data: Vec<f32> = fallback.iter().flat_map(|&r| tgt.row(t0 + r)).copied().collect();
+                    let again = Rows { data: &data, rows: fallback.len(), cols: d };
+                    let (norms, max) = float32_norms();
+                    let mut finder = BlockSearch::new(&again, 0, again.rows, k, |t| f32_bound(t, *max));
+                    scan_source(&mut finder, &src, &again, 0, norms, kernel.float32());
+                    for (i, &r) in fallback.iter().enumerate() {
+                        write(r, finder.exact_top_k(i, again.row(i), &src));
+                    }
+                    stats.fallback_rows = fallback.len() as u64;
+                }
+                stats
+            })
+            .reduce(SearchStats::default, |a, b| a + b)
     });
-    Ok(Neighbors { k, distances, indices })
+    Ok((Neighbors { k, distances, indices }, stats))
 }
 
 /// Exact kNN followed by a mode vote over the neighbours' labels.
@@ -348,7 +493,8 @@ fn scan_source(finder: &mut BlockSearch, src: &Rows<'_>, tgt: &Rows<'_>, t0: usi
                 avx512::scan(finder, &pack_targets(tgt, t0, rows, kernel.panel()), src, src_norms)
             },
             Kernel::Avx2 => unsafe { avx2::scan(finder, &pack_targets(tgt, t0, rows, kernel.panel()), src, src_norms) },
-            Kernel::Portable => false,
+            // (the bf16 kernels scan through `bf16::scan_block`; here they are never asked)
+            Kernel::Portable | Kernel::AmxBf16 | Kernel::Avx512Bf16 => false,
         };
         if done {
             return;
@@ -490,10 +636,16 @@ impl BlockSearch {
     /// Bookkeeping for target rows `t0..t0 + rows`; `error_bound(|t|^2)` bounds the rounding
     /// error of one approximate distance of that row.
     fn new(tgt: &Rows<'_>, t0: usize, rows: usize, k: usize, error_bound: impl Fn(f64) -> f64) -> Self {
+        let window = (0..rows).map(|r| 2.0 * error_bound(sq_norm(tgt.row(t0 + r)))).collect();
+        BlockSearch::with_windows(k, window)
+    }
+
+    /// Bookkeeping for `window.len()` target rows, given each row's window `2E`.
+    fn with_windows(k: usize, window: Vec<f64>) -> Self {
+        let rows = window.len();
         // Until a row's first prune its threshold is infinite and every source row is pushed; a low
         // trigger ends that phase early (measured: 64 cost about 5% more than 16 at 2000 x 1800).
         let first_prune = (2 * k).max(16);
-        let window = (0..rows).map(|r| 2.0 * error_bound(sq_norm(tgt.row(t0 + r)))).collect();
         let mut thr32 = vec![f32::NAN; rows.next_multiple_of(MAX_PANEL)];
         thr32[..rows].fill(f32::INFINITY);
         BlockSearch {
@@ -1027,6 +1179,118 @@ mod tests {
         }
     }
 
+    /// Rows built so that bf16 arithmetic cannot see the difference between neighbours: tight
+    /// clusters of copies that differ by a few float32 ulps in a few columns (so the hi + lo
+    /// split rounds them alike), around centres far from the origin, with duplicates.
+    fn near_tie_clusters(n_src: usize, n_tgt: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let centres = lcg_floats(8 * d, seed).iter().map(|v| 50.0 + 10.0 * v).collect::<Vec<f32>>();
+        let noise = lcg_ints(n_src * d + n_tgt * d, seed + 1, 7);
+        let pick = lcg_ints(n_src + n_tgt, seed + 2, 8);
+        let row = |i: usize, out: &mut Vec<f32>| {
+            let c = &centres[pick[i] as usize * d..(pick[i] as usize + 1) * d];
+            for (col, &v) in c.iter().enumerate() {
+                // one column of four moved: by a few float32 ulps (below bf16's resolution) in
+                // odd rows, by up to 3/8 of a bf16 ulp in even rows (so bf16 rounds neighbours
+                // apart in either direction); the rest exact copies
+                let step = if i.is_multiple_of(2) { 1 << 13 } else { 1 };
+                let ulps = if col % 4 == i % 4 { (noise[i * d + col] as i32 - 3) * step } else { 0 };
+                out.push(f32::from_bits((v.to_bits() as i32 + ulps) as u32));
+            }
+        };
+        let (mut src, mut tgt) = (Vec::new(), Vec::new());
+        (0..n_src).for_each(|i| row(i, &mut src));
+        (n_src..n_src + n_tgt).for_each(|i| row(i, &mut tgt));
+        (src, tgt)
+    }
+
+    /// The bf16 (hi only) distance, as one bf16 rounding of each side would give it.
+    fn bf16_only_distance(t: &[f32], s: &[f32]) -> f64 {
+        let r = |v: f32| f32::from_bits((v.to_bits() + 0x7FFF + ((v.to_bits() >> 16) & 1)) & 0xFFFF_0000) as f64;
+        t.iter().zip(s).map(|(&a, &b)| (r(a) - r(b)).powi(2)).sum()
+    }
+
+    #[test]
+    fn every_kernel_exact_where_bf16_rounding_reorders_neighbours() {
+        for &d in &[3usize, 16, 64] {
+            let (src, tgt) = near_tie_clusters(1500, 60, d, d as u64);
+            // The data is adversarial: plain bf16 rounding ranks some true neighbours wrongly.
+            let want = brute(&src, &tgt, d, 5);
+            let swapped = want.iter().enumerate().any(|(i, w)| {
+                let t = &tgt[i * d..(i + 1) * d];
+                w.windows(2).any(|p| {
+                    let (a, b) = (&src[p[0] * d..(p[0] + 1) * d], &src[p[1] * d..(p[1] + 1) * d]);
+                    exact_sq_dist(t, a) < exact_sq_dist(t, b) && bf16_only_distance(t, a) > bf16_only_distance(t, b)
+                })
+            });
+            assert!(swapped || d == 3, "d {d}: no neighbour pair that bf16 rounding reorders");
+            for k in [1, 5, 40] {
+                check_both_paths(&src, &tgt, d, k, Some(2));
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_exact_on_duplicates_and_extreme_magnitudes() {
+        let d = 24;
+        let base = lcg_floats(300 * d, 21);
+        // duplicates: every source row three times, so ties go by index
+        let src: Vec<f32> = base.chunks(d).flat_map(|r| r.iter().chain(r).chain(r)).copied().collect();
+        let tgt = lcg_floats(50 * d, 22);
+        check_both_paths(&src, &tgt, d, 7, Some(2));
+        // huge: near the largest accepted magnitude, spread small against the offset
+        let limit = (f32::MAX as f64 / (8.0 * d as f64)).sqrt() as f32;
+        let huge = |v: &f32| 0.5 * limit + 0.01 * limit * v;
+        check_both_paths(
+            &src.iter().map(huge).collect::<Vec<_>>(),
+            &tgt.iter().map(huge).collect::<Vec<_>>(),
+            d,
+            4,
+            Some(2),
+        );
+        // tiny: squared distances in float32's subnormal range
+        let tiny = |v: &f32| 1e-21 * v;
+        check_both_paths(
+            &src.iter().map(tiny).collect::<Vec<_>>(),
+            &tgt.iter().map(tiny).collect::<Vec<_>>(),
+            d,
+            4,
+            Some(2),
+        );
+    }
+
+    #[test]
+    fn bf16_rows_that_overflow_fall_back_and_stay_exact() {
+        let d = 16;
+        let bf16: Vec<Kernel> = Kernel::available().into_iter().filter(|k| k.is_bf16()).collect();
+        let (src, tgt) = (lcg_floats(1300 * d, 31), lcg_floats(77 * d, 32));
+        let s = Rows::new("src_emb", &src, 1300, d).unwrap();
+        let t = Rows::new("tgt_emb", &tgt, 77, d).unwrap();
+        let want = knn_search_with(s, t, 6, Some(2), Kernel::Portable).unwrap();
+        for &kernel in &bf16 {
+            // Normal data: a handful of candidates per row, no fallback.
+            let (got, stats) = search(s, t, 6, Some(2), kernel, None).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!((stats.rows, stats.fallback_rows), (77, 0), "{kernel:?}");
+            assert!(stats.candidates >= 77 * 6 && stats.candidates < 77 * 40, "{kernel:?}: {stats:?}");
+            // A cap of zero: every row through the float32 kernel, the same answer.
+            let (got, stats) = search(s, t, 6, Some(2), kernel, Some(0)).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!(stats.fallback_rows, 77, "{kernel:?}");
+        }
+        // Tiny values: the bound's absolute floor makes every source row a candidate, more than
+        // the cap (1024), so every row falls back on its own.
+        let (src, tgt) =
+            (src.iter().map(|v| 1e-25 * v).collect::<Vec<_>>(), tgt.iter().map(|v| 1e-25 * v).collect::<Vec<_>>());
+        let s = Rows::new("src_emb", &src, 1300, d).unwrap();
+        let t = Rows::new("tgt_emb", &tgt, 77, d).unwrap();
+        let want = knn_search_with(s, t, 6, Some(2), Kernel::Portable).unwrap();
+        for &kernel in &bf16 {
+            let (got, stats) = search(s, t, 6, Some(2), kernel, None).unwrap();
+            assert_eq!(got, want, "{kernel:?}");
+            assert_eq!(stats.fallback_rows, 77, "{kernel:?}");
+        }
+    }
+
     #[test]
     fn kernel_names_round_trip_and_portable_always_runs() {
         for kernel in Kernel::ALL {
@@ -1058,7 +1322,16 @@ mod tests {
     #[test]
     #[ignore]
     fn timing_60000x10000x256() {
-        time_both_paths(60000, 10000, 256, 5, &[2, 1]);
+        time_both_paths(60000, 10000, 256, 5, &[2]);
+    }
+
+    /// The small size of the benchmarks, where fixed costs show.
+    #[test]
+    #[ignore]
+    fn timing_2000x1800x256() {
+        for _ in 0..20 {
+            time_both_paths(2000, 1800, 256, 5, &[2]);
+        }
     }
 
     /// Deep rows: the kernel does not block the depth, so its panels leave L1; check it still
@@ -1075,13 +1348,20 @@ mod tests {
         let s = Rows::new("src_emb", &src, n_src, d).unwrap();
         let t = Rows::new("tgt_emb", &tgt, n_tgt, d).unwrap();
         let mut reference: Option<Neighbors> = None;
+        // MADDA_KNN_KERNEL times one kernel only
+        let kernels = match std::env::var(KERNEL_ENV) {
+            Ok(_) => vec![Kernel::default_for_cpu().unwrap()],
+            Err(_) => Kernel::available(),
+        };
         for &threads in thread_counts {
-            for kernel in Kernel::available() {
+            for &kernel in &kernels {
                 let mut best = f64::INFINITY;
+                let mut stats = SearchStats::default();
                 for _ in 0..3 {
                     let start = std::time::Instant::now();
-                    let got = knn_search_with(s, t, k, Some(threads), kernel).unwrap();
+                    let (got, st) = knn_search_counted(s, t, k, Some(threads), kernel).unwrap();
                     best = best.min(start.elapsed().as_secs_f64());
+                    stats = st;
                     match &reference {
                         Some(r) => assert_eq!(r, &got),
                         None => reference = Some(got),
@@ -1089,7 +1369,7 @@ mod tests {
                 }
                 let gflops = 2.0 * (n_src * n_tgt * d) as f64 / best / 1e9;
                 println!(
-                    "{n_src}x{n_tgt}x{d} k={k}, {threads} thread(s), {} kernel: {best:.3} s (best of 3), {gflops:.0} GFLOP/s",
+                    "{n_src}x{n_tgt}x{d} k={k}, {threads} thread(s), {} kernel: {best:.3} s (best of 3), {gflops:.0} GFLOP/s, {stats:?}",
                     kernel.name()
                 );
             }

@@ -16,5 +16,8 @@ pub mod pool;
 pub mod triplets;
 
 pub use error::Error;
-pub use knn::{knn_predict, knn_predict_with, knn_search, knn_search_with, vote, Kernel, Neighbors};
+pub use knn::{
+    knn_predict, knn_predict_with, knn_search, knn_search_counted, knn_search_with, vote, Kernel, Neighbors,
+    SearchStats,
+};
 pub use triplets::{triplets, NegativeMode, TripletOptions, MAX_TRIPLETS};

@@ -64,6 +64,24 @@ fn knn_search<'py>(
     Ok((dist.into_pyarray(py), idx.into_pyarray(py)))
 }
 
+/// What the bf16 candidate pass did in one search (rows, candidates, fallback_rows), for
+/// benchmarks and tests; the search's answer is the same as `knn_search`'s.
+#[pyfunction]
+#[pyo3(signature = (src_emb, tgt_emb, k, threads=None, kernel=None))]
+fn knn_search_stats(
+    py: Python<'_>,
+    src_emb: PyReadonlyArray2<'_, f32>,
+    tgt_emb: PyReadonlyArray2<'_, f32>,
+    k: usize,
+    threads: Option<usize>,
+    kernel: Option<&str>,
+) -> PyResult<(u64, u64, u64)> {
+    let (src, tgt) = (rows("src_emb", &src_emb)?, rows("tgt_emb", &tgt_emb)?);
+    let kernel = self::kernel(kernel)?;
+    let (_, st) = run_detached(py, || madda_core::knn::knn_search_counted(src, tgt, k, threads, kernel))?;
+    Ok((st.rows, st.candidates, st.fallback_rows))
+}
+
 #[pyfunction]
 #[pyo3(signature = (src_emb, src_y, tgt_emb, k, threads=None, kernel=None))]
 #[allow(clippy::too_many_arguments)]
@@ -130,6 +148,7 @@ fn knn_kernels() -> Vec<&'static str> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(knn_search, m)?)?;
     m.add_function(wrap_pyfunction!(knn_predict, m)?)?;
+    m.add_function(wrap_pyfunction!(knn_search_stats, m)?)?;
     m.add_function(wrap_pyfunction!(triplets, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(knn_kernel, m)?)?;
