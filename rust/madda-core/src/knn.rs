@@ -267,6 +267,10 @@ impl std::ops::Add for SearchStats {
     }
 }
 
+/// Largest source (bytes of float32) the bf16 candidate pass packs; larger ones take the float32
+/// kernel. 64 MiB holds 60,000 x 256 embeddings (MNIST's training set), where the pass pays most.
+pub const BF16_SOURCE_LIMIT: usize = 64 << 20;
+
 /// [`knn_search_with`], also returning what the bf16 candidate pass did (for benchmarks and tests).
 pub fn knn_search_counted(
     src: Rows<'_>,
@@ -289,6 +293,11 @@ fn search(
 ) -> Result<(Neighbors, SearchStats), Error> {
     let kernel = kernel.require("kernel")?;
     check_shapes(&src, &tgt, k)?;
+    // The bf16 pass packs the whole source (hi + lo halves: as many bytes as the float32 input);
+    // past BF16_SOURCE_LIMIT the float32 kernel behind it runs instead (the same answer), so a
+    // search never adds more than that much memory, whatever the source's size.
+    let kernel =
+        if kernel.is_bf16() && src.rows * src.cols * 4 > BF16_SOURCE_LIMIT { kernel.float32() } else { kernel };
     let n_tgt = tgt.rows;
     let mut distances = vec![0f32; n_tgt * k];
     let mut indices = vec![0i64; n_tgt * k];
@@ -1288,6 +1297,23 @@ mod tests {
             let (got, stats) = search(s, t, 6, Some(2), kernel, None).unwrap();
             assert_eq!(got, want, "{kernel:?}");
             assert_eq!(stats.fallback_rows, 77, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn sources_past_the_bf16_limit_take_the_float32_kernel() {
+        let d = 64;
+        let rows = BF16_SOURCE_LIMIT / (4 * d) + 1;
+        let src = lcg_floats(rows * d, 41);
+        let tgt = lcg_floats(3 * d, 42);
+        let s = Rows::new("src_emb", &src, rows, d).unwrap();
+        let t = Rows::new("tgt_emb", &tgt, 3, d).unwrap();
+        let small = Rows::new("src_emb", &src[..(rows - 1) * d], rows - 1, d).unwrap();
+        for kernel in Kernel::available().into_iter().filter(|k| k.is_bf16()) {
+            let (got, stats) = search(s, t, 2, Some(2), kernel, None).unwrap();
+            assert_eq!(stats, SearchStats::default(), "{kernel:?}: no bf16 pass over {rows} rows");
+            assert_eq!(got, knn_search_with(s, t, 2, Some(2), Kernel::Portable).unwrap());
+            assert_eq!(search(small, t, 2, Some(2), kernel, None).unwrap().1.rows, 3, "{kernel:?} at the limit");
         }
     }
 
