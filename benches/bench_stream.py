@@ -123,6 +123,7 @@ def test_the_loader_keeps_up_and_a_streamed_run_stays_small(tmp_path):
     _, files, labels = list_folder(tmp_path / "src", labelled=True)
     streamed = FileImageSet.of(files, (3, SIZE, SIZE), labels, "src", WORKERS)
     rows = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[: 64 * BATCH].split(BATCH)
+    next(iter(streamed.stream(rows[:1], torch.device("cpu"))))  # starts the workers' fork server, once a process
     began = time.perf_counter()
     seen = sum(len(x) for x in streamed.stream(rows, torch.device("cpu")))
     loader_rate = seen / (time.perf_counter() - began)

@@ -298,6 +298,30 @@ def test_a_streamed_folder_gives_the_batches_a_cached_one_does(tmp_path, monkeyp
     assert torch.equal(held.labels, streamed.labels)
 
 
+def test_the_command_starts_its_loader_workers_from_a_fork_server_with_the_same_batches(tmp_path, monkeypatch):
+    """`madda-rs` (cli.command) starts workers from a fork server, which keeps them from pinning the
+    training's heap; the batches are the forked workers'. `python -m madda_rs`, imported again as a
+    worker's main module, must not run the command a second time."""
+    import runpy
+
+    import madda_rs.cli as cli
+    import madda_rs.data.images as images
+
+    monkeypatch.setenv("MADDA_CACHE_DIR", str(tmp_path / "cache"))
+    _grey_tree(tmp_path / "src")
+    config = TrainConfig(src=str(tmp_path / "src"), tgt="b", stream_above_mb=0, workers=2)
+    streamed = prepare_data(config, target=torch.zeros(4, 1, 28, 28, dtype=torch.uint8)).src_train
+    rows = [torch.tensor([3, 0, 7]), torch.tensor([1, 2]), torch.tensor([5])]
+    monkeypatch.setattr(images, "_FORK_SERVER", False)
+    assert images._worker_context() is None
+    forked = [x.clone() for x in streamed.stream(rows, torch.device("cpu"))]
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    assert cli.command() == 0 and images._worker_context().get_start_method() == "forkserver"
+    served = list(streamed.stream(rows, torch.device("cpu")))
+    assert len(served) == 3 and all(torch.equal(a, b) for a, b in zip(forked, served))
+    runpy.run_module("madda_rs.__main__", run_name="__mp_main__")  # no SystemExit: the guard holds
+
+
 def test_a_corrupt_image_met_while_streaming_stops_the_run_keeping_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("MADDA_CACHE_DIR", str(tmp_path / "cache"))
     _grey_tree(tmp_path / "src")

@@ -2,6 +2,7 @@
 
 import sys
 
-from .cli import main
+from .cli import command
 
-sys.exit(main())
+if __name__ == "__main__":  # a loader worker started from a fork server imports this module too
+    sys.exit(command())

@@ -565,5 +565,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
 
+def command() -> int:
+    """The ``madda-rs`` command (and ``python -m madda_rs``): :func:`main` in a process whose own
+    top level is guarded, so loader workers may start from a fork server."""
+    from .data.images import start_workers_from_a_fork_server
+
+    start_workers_from_a_fork_server()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())
