@@ -88,10 +88,13 @@ def test_a_given_flag_overrides_the_preset_and_only_it():
     assert config.overridden == ("epochs_target",)
 
 
-def test_every_setting_has_a_flag_and_help_shows_each_presets_value():
+def test_every_setting_has_a_flag_and_help_shows_each_presets_value(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")  # argparse wraps at hyphens, splitting preset names
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     flat = " ".join(help_text.split())
     for f in run_fields() + dataclasses.fields(MaddaSettings):
         assert "--" + f.name.replace("_", "-") in help_text, f.name
-    assert "[--method madda; paper: random; official: violating; improved: semihard; labelfree: semihard]" in flat
-    assert "[--method adda, madda; paper: 1; official: 3; improved: 1; labelfree: 1]" in flat  # adversarial passes
+    assert ("[--method madda; paper: random; official: violating; improved: semihard; labelfree: semihard; "
+            "tuned-mnist-usps: semihard]") in flat
+    assert ("[--method adda, madda; paper: 1; official: 3; improved: 1; labelfree: 1; tuned-mnist-usps: 1]"
+            in flat)  # adversarial passes

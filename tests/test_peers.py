@@ -78,7 +78,7 @@ def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir,
     assert lines["ADDA"] == "| ADDA | madda_rs | short (40+20) | none | 0.500 (0) | - | - | - | 7 |"
     with open(tmp_path / "peers.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == (2 + 4) * COLUMNS  # two peers, ADDA, M-ADDA paper, improved and labelfree
+    assert len(rows) == (2 + 5) * COLUMNS  # two peers, ADDA, M-ADDA paper, improved, labelfree, tuned-mnist-usps
     assert {r["method"] for r in rows if r["runs"] == "1"} == {"Source only (skada SourceOnly)", "DANN", "ADDA"}
     assert min(matplotlib.image.imread(tmp_path / "peers.png").shape[:2]) > 100
 

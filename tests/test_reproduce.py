@@ -13,7 +13,8 @@ from madda_rs.experiments.reproduce import TABLES, plan, run_state, slug
 
 def test_plans_share_runs_between_tables_and_name_every_setting():
     t1, t3 = plan("table1", (0, 1, 2)), plan("table3", (0, 1, 2))
-    assert len(t1) == 5 * 4 * 3  # ADDA, M-ADDA paper, official, improved, labelfree (source-only rows reuse runs)
+    # ADDA, M-ADDA paper, official, improved, labelfree, tuned-mnist-usps (source-only rows reuse runs)
+    assert len(t1) == 6 * 4 * 3
     assert len({r.slug for r in t1} | {r.slug for r in t3}) == len(t1) + 2 * 4 * 3  # "both" is Table 1's run
     paper = next(r for r in t1 if r.slug == "usps2mnist-pooled-adda-madda-paper-e40+20-s1")
     assert (paper.config.src, paper.config.usps_split, paper.config.seed) == ("usps", "pooled", 1)
@@ -21,7 +22,7 @@ def test_plans_share_runs_between_tables_and_name_every_setting():
     assert ("Source only (triplet model, kNN)", "USPS → MNIST, pooled USPS split") in paper.cells
     full = plan("table2", (0,), paper_seeds=(0,))
     assert {r.config.protocol for r in full} == {"full"}
-    assert {r.schedule for r in full} == {"short", "improved", "labelfree", "paper"}
+    assert {r.schedule for r in full} == {"short", "improved", "labelfree", "tuned-mnist-usps", "paper"}
     assert all(slug(r.config, r.schedule) == r.slug for r in full)
     with pytest.raises(ValueError, match="unknown table"):
         plan("table4", (0,))
@@ -50,7 +51,8 @@ def test_the_synth_table_gives_its_rows_a_tenth_of_the_source_epochs_and_no_pape
     from madda_rs.experiments.reproduce import build_table
 
     runs = plan("synth", (0, 1, 2))
-    assert len(runs) == 2 * 2 * 3  # labelfree and improved (their source-only rows reuse the runs) x 2 targets
+    # labelfree, tuned-mnist-usps and improved (their source-only rows reuse the runs) x 2 targets
+    assert len(runs) == 3 * 2 * 3
     assert {(r.config.src, r.config.tgt) for r in runs} == {("synth-digits", "mnist"), ("synth-digits", "usps")}
     for run in runs:
         preset = PRESETS[run.config.preset]
@@ -82,13 +84,13 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
 
 
 def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(generated_data_dir, tmp_path, capsys):
-    # Table 2 (ADDA, M-ADDA paper, improved and labelfree), its standard-split columns only: the
+    # Table 2 (ADDA, M-ADDA paper, improved, labelfree, tuned-mnist-usps), its standard-split columns only: the
     # pooled ones stay '-'. On generated digits "full" is 600 images
     args = ["reproduce", "table2", "--quick", "--splits", "standard", "--out", str(tmp_path), "--data-dir",
             generated_data_dir, "--quiet", "--tsne-points", "40"]
     assert main(args + ["--device", "auto", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": new") == 8 and "complete" not in out
+    assert out.count(": new") == 10 and "complete" not in out
     markdown = (tmp_path / "table2.md").read_text()
     for row in TABLES["table2"].rows:
         line = next(x for x in markdown.splitlines() if x.startswith(f"| {row.label} | quick (1+2) |"))
@@ -97,12 +99,12 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     with open(tmp_path / "table2.csv") as f:
         rows = list(csv.DictReader(f))
     ran = [r for r in rows if r["runs"] != "0"]
-    assert len(rows) == 6 * 4 and {r["task"] for r in ran} == {c.label for c in TABLES["table2"].columns[:2]}
-    assert len(ran) == 6 * 2 and all(0.0 <= float(r["mean"]) <= 1.0 for r in ran)
+    assert len(rows) == 7 * 4 and {r["task"] for r in ran} == {c.label for c in TABLES["table2"].columns[:2]}
+    assert len(ran) == 7 * 2 and all(0.0 <= float(r["mean"]) <= 1.0 for r in ran)
     figures = sorted((tmp_path / "figures" / "table2").rglob("*.png"))
     assert {p.parent.name for p in figures} == {"mnist2usps-standard", "usps2mnist-standard"}
     assert sum(p.name == "curves.png" for p in figures) == 2
-    assert sum(p.name.endswith("-confusion.png") for p in figures) == 8
+    assert sum(p.name.endswith("-confusion.png") for p in figures) == 10
     assert [p.name for p in figures if p.name.endswith("-tsne.png")] == \
         [f"{task}-standard-full-madda-paper-e1+2-s0-quick-tsne.png" for task in ("mnist2usps", "usps2mnist")]
     for p in figures:
@@ -116,7 +118,7 @@ def test_quick_table_writes_markdown_csv_and_figures_then_skips_finished_runs(ge
     assert ": resume" not in capsys.readouterr().out and not (victim / "metrics.json").is_file()
     assert main(args + ["--no-figures", "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("complete, skipped") == 7 and out.count(": resume") == 1
+    assert out.count("complete, skipped") == 9 and out.count(": resume") == 1
     assert json.loads((victim / "metrics.json").read_text())["threads"] == 1
     with pytest.raises(SystemExit) as exit:
         main(args[:3] + ["--splits", "both"] + args[5:])
@@ -143,5 +145,6 @@ def test_tables_say_which_labels_chose_each_row_and_mark_the_guards_fallbacks(tm
     assert f"| {PRESET_TARGET_LABELS['improved']} | 0.500 (0) †1 |" in lines["M-ADDA, preset improved (ours)"]
     assert "| none | 0.500 (0) |" in lines["M-ADDA, preset paper"]
     assert "† N: in N of the cell's runs the guard" in markdown
-    assert {r["target_labels"] for r in rows} == {"none", PRESET_TARGET_LABELS["improved"]}
+    assert {r["target_labels"] for r in rows} == {"none", *(PRESET_TARGET_LABELS[p] for p in
+                                                           ("improved", "labelfree", "tuned-mnist-usps"))}
     assert sum(r["guarded_runs"] for r in rows) == 1

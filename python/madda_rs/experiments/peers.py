@@ -57,7 +57,7 @@ from ..scores.label_free import (
     mean_entropy,
     soft_neighbourhood_density,
 )
-from .reproduce import SCHEDULES, TABLES, Column, cell_text, plan
+from .reproduce import LABELFREE_LABEL, SCHEDULES, TABLES, TUNED_LABEL, Column, cell_text, plan
 
 log = logging.getLogger("madda_rs")
 
@@ -120,7 +120,7 @@ PEER_NAMES = {p.slug: p for p in PEERS}
 
 # madda_rs's own rows, from Table 1's committed runs: (row label in reproduce.TABLES["table1"], schedule)
 MADDA_ROWS = (("ADDA", "short"), ("M-ADDA, preset paper", "short"), ("M-ADDA, preset improved (ours)", "improved"),
-              ("M-ADDA, preset labelfree (ours; madda-rs tune, no target label)", "labelfree"))
+              (LABELFREE_LABEL, "labelfree"), (TUNED_LABEL, "tuned-mnist-usps"))
 
 
 def require_skada() -> Tuple[Any, Any]:
@@ -414,7 +414,7 @@ def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
     rows = []
     for label, schedule in MADDA_ROWS:
         es, et, _ = SCHEDULES["adda"][schedule]
-        preset = schedule if schedule in ("improved", "labelfree") else "paper"
+        preset = schedule if schedule in ("improved", "labelfree", "tuned-mnist-usps") else "paper"
         row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", PRESET_TARGET_LABELS[preset])
         for run in planned:
             folder = out / "runs" / run.slug

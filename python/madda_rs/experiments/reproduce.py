@@ -34,18 +34,18 @@ log = logging.getLogger("madda_rs")
 # (epochs_source, epochs_target, eval_every) per protocol and schedule. 'quick' is a smoke run.
 _PAPER_EPOCHS = (PRESETS["paper"]["epochs_source"], PRESETS["paper"]["epochs_target"], 10)
 # 'improved' is the improved preset's own default (its rows always use it, whatever --schedule says).
-# 'labelfree' likewise is the labelfree preset's own (madda-rs tune chose it).
+# 'labelfree' and 'tuned-mnist-usps' likewise are those presets' own.
 SCHEDULES: Dict[str, Dict[str, Tuple[int, int, int]]] = {
     "adda": {"short": (40, 20, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1),
-             "improved": (PRESETS["improved"]["epochs_source"], PRESETS["improved"]["epochs_target"], 2),
-             "labelfree": (PRESETS["labelfree"]["epochs_source"], PRESETS["labelfree"]["epochs_target"], 2)},
+             **{p: (PRESETS[p]["epochs_source"], PRESETS[p]["epochs_target"], 2)
+                for p in ("improved", "labelfree", "tuned-mnist-usps")}},
     "full": {"short": (10, 10, 2), "paper": _PAPER_EPOCHS, "quick": (1, 2, 1), "improved": (10, 10, 2),
-             "labelfree": (10, 10, 2)},
+             "labelfree": (10, 10, 2), "tuned-mnist-usps": (10, 10, 2)},
 }
 # The development suite's schedule: tune's shorter one (madda_rs.methods.madda's search space), so
 # the candidates x tasks x seeds grid fits a CPU.
 SCHEDULES["adda"]["dev"] = (40, 15, 5)
-SCHEDULE_ORDER = ("quick", "dev", "short", "improved", "labelfree", "paper")
+SCHEDULE_ORDER = ("quick", "dev", "short", "improved", "labelfree", "tuned-mnist-usps", "paper")
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,18 @@ def _improved(label: str, changes: Optional[Dict[str, Any]] = None, metric: str 
     return Row(label, {**_IMPROVED, **(changes or {})}, metric=metric, schedule="improved")
 
 
-_LABELFREE_LABEL = "M-ADDA, preset labelfree (ours; madda-rs tune, no target label)"
+LABELFREE_LABEL = "M-ADDA, preset labelfree (ours; chosen on the development tasks)"
+TUNED_LABEL = "M-ADDA, preset tuned-mnist-usps (madda-rs tune's pick on MNIST ↔ USPS; labelfree until 2026-12-07)"
 
 
-def _labelfree(label: str = _LABELFREE_LABEL, changes: Optional[Dict[str, Any]] = None,
-               metric: str = "target_accuracy") -> "Row":
-    return Row(label, {"method": "madda", "preset": "labelfree", **(changes or {})}, metric=metric,
-               schedule="labelfree")
+def _labelfree(label: str = LABELFREE_LABEL, changes: Optional[Dict[str, Any]] = None,
+               metric: str = "target_accuracy", preset: str = "labelfree") -> "Row":
+    return Row(label, {"method": "madda", "preset": preset, **(changes or {})}, metric=metric, schedule=preset)
+
+
+def _tuned(label: str = TUNED_LABEL, changes: Optional[Dict[str, Any]] = None,
+           metric: str = "target_accuracy") -> "Row":
+    return _labelfree(label, changes, metric, "tuned-mnist-usps")
 
 
 # synth-digits holds 20,000 training images, ten times the ADDA protocol's 2,000 MNIST: a tenth of
@@ -127,6 +132,7 @@ TABLES: Dict[str, Table] = {
             Row("M-ADDA, preset official", {"method": "madda", "preset": "official"}, (0.952, 0.940)),
             _improved(_IMPROVED_LABEL),
             _labelfree(),
+            _tuned(),
         ),
         _ADDA_COLUMNS,
     ),
@@ -140,6 +146,7 @@ TABLES: Dict[str, Table] = {
             Row("M-ADDA, preset paper", _PAPER, (0.98, 0.97)),
             _improved(_IMPROVED_LABEL),
             _labelfree(),
+            _tuned(),
         ),
         _FULL_COLUMNS,
     ),
@@ -179,6 +186,9 @@ TABLES: Dict[str, Table] = {
         (
             _labelfree("Source only (labelfree's source model, kNN)", _synth("labelfree"), "source_only_accuracy"),
             _labelfree(changes=_synth("labelfree")),
+            _tuned("Source only (tuned-mnist-usps's source model, kNN)", _synth("tuned-mnist-usps"),
+                   "source_only_accuracy"),
+            _tuned(changes=_synth("tuned-mnist-usps")),
             _improved("Source only (improved's source model, kNN; for reference)", _synth("improved"),
                       "source_only_accuracy"),
             _improved("M-ADDA, preset improved (for reference)", _synth("improved")),
@@ -191,7 +201,11 @@ TABLES: Dict[str, Table] = {
 # The development suite (docs/label-free.md): tasks whose targets are neither MNIST nor USPS, where
 # label-free choices may be rated on the targets' own labels. A synth-digits source holds ten times
 # the images, so its source epochs are a tenth (as in the synth table); shapes are matched to the source.
-_SYNTH_DEV = (("epochs_source", SCHEDULES["adda"]["dev"][0] // 10),)
+def _a_tenth(epochs_source: int) -> int:
+    return max(1, epochs_source // 10)
+
+
+_SYNTH_DEV = (("epochs_source", _a_tenth),)  # a column setting may be a function of the row's value
 DEV_COLUMNS = (
     Column("synth-digits", "hand-digits", "standard", settings=_SYNTH_DEV),
     Column("mnist", "hand-digits", "standard"),
@@ -215,13 +229,23 @@ TABLES["devtasks"] = Table(
     (
         _dev("Source only (paper's triplet model, kNN)", "paper", metric="source_only_accuracy"),
         _dev("paper", "paper"),
-        _dev("labelfree", "labelfree"),
-        _dev("labelfree + augmentation", "labelfree", {"augment": True}),
+        _dev("tuned-mnist-usps (labelfree until 2026-12-07)", "tuned-mnist-usps"),
+        _dev("tuned-mnist-usps + augmentation", "tuned-mnist-usps", {"augment": True}),
         _dev("improved", "improved"),
         _dev("improved − augmentation", "improved", {"augment": False}),
         _dev("improved − mean teacher", "improved", {"ema_decay": 0.0}),
-        _dev("improved − information maximisation", "improved", {"im_weight": 0.0}),
+        # the labelfree preset's values (its runs are this row's: the same settings, preset aside)
+        _dev("improved − information maximisation (= labelfree)", "improved", {"im_weight": 0.0}),
         _dev("improved − adversarial loss", "improved", {"adversarial": False}),
+        # labelfree's values, chosen here: one ingredient at a time around the best row above
+        # (improved − information maximisation), each value that improved took from labelled
+        # MNIST/USPS target images (docs/presets.md) against its alternatives
+        _dev("improved − IM − mean teacher", "improved", {"im_weight": 0.0, "ema_decay": 0.0}),
+        _dev("improved − IM, mean teacher 0.999", "improved", {"im_weight": 0.0, "ema_decay": 0.999}),
+        _dev("improved − IM, random negatives", "improved", {"im_weight": 0.0, "negatives": "random"}),
+        _dev("improved − IM, nearest-centre magnet", "improved", {"im_weight": 0.0, "magnet_labels": "nearest"}),
+        _dev("improved − IM at 80 + 30 epochs", "improved",
+             {"im_weight": 0.0, "epochs_source": 80, "epochs_target": 30}),
     ),
     DEV_COLUMNS,
 )
@@ -255,7 +279,8 @@ TABLES["colour"] = Table(
         _colour("Source only (triplet model, kNN)", _PAPER, "source_only_accuracy"),
         _colour("ADDA", _ADDA),
         _colour("M-ADDA, preset paper", _PAPER),
-        _colour(_LABELFREE_LABEL, {"method": "madda", "preset": "labelfree"}),
+        _colour(LABELFREE_LABEL, {"method": "madda", "preset": "labelfree"}),
+        _colour(TUNED_LABEL, {"method": "madda", "preset": "tuned-mnist-usps"}),
     ),
     COLOUR_COLUMNS,
 )
@@ -311,7 +336,9 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
                     continue
                 for seed in sched_seeds:
                     es, et, every = SCHEDULES[col.protocol][sched]
-                    settings = {"epochs_source": es, "epochs_target": et, **row.settings, **dict(col.settings)}
+                    settings = {"epochs_source": es, "epochs_target": et, **row.settings}
+                    for key, value in col.settings:
+                        settings[key] = value(settings[key]) if callable(value) else value
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
                                          seed=seed, eval_every=every, checkpoint_every=max(every, 5), **settings,
                                          **run_settings)
