@@ -414,7 +414,7 @@ def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
     rows = []
     for label, schedule in MADDA_ROWS:
         es, et, _ = SCHEDULES["adda"][schedule]
-        preset = schedule if schedule in ("improved", "labelfree", "tuned-mnist-usps") else "paper"
+        preset = schedule if schedule in PRESETS else "paper"  # a preset's rows run at its own schedule
         row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", PRESET_TARGET_LABELS[preset])
         for run in planned:
             folder = out / "runs" / run.slug
