@@ -4,6 +4,7 @@ run records, skipping finished runs, the table and figure, and the error without
 import csv
 import json
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 from madda_rs.cli import main
+from madda_rs.experiments import peers
 from madda_rs.experiments.peers import MISSING_EXTRA, MissingExtraError, peer_state, plan_peers, require_skada
-from madda_rs.experiments.reproduce import plan
+from madda_rs.experiments.reproduce import DEV_COLUMNS, plan
+
+REPO = Path(__file__).resolve().parents[1]
 
 COLUMNS = 4  # MNIST -> USPS and USPS -> MNIST, standard and pooled USPS splits
 
@@ -73,7 +77,7 @@ def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir,
     markdown = (tmp_path / "peers.md").read_text()
     assert "Reduced budget: 1 epochs instead of 110" in markdown and "skada 0.6.0" in markdown
     lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
-    assert lines["DANN"].startswith("| DANN | skada | 1 epochs | none | ") and lines["DANN"].count("(0)") == COLUMNS
+    assert lines["DANN"].startswith("| DANN | skada | 1 epochs, lr 0.0001 | none | ") and lines["DANN"].count("(0)") == COLUMNS
     assert "| Source only (skada SourceOnly) | skada |" in markdown
     assert lines["ADDA"] == "| ADDA | madda_rs | short (40+20) | none | 0.500 (0) | - | - | - | 7 |"
     with open(tmp_path / "peers.csv") as f:
@@ -183,3 +187,74 @@ def test_splits_choose_the_columns_run_and_a_bad_split_is_refused(tmp_path, caps
     assert main(["reproduce", "peers", "--out", str(tmp_path), "--splits", "standard", "--methods", "dann",
                  "--no-figures"]) == 0
     assert len(planned) == 2 * 3 and {r.config.usps_split for r in planned} == {"standard"}
+
+
+def _fake_peer_run(out, run, accuracy):
+    folder = out / "runs" / "peers" / run.name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(run.record()))
+    (folder / "metrics.json").write_text(json.dumps({"target_accuracy": accuracy, "wall_seconds": 1.0,
+                                                     "images": {"target_test": 100}, "history": {}}))
+
+
+def test_peers_dev_chooses_each_methods_learning_rate_by_its_mean_over_the_development_tasks(tmp_path, capsys):
+    runs = peers.plan_peers_dev((0,), 30, ["mcc", "dan", "mdd"], (1e-4, 1e-3))
+    assert len(runs) == 3 * 2 * len(DEV_COLUMNS)
+    assert all(r.config.tgt not in ("mnist", "usps") and r.config.resize_to_source for r in runs)
+    # a synth-digits source (ten times the images) trains a tenth of the epochs, as madda_rs's rows do
+    assert {r.epochs for r in runs if r.config.src == "synth-digits"} == {3}
+    assert {r.epochs for r in runs if r.config.src != "synth-digits"} == {30}
+    assert len({r.name for r in runs}) == len(runs)
+    for i, run in enumerate(runs):
+        task = DEV_COLUMNS.index(run.column)
+        if run.peer.slug == "mcc":  # 1e-3 better on mean, though worse on one task
+            acc = {1e-4: 0.5, 1e-3: 0.6 if task else 0.3}[run.lr]
+        elif run.peer.slug == "dan":  # a tie keeps the smaller rate
+            acc = 0.4
+        else:  # mdd: one run missing, so no choice
+            if run.lr == 1e-3 and task == 5:
+                continue
+            acc = 0.2
+        _fake_peer_run(tmp_path, run, acc)
+    assert main(["reproduce", "peers-dev", "--out", str(tmp_path), "--seeds", "0", "--methods", "mcc,dan,mdd",
+                 "--no-run"]) == 0
+    choice = json.loads((tmp_path / "peers-dev.json").read_text())
+    assert {m: c["chosen_lr"] for m, c in choice["methods"].items()} == {"mcc": 1e-3, "dan": 1e-4, "mdd": None}
+    assert choice["methods"]["mcc"]["rates"]["0.001"]["mean"] == pytest.approx(0.55)
+    assert choice["methods"]["mcc"]["rates"]["0.001"]["worst"] == 0.3
+    assert choice["labels_read"]["total"] == 100 * len(DEV_COLUMNS)
+    assert not any(t.startswith(("MNIST →", "USPS →")) and ("→ MNIST" in t or "→ USPS" in t) for t in choice["tasks"])
+    markdown = (tmp_path / "peers-dev.md").read_text()
+    assert markdown.count("**chosen**") == 2 and "| MCC | 0.001 |" in markdown
+    assert "600 labelled development-target test images" in markdown
+
+
+def test_the_peers_table_trains_each_method_at_its_chosen_rate_and_says_what_chose_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "CHOSEN_LR", {"mcc": 1e-3})
+    mcc, dan = plan_peers((0,), 110, ["mcc"])[0], plan_peers((0,), 110, ["dan"])[0]
+    assert (mcc.lr, mcc.record()["lr"], mcc.name) == (1e-3, 1e-3, "mnist2usps-standard-adda-skada-mcc-e110-s0-lr0.001")
+    assert (dan.lr, dan.name) == (1e-4, "mnist2usps-standard-adda-skada-dan-e110-s0")  # committed runs keep their names
+    _fake_peer_run(tmp_path, mcc, 0.9)
+    _fake_peer_run(tmp_path, dan, 0.8)
+    markdown, _ = peers.build_peers_table([mcc, dan], tmp_path, (0,))
+    assert "| MCC | skada | 110 epochs, lr 0.001 | dev targets only (the learning rate) | 0.900 (0) |" in markdown
+    assert "| DAN | skada | 110 epochs, lr 0.0001 | none | 0.800 (0) |" in markdown
+
+
+def test_the_chosen_learning_rates_are_the_committed_choice():
+    record = REPO / "results" / "peers-dev.json"
+    if not record.is_file():
+        pytest.skip("no committed learning-rate choice in this checkout")
+    chosen = {m: c["chosen_lr"] for m, c in json.loads(record.read_text())["methods"].items() if c["chosen_lr"]}
+    assert peers.CHOSEN_LR == chosen
+
+
+def test_learning_rates_are_refused_where_they_choose_nothing(tmp_path, capsys):
+    assert main(["reproduce", "peers", "--out", str(tmp_path), "--lrs", "1e-3", "--no-run", "--no-figures"]) == 1
+    err = capsys.readouterr().err
+    assert "--lrs is for 'reproduce peers-dev'" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit:
+        main(["reproduce", "peers-dev", "--out", str(tmp_path), "--lrs", "1e-3,-1", "--no-run"])
+    assert exit.value.code == 2 and "--lrs: expected positive numbers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="learning rates must be positive"):
+        plan_peers((0,), 3, ["dan"], lrs=(0.0,))

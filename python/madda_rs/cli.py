@@ -8,6 +8,7 @@ paper's tables.
     madda-rs report runs/* [--by-epoch | --selection]
     madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|colour [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
+    madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3]  # their learning rates, chosen off MNIST/USPS
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
     madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -180,8 +182,9 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
                        "needs, then write it (markdown, CSV)",
                        description="Runs one at a time under OUT/runs/, skipping complete runs and resuming "
                                    "interrupted ones; writes OUT/TABLE.md, OUT/TABLE.csv and OUT/figures/TABLE/.")
-    p.add_argument("table", choices=TABLE_NAMES + ("peers",),
-                   help="a table, or 'peers': skada's deep methods on the same data (needs the peers extra)")
+    p.add_argument("table", choices=TABLE_NAMES + ("peers", "peers-dev"),
+                   help="a table, or 'peers': skada's deep methods on the same data (needs the peers extra), or "
+                        "'peers-dev': their learning rates chosen on the development tasks")
     p.add_argument("--out", default="results", help="[default: results]")
     p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma-separated [default: 0,1,2]")
     p.add_argument("--schedule", choices=("short", "paper"), default="short",
@@ -191,7 +194,10 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
                    help="also run these seeds at the paper's schedule, as their own table rows")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="peers only: epochs of every skada method [default: 110, the improved preset's passes]")
+                   help="peers only: epochs of every skada method [default: 110, the improved preset's passes; "
+                        "peers-dev: 30]")
+    p.add_argument("--lrs", type=_positive_floats, default=None,
+                   help="peers-dev only: comma-separated learning rates to choose among [default: 1e-4,1e-3]")
     p.add_argument("--splits", default="standard,pooled", type=_usps_splits,
                    help="comma-separated USPS splits whose columns to run (the other columns stay '-') "
                         "[default: standard,pooled]")
@@ -396,7 +402,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    if args.table == "peers":
+    if args.table in ("peers", "peers-dev"):
         return _reproduce_peers(args)
     from tqdm import tqdm
 
@@ -441,15 +447,23 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_peers(args: argparse.Namespace) -> int:
-    from .experiments.peers import DEFAULT_EPOCHS, check_runnable, plan_peers, run_peers, write_peers
+    from .experiments import peers
     from .experiments.reproduce import TABLES
 
+    dev = args.table == "peers-dev"
+    if args.lrs is not None and not dev:
+        raise ValueError("--lrs is for 'reproduce peers-dev'; 'reproduce peers' trains each method at its chosen rate")
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    epochs = 1 if args.quick else args.epochs or DEFAULT_EPOCHS
+    epochs = 1 if args.quick else args.epochs or (peers.DEV_EPOCHS if dev else peers.DEFAULT_EPOCHS)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    columns = [c for c in TABLES["table1"].columns if c.usps_split in args.splits]
-    runs = plan_peers(seeds, epochs, methods, columns, data_dir=args.data_dir, threads=args.threads)
+    settings = {"data_dir": args.data_dir, "threads": args.threads}
+    if dev:
+        runs = peers.plan_peers_dev(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
+    else:
+        columns = [c for c in TABLES["table1"].columns if c.usps_split in args.splits]
+        runs = peers.plan_peers(seeds, epochs, methods, columns, **settings)
+    check_runnable, run_peers = peers.check_runnable, peers.run_peers
     if not args.no_run:
         check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
 
@@ -460,7 +474,8 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
         if not args.no_run:
             run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
     finally:  # an interrupted reproduce still writes what is complete
-        written = write_peers(runs, out, seeds, figure=not args.no_figures)
+        written = (peers.write_peers_dev(runs, out) if dev
+                   else peers.write_peers(runs, out, seeds, figure=not args.no_figures))
     print(written[0].read_text())
     print(f"written: {', '.join(map(str, written))}")
     return 0
@@ -531,6 +546,17 @@ def _usps_splits(text: str) -> List[str]:
     if not splits or set(splits) - {"standard", "pooled"}:
         raise argparse.ArgumentTypeError(f"takes standard and/or pooled, comma-separated; got {text!r}")
     return splits
+
+
+def _positive_floats(text: str) -> Tuple[float, ...]:
+    """--lrs: comma-separated positive numbers."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1e-4,1e-3, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,10 +13,13 @@ own factory functions and fitted by skorch) with:
   ``"encoder"``: its 500-d output is what ADDA's discriminator sees;
 * skada's defaults for every method argument (``reg`` and the rest), so no labelled target image
   chose a setting; only sizes skada cannot infer (``num_features``, ``n_classes``) are given;
-* one optimiser and budget for all: Adam with the presets' lr 1e-4 and betas (0.5, 0.9), batches
-  of 64 source + 64 target images (skada's balanced loader), and as many epochs as the
-  ``improved`` preset's passes (80 + 30 = 110) unless told otherwise; no validation split, no
-  early stopping: the final epoch is what is scored.
+* one optimiser and budget for all: Adam with the presets' betas (0.5, 0.9), batches of 64 source
+  + 64 target images (skada's balanced loader), and as many epochs as the ``improved`` preset's
+  passes (80 + 30 = 110) unless told otherwise; no validation split, no early stopping: the final
+  epoch is what is scored;
+* each method's learning rate as the development tasks chose it (:data:`CHOSEN_LR`, by
+  `madda-rs reproduce peers-dev`: the same tasks, none targeting MNIST or USPS, that chose the
+  ``labelfree`` preset), else the presets' 1e-4, which no one chose for them.
 
 Every run writes ``OUT/runs/peers/<name>/config.json`` (what was run, with the data config) and
 ``metrics.json`` (target test accuracy, wall time, label-free figures on the target *training*
@@ -57,7 +60,7 @@ from ..scores.label_free import (
     mean_entropy,
     soft_neighbourhood_density,
 )
-from .reproduce import LABELFREE_LABEL, SCHEDULES, TABLES, TUNED_LABEL, Column, cell_text, plan
+from .reproduce import DEV_COLUMNS, LABELFREE_LABEL, SCHEDULES, TABLES, TUNED_LABEL, Column, cell_text, plan
 
 log = logging.getLogger("madda_rs")
 
@@ -69,6 +72,14 @@ LR, BETAS, BATCH_SIZE = PRESETS["paper"]["lr"], PRESETS["paper"]["betas"], PRESE
 DEFAULT_EPOCHS = PRESETS["improved"]["epochs_source"] + PRESETS["improved"]["epochs_target"]
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, -2  # skada's sample_domain convention: sources >= 0, targets < 0
 PEERS_DIR = Path("runs") / "peers"  # under OUT
+# Choosing each peer's learning rate on the development tasks (docs/label-free.md): the grid, and
+# the epochs of the choice (fewer than the table's 110: the grid x methods x six tasks must fit a CPU).
+DEV_LRS = (1e-4, 1e-3)
+DEV_EPOCHS = 30
+# What `madda-rs reproduce peers-dev --out results` chose (results/peers-dev.json holds the evidence;
+# a test keeps the two in step): the learning rate with the best mean target accuracy over the
+# development tasks. A method not here trains at LR.
+CHOSEN_LR: Dict[str, float] = {}
 # tests/test_peers.py pins the defect this names
 CAN_NOTE = (" skada 0.6.0's CAN loss (contrastive domain discrepancy) is large and positive between identical "
             "domains, where it should be at most 0 (class masks along one axis of its within-domain kernels), so "
@@ -158,6 +169,7 @@ class PeerRun:
     config: TrainConfig  # the madda_rs run whose data this run uses (and its seed)
     epochs: int
     column: Column
+    lr: float = LR
 
     def record(self) -> Dict[str, Any]:
         """config.json: what the run computes (run-only settings inside ``data`` aside)."""
@@ -167,36 +179,66 @@ class PeerRun:
             "src": self.config.src, "tgt": self.config.tgt, "usps_split": self.config.usps_split,
             "protocol": self.config.protocol, "seed": self.config.seed,
             "backbone": "madda_rs.models.EmbeddingNet(n_classes): ADDA's LeNet", "feature_layer": FEATURE_LAYER,
-            "optimizer": "Adam", "lr": LR, "betas": list(BETAS), "batch_size": BATCH_SIZE, "max_epochs": self.epochs,
+            "optimizer": "Adam", "lr": self.lr, "betas": list(BETAS), "batch_size": BATCH_SIZE,
+            "max_epochs": self.epochs,
             "data": self.config.to_dict(),
         }
 
 
-def run_name(peer: Peer, config: TrainConfig, epochs: int) -> str:
-    return f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}-skada-{peer.slug}-e{epochs}-s{config.seed}"
+def run_name(peer: Peer, config: TrainConfig, epochs: int, lr: float = LR) -> str:
+    backbone = f"-{config.backbone}" if config.backbone != "lenet" else ""
+    rate = f"-lr{lr:g}" if lr != LR else ""  # runs at the presets' lr keep their names
+    return (f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}{backbone}-skada-{peer.slug}-e{epochs}"
+            f"-s{config.seed}{rate}")
+
+
+def _column_run(col: Column, epochs: int) -> Tuple[Dict[str, Any], int]:
+    """A column's data settings and the epochs a peer trains on it: a column that scales the source
+    epochs (a synth-digits source, ten times the images) scales the peer's the same way; other
+    epoch settings are madda_rs's schedule, not a peer's."""
+    settings: Dict[str, Any] = {}
+    for name, value in col.settings:
+        if name == "epochs_source" and callable(value):
+            epochs = value(epochs)
+        elif name not in ("epochs_source", "epochs_target"):
+            settings[name] = value
+    return settings, epochs
 
 
 def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Optional[Sequence[str]] = None,
-               columns: Optional[Sequence[Column]] = None, **run_settings: Any) -> List[PeerRun]:
-    """Every peer run of the table: method x column (task, USPS split) x seed. `methods` are
-    :data:`PEER_NAMES` keys (default: all); `run_settings` (device, data_dir, threads) go into
-    every data config."""
+               columns: Optional[Sequence[Column]] = None, lrs: Optional[Sequence[float]] = None,
+               **run_settings: Any) -> List[PeerRun]:
+    """Every peer run of a table: method x column (task, USPS split) x seed, at each method's
+    :data:`CHOSEN_LR` (else LR) or, given `lrs`, at each of them. `methods` are :data:`PEER_NAMES`
+    keys (default: all); `run_settings` (device, data_dir, threads) go into every data config."""
     if not seeds:
         raise ValueError("give at least one seed")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if lrs is not None and (not lrs or not all(np.isfinite(lr) and lr > 0 for lr in lrs)):
+        raise ValueError(f"learning rates must be positive numbers, got {', '.join(map(str, lrs)) or 'none'}")
     unknown = [m for m in methods or () if m not in PEER_NAMES]
     if unknown:
         raise ValueError(f"unknown peer methods {', '.join(unknown)}; expected some of {', '.join(PEER_NAMES)}")
     peers = [PEER_NAMES[m] for m in methods] if methods else list(PEERS)
     runs = []
     for peer in peers:
-        for col in columns or TABLES["table1"].columns:
-            for seed in seeds:
-                config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
-                                     method="adda", seed=seed, **run_settings)
-                runs.append(PeerRun(run_name(peer, config, epochs), peer, config, epochs, col))
+        for lr in lrs if lrs is not None else (CHOSEN_LR.get(peer.slug, LR),):
+            for col in columns or TABLES["table1"].columns:
+                settings, col_epochs = _column_run(col, epochs)
+                for seed in seeds:
+                    config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split,
+                                         protocol=col.protocol, method="adda", seed=seed,
+                                         **{**settings, **run_settings})
+                    runs.append(PeerRun(run_name(peer, config, col_epochs, lr), peer, config, col_epochs, col, lr))
     return runs
+
+
+def plan_peers_dev(seeds: Sequence[int], epochs: int = DEV_EPOCHS, methods: Optional[Sequence[str]] = None,
+                   lrs: Sequence[float] = DEV_LRS, **run_settings: Any) -> List[PeerRun]:
+    """The learning-rate choice's runs: each method at each of `lrs` on the development tasks, with
+    their data as the devtasks table has it (target images resized to the source's shape)."""
+    return plan_peers(seeds, epochs, methods, DEV_COLUMNS, lrs, resize_to_source=True, **run_settings)
 
 
 def peer_state(folder: Path, run: PeerRun) -> str:
@@ -234,7 +276,7 @@ def _seeded_globals(seed: int) -> Iterator[None]:
 
 
 def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.device, *, backbone: str = "lenet",
-              weights: Optional[str] = None) -> Any:
+              weights: Optional[str] = None, lr: float = LR) -> Any:
     """The skada estimator of `peer`, built by skada's own factory with its defaults, around ADDA's
     network (on `backbone`) started from the run's 'init_source' weights, or `weights` for the backbone."""
     deep, _ = require_skada()
@@ -257,7 +299,7 @@ def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.d
             width = min(num_features * n_classes, 4096) if peer.factory == "CDAN" else num_features
             kwargs["domain_classifier"] = sigmoid_domain_classifier(width)
         factory = getattr(deep, peer.factory)
-        common = dict(optimizer=torch.optim.Adam, lr=LR, optimizer__betas=tuple(BETAS), batch_size=BATCH_SIZE,
+        common = dict(optimizer=torch.optim.Adam, lr=lr, optimizer__betas=tuple(BETAS), batch_size=BATCH_SIZE,
                       train_split=None, device=str(device), verbose=0)
         if peer.factory != "SPA":
             common["max_epochs"] = epochs
@@ -286,7 +328,7 @@ def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None
     x, y, domains = _merged(data)
     with _seeded_globals(run.config.seed):
         net = build_net(run.peer, data, run.epochs, run.config.seed, device, backbone=run.config.backbone,
-                        weights=run.config.weights)
+                        weights=run.config.weights, lr=run.lr)
         fit_start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # skorch's and torch's notes on skada's internals
@@ -401,7 +443,9 @@ class _Row:
 def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
     rows: Dict[str, _Row] = {}
     for run in runs:
-        row = rows.setdefault(run.peer.label, _Row(run.peer.label, "skada", f"{run.epochs} epochs", "none"))
+        chose = "dev targets only (the learning rate)" if run.peer.slug in CHOSEN_LR else "none"
+        row = rows.setdefault(run.peer.label, _Row(run.peer.label, "skada", f"{run.epochs} epochs, lr {run.lr:g}",
+                                                   chose))
         folder = out / PEERS_DIR / run.name
         if (folder / METRICS_FILE).is_file():
             row.got.setdefault(run.column.label, []).append((run.config.seed, load_run(str(folder))[1]))
@@ -465,7 +509,7 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
     budget = ", ".join(map(str, epochs)) if epochs else str(DEFAULT_EPOCHS)
     reduced = (f" **Reduced budget: {budget} epochs instead of {DEFAULT_EPOCHS}** (CPU time)."
                if epochs and max(epochs) < DEFAULT_EPOCHS else "")
-    lr = f"{LR:.0e}".replace("e-0", "e-")  # 1e-4
+    lr = f"{LR:g}"
     can = CAN_NOTE if any(r.peer.factory == "CAN" for r in runs) else ""
     return (
         f"**Peers through their own code (skada {versions['skada']}, skorch {versions['skorch']}), ADDA protocol.** "
@@ -473,10 +517,12 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
         "trains ADDA's LeNet (madda_rs.models.EmbeddingNet, one output per class; skada's feature layer is the "
         "500-d encoder output ADDA's discriminator sees), started from the weights a madda_rs run of the same seed "
         "starts from, on the images that run trains and scores on (madda_rs.data.run_data.prepare_data), at "
-        f"skada's defaults, with one optimiser for all: Adam, lr {lr}, betas ({BETAS[0]}, {BETAS[1]}) (the "
-        f"presets'), batches of {BATCH_SIZE} source + {BATCH_SIZE} target images, {budget} epochs (the improved "
-        f"preset's {PRESETS['improved']['epochs_source']} + {PRESETS['improved']['epochs_target']} passes), no "
-        f"validation split or early stopping.{reduced} skada 0.6.0's default domain classifier ends in a softmax "
+        f"skada's defaults, with one optimiser for all: Adam, betas ({BETAS[0]}, {BETAS[1]}) (the presets'), "
+        f"batches of {BATCH_SIZE} source + {BATCH_SIZE} target images, {budget} epochs (the improved preset's "
+        f"{PRESETS['improved']['epochs_source']} + {PRESETS['improved']['epochs_target']} passes), no validation "
+        f"split or early stopping, and the learning rate its 'training' cell names: chosen on the development "
+        f"tasks (none targets MNIST or USPS; results/peers-dev.md) where the next cell says so, else the presets' "
+        f"{lr}, which no one chose for them.{reduced} skada 0.6.0's default domain classifier ends in a softmax "
         "over one output (a constant 1, no gradient), so DANN and CDAN at defaults train as source only and SPA "
         "without its adversarial term; "
         f"the 'sigmoid domain classifier' rows pass the same classifier ending in a sigmoid.{can} The madda_rs rows "
@@ -503,6 +549,78 @@ def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure
     return written
 
 
+# --- each peer's learning rate, chosen on the development tasks ------------------------------------
+
+
+def lr_choice(runs: Sequence[PeerRun], out: Path) -> Dict[str, Any]:
+    """peers-dev.json's contents: per method, each learning rate's final-epoch target accuracy on
+    every development task (mean over the seeds run), their mean and worst, and the chosen rate,
+    the best mean (ties keep the smaller rate). A method with any run still missing chooses nothing."""
+    tasks = list(dict.fromkeys(r.column.label for r in runs))
+    got: Dict[str, Dict[float, Dict[str, List[float]]]] = {}
+    missing, labels_read = set(), {}
+    for run in runs:
+        cell = got.setdefault(run.peer.slug, {}).setdefault(run.lr, {}).setdefault(run.column.label, [])
+        folder = out / PEERS_DIR / run.name
+        if not (folder / METRICS_FILE).is_file():
+            missing.add(run.peer.slug)
+            continue
+        metrics = load_run(str(folder))[1]
+        cell.append(metrics["target_accuracy"])
+        labels_read[run.column.label] = metrics["images"]["target_test"]
+    methods: Dict[str, Any] = {}
+    for slug, by_lr in got.items():
+        rates = {}
+        for lr in sorted(by_lr):
+            per_task = {t: round(float(np.mean(a)), 4) for t, a in by_lr[lr].items() if a}
+            done = len(per_task) == len(tasks)
+            rates[f"{lr:g}"] = {"per_task": per_task, "mean": round(float(np.mean(list(per_task.values()))), 4)
+                                if done else None, "worst": min(per_task.values()) if done else None}
+        chosen = None
+        if slug not in missing:
+            best = max(rates.values(), key=lambda r: r["mean"])["mean"]
+            chosen = float(next(lr for lr, r in rates.items() if r["mean"] == best))
+        methods[slug] = {"method": PEER_NAMES[slug].label, "rates": rates, "chosen_lr": chosen}
+    epochs = sorted({r.epochs for r in runs})
+    return {
+        "rule": "each method's learning rate: the best mean final-epoch target accuracy over the development "
+                "tasks (none targets MNIST or USPS); ties keep the smaller rate",
+        "tasks": tasks, "epochs": epochs, "seeds": sorted({r.config.seed for r in runs}),
+        "lrs": sorted({r.lr for r in runs}),
+        "labels_read": {"target test images per task": labels_read,
+                        "total": int(sum(labels_read.values()))},
+        "methods": methods,
+    }
+
+
+def write_peers_dev(runs: Sequence[PeerRun], out: Path) -> List[Path]:
+    """OUT/peers-dev.md and OUT/peers-dev.json: the learning-rate choice and its evidence."""
+    choice = lr_choice(runs, out)
+    tasks = choice["tasks"]
+    header = ["method", "lr"] + tasks + ["mean", "worst", "chosen"]
+    lines = [
+        f"**Each peer's learning rate, chosen on the development tasks** (`madda-rs reproduce peers-dev`; seeds "
+        f"{', '.join(map(str, choice['seeds']))}; {', '.join(map(str, choice['epochs']))} epochs, a tenth for a "
+        "synth-digits source; Adam, betas and batches as in the peers table). Final-epoch target test accuracy; "
+        f"{choice['labels_read']['total']:,} labelled development-target test images rated the choices, no MNIST "
+        "or USPS label. The chosen rate has the best mean over the tasks.",
+        "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+    ]
+    for slug, method in choice["methods"].items():
+        for lr, rate in method["rates"].items():
+            cells = [f"{rate['per_task'][t]:.3f}" if t in rate["per_task"] else "-" for t in tasks]
+            mean = "-" if rate["mean"] is None else f"{rate['mean']:.3f}"
+            worst = "-" if rate["worst"] is None else f"{rate['worst']:.3f}"
+            chosen = "**chosen**" if method["chosen_lr"] is not None and float(lr) == method["chosen_lr"] else ""
+            lines.append(f"| {method['method']} | {lr} | " + " | ".join(cells) + f" | {mean} | {worst} | {chosen} |")
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "peers-dev.md", out / "peers-dev.json"
+    md.write_text("\n".join(lines) + "\n")
+    _write_json(js, choice)
+    return [md, js]
+
+
 __all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
-           "require_skada", "plan_peers", "peer_state", "check_runnable", "run_peers", "train_peer", "build_net",
-           "build_peers_table", "write_peers", "SkadaNet"]
+           "CHOSEN_LR", "DEV_LRS", "DEV_EPOCHS", "require_skada", "plan_peers", "plan_peers_dev", "peer_state",
+           "check_runnable", "run_peers", "train_peer", "build_net", "build_peers_table", "write_peers", "lr_choice",
+           "write_peers_dev", "SkadaNet"]
