@@ -83,6 +83,10 @@ def test_tune_chooses_the_same_run_whatever_the_target_labels_say(generated_data
     assert {k: config[k] for k in ("epochs_source", "epochs_target", "im_weight", "adversarial")} == \
         {k: a["chosen"][k] for k in ("epochs_source", "epochs_target", "im_weight", "adversarial")}
     assert (tmp_path / "a" / "target.pt").is_file()
+    # ... and it is the finalist's own run, copied, not trained again (a rerun need not repeat it)
+    finalist = tmp_path / "a" / "candidates" / f"c{a['chosen_index']:02d}-rung2"
+    left, trained = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "a", finalist))
+    assert left["wall_seconds"] == trained["wall_seconds"] and left["history"] == trained["history"]
 
 
 def test_tune_keeps_to_its_budget_and_refuses_to_overwrite(generated_data_dir, tmp_path, monkeypatch, capsys):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import DERIVED, TrainConfig
 from .methods import get_method
 from .run.folder import RunFolder
 from .run.precision import resolve_precision
@@ -196,8 +196,11 @@ def _leave_chosen_run(chosen: _Candidate, config: TrainConfig, out: Path, overwr
     this very config (a rerun would repeat it bit for bit), else a fresh run."""
     done = Path(chosen.run_dirs[-1])
     same = json.loads((done / "config.json").read_text())
-    if {k: v for k, v in same.items() if k != "eval_every"} == \
-            {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "eval_every"}:
+    # what training fills in (the class names) and how often it evaluates do not make another run;
+    # comparing them retrained every choice, and a rerun without --deterministic need not repeat it
+    ignore = ("eval_every",) + DERIVED
+    if {k: v for k, v in same.items() if k not in ignore} == \
+            {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in ignore}:
         for path in done.iterdir():
             if path.is_file():
                 shutil.copy2(path, out / path.name)
