@@ -39,7 +39,8 @@ def _write(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, root: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write (must not exist)")
-    parser.add_argument("--data-dir", default=None, help="MNIST/USPS in torchvision's layout (default: $MADDA_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="MNIST/USPS in torchvision's layout (default: $MADDA_DATA_DIR)")
     parser.add_argument("--per-class", type=int, default=100, help="images per class in each folder [100]")
     args = parser.parse_args()
     out = Path(args.out)

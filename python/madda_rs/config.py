@@ -284,7 +284,6 @@ class TrainConfig:
     def __init__(self, **values: Any) -> None:
         """Run settings and the method's settings by name, flat; ``settings=`` (a
         MethodSettings) gives the method's settings at once, names given beside it override."""
-        run_names = {f.name for f in run_fields()}
         for f in run_fields():
             object.__setattr__(self, f.name, values.pop(f.name, f.default))
         given = values.pop("settings", None)
@@ -293,7 +292,6 @@ class TrainConfig:
         cls = settings_class(self.method)
         if given is not None and type(given) is not cls:
             raise ValueError(f"settings must be {cls.__name__} for --method {self.method}, got {type(given).__name__}")
-        assert not run_names & set(values)
         object.__setattr__(self, "settings", cls.build(self.method, self.preset, {**own, **values}))
         self.settings.check(self)
 
