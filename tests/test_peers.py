@@ -32,8 +32,9 @@ def _fake_adda_run(out, accuracy=0.5):
                                                      "label_free": {"pred_entropy": 0.9}, "history": {}}))
 
 
-def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir, tmp_path, capsys):
+def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("skada")
+    monkeypatch.setattr(peers, "CHOSEN_LR", {})  # every method at the presets' rate (the choice has its own test)
     _fake_adda_run(tmp_path)
     args = ["reproduce", "peers", "--out", str(tmp_path), "--data-dir", generated_data_dir, "--seeds", "0",
             "--epochs", "1", "--methods", "sourceonly,dann", "--threads", "1", "--device", "cpu"]
@@ -239,6 +240,13 @@ def test_the_peers_table_trains_each_method_at_its_chosen_rate_and_says_what_cho
     markdown, _ = peers.build_peers_table([mcc, dan], tmp_path, (0,))
     assert "| MCC | skada | 110 epochs, lr 0.001 | dev targets only (the learning rate) | 0.900 (0) |" in markdown
     assert "| DAN | skada | 110 epochs, lr 0.0001 | none | 0.800 (0) |" in markdown
+    assert "lr 0.0001 |" not in markdown.split("| MCC |")[1].split("| DAN |")[0]  # no unchosen run yet: no row
+    # the method's runs at the presets' rate, from before the choice, stay in the table below its chosen row
+    _fake_peer_run(tmp_path, plan_peers((0,), 110, ["mcc"], lrs=(1e-4,))[0], 0.7)
+    markdown, _ = peers.build_peers_table([dan, mcc], tmp_path, (0,))
+    rows = [line.split(" | ")[0] for line in markdown.splitlines() if "| skada |" in line]
+    assert rows == ["| MCC", "| MCC, lr 0.0001", "| DAN"]
+    assert "| MCC, lr 0.0001 | skada | 110 epochs, lr 0.0001 | none | 0.700 (0) |" in markdown
 
 
 def test_the_chosen_learning_rates_are_the_committed_choice():

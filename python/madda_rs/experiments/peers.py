@@ -37,7 +37,7 @@ import random
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -79,7 +79,7 @@ DEV_EPOCHS = 30
 # What `madda-rs reproduce peers-dev --out results` chose (results/peers-dev.json holds the evidence;
 # a test keeps the two in step): the learning rate with the best mean target accuracy over the
 # development tasks. A method not here trains at LR.
-CHOSEN_LR: Dict[str, float] = {}
+CHOSEN_LR: Dict[str, float] = {"sourceonly": 1e-3, "mcc": 1e-3, "cdan-sigmoid": 1e-3}
 # tests/test_peers.py pins the defect this names
 CAN_NOTE = (" skada 0.6.0's CAN loss (contrastive domain discrepancy) is large and positive between identical "
             "domains, where it should be at most 0 (class masks along one axis of its within-domain kernels), so "
@@ -441,13 +441,20 @@ class _Row:
 
 
 def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
-    rows: Dict[str, _Row] = {}
+    rows: Dict[Tuple[str, float], _Row] = {}
     for run in runs:
-        chose = "dev targets only (the learning rate)" if run.peer.slug in CHOSEN_LR else "none"
-        row = rows.setdefault(run.peer.label, _Row(run.peer.label, "skada", f"{run.epochs} epochs, lr {run.lr:g}",
-                                                   chose))
+        chosen = run.peer.slug in CHOSEN_LR and run.lr == CHOSEN_LR[run.peer.slug]
+        unchosen = run.peer.slug in CHOSEN_LR and not chosen
         folder = out / PEERS_DIR / run.name
-        if (folder / METRICS_FILE).is_file():
+        done = (folder / METRICS_FILE).is_file()
+        if unchosen and not done:
+            continue
+        # a method's runs at a rate it was not chosen at (the presets' 1e-4, before the choice) get their own row
+        label = f"{run.peer.label}, lr {run.lr:g}" if unchosen else run.peer.label
+        chose = "dev targets only (the learning rate)" if chosen else "none"
+        row = rows.setdefault((run.peer.label, run.lr),
+                              _Row(label, "skada", f"{run.epochs} epochs, lr {run.lr:g}", chose))
+        if done:
             row.got.setdefault(run.column.label, []).append((run.config.seed, load_run(str(folder))[1]))
     return list(rows.values())
 
@@ -469,11 +476,20 @@ def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
     return rows
 
 
+def unchosen_runs(runs: Sequence[PeerRun]) -> List[PeerRun]:
+    """The same runs at the presets' learning rate, for each method the development tasks chose
+    another rate for: the table shows them beside the chosen rows where they are complete, and
+    never trains them."""
+    return [replace(r, lr=LR, name=run_name(r.peer, r.config, r.epochs)) for r in runs if r.lr != LR]
+
+
 def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int]) -> Tuple[str, List[Dict[str, Any]]]:
-    """The markdown table and its CSV rows from the complete peer runs in `runs` and Table 1's
-    madda_rs runs of `seeds` in OUT/runs."""
+    """The markdown table and its CSV rows from the complete peer runs in `runs` (and, where
+    complete, their :func:`unchosen_runs`) and Table 1's madda_rs runs of `seeds` in OUT/runs."""
     columns = list(TABLES["table1"].columns)
-    rows = _peer_rows(runs, out) + _madda_rows(seeds, out)
+    order = list(PEER_NAMES)  # each method's unchosen row right below its chosen one
+    peer_runs = sorted(list(runs) + unchosen_runs(runs), key=lambda r: order.index(r.peer.slug))
+    rows = _peer_rows(peer_runs, out) + _madda_rows(seeds, out)
     header = (["method", "library", "training", "labelled target images that chose the settings"]
               + [c.label for c in columns] + ["mean wall time per run (s)"])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -600,8 +616,9 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path) -> List[Path]:
     header = ["method", "lr"] + tasks + ["mean", "worst", "chosen"]
     lines = [
         f"**Each peer's learning rate, chosen on the development tasks** (`madda-rs reproduce peers-dev`; seeds "
-        f"{', '.join(map(str, choice['seeds']))}; {', '.join(map(str, choice['epochs']))} epochs, a tenth for a "
-        "synth-digits source; Adam, betas and batches as in the peers table). Final-epoch target test accuracy; "
+        f"{', '.join(map(str, choice['seeds']))}; {max(choice['epochs'], default=0)} epochs, "
+        f"{min(choice['epochs'], default=0)} for a synth-digits source (ten times the images); Adam, betas and "
+        "batches as in the peers table). Final-epoch target test accuracy; "
         f"{choice['labels_read']['total']:,} labelled development-target test images rated the choices, no MNIST "
         "or USPS label. The chosen rate has the best mean over the tasks.",
         "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|",
