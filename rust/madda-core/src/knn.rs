@@ -639,7 +639,15 @@ struct BlockSearch {
     prune_at: Vec<usize>,
     /// Per row: the error window 2E.
     window: Vec<f64>,
+    /// Per row, when `k <= RUNNING_K`: the k smallest approximate distances pushed so far,
+    /// ascending (+inf until k have come), so each push that enters them lowers the threshold
+    /// at once instead of at the next prune.
+    kbest: Vec<f32>,
 }
+
+/// Largest k for which [`BlockSearch`] keeps a running k-best per row: each push that enters it
+/// costs an insertion of up to k moves, and such pushes come about k ln(n / k) times per row.
+const RUNNING_K: usize = 64;
 
 impl BlockSearch {
     /// Bookkeeping for target rows `t0..t0 + rows`; `error_bound(|t|^2)` bounds the rounding
@@ -666,6 +674,7 @@ impl BlockSearch {
             thr32,
             prune_at: vec![first_prune; rows],
             window,
+            kbest: if k <= RUNNING_K { vec![f32::INFINITY; rows * k] } else { Vec::new() },
         }
     }
 
@@ -673,9 +682,27 @@ impl BlockSearch {
     #[inline]
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn push(&mut self, r: usize, a: f32, j: u32) {
-        let cands = &mut self.candidates[r];
-        cands.push((a, j));
-        if cands.len() > self.prune_at[r] {
+        self.candidates[r].push((a, j));
+        let k = self.k;
+        if let Some(best) = self.kbest.get_mut(r * k..(r + 1) * k) {
+            if a < best[k - 1] {
+                // insertion into the ascending k-best from its end (k is small: a loop of moves
+                // is cheaper here than a search and a memmove call)
+                let mut at = k - 1;
+                while at > 0 && best[at - 1] > a {
+                    best[at] = best[at - 1];
+                    at -= 1;
+                }
+                best[at] = a;
+                if best[k - 1] < f32::INFINITY {
+                    // the same threshold a prune would set now: the k-th smallest plus 2E
+                    let thr = best[k - 1] as f64 + self.window[r];
+                    self.threshold[r] = thr;
+                    self.thr32[r] = f32_at_least(thr);
+                }
+            }
+        }
+        if self.candidates[r].len() > self.prune_at[r] {
             self.prune(r);
         }
     }
@@ -741,7 +768,11 @@ impl BlockSearch {
     fn prune(&mut self, r: usize) {
         let k = self.k;
         let cands = &mut self.candidates[r];
-        if cands.len() >= k {
+        if self.kbest.get(r * k + k - 1).is_some_and(|&kth| kth < f32::INFINITY) {
+            // the running k-best has set the threshold already (see `push`)
+            let thr = self.threshold[r];
+            cands.retain(|c| (c.0 as f64) <= thr);
+        } else if cands.len() >= k {
             let (_, kth, _) = cands.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
             let thr = kth.0 as f64 + self.window[r];
             self.threshold[r] = thr;
