@@ -80,7 +80,9 @@ def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir,
     lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
     assert lines["DANN"].startswith("| DANN | skada | 1 epochs, lr 0.0001 | none | ") and lines["DANN"].count("(0)") == COLUMNS
     assert "| Source only (skada SourceOnly) | skada |" in markdown
-    assert lines["ADDA"] == "| ADDA | madda_rs | short (40+20) | none | 0.500 (0) | - | - | - | 7 |"
+    # Table 1's labels column: the short schedule was chosen on held-out labelled target training images
+    assert lines["ADDA"] == ("| ADDA | madda_rs | short (40+20) | held-out target train (the short schedule) | "
+                             "0.500 (0) | - | - | - | 7 |")
     with open(tmp_path / "peers.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == (2 + 5) * COLUMNS  # two peers, ADDA, M-ADDA paper, improved, labelfree, tuned-mnist-usps
@@ -266,3 +268,35 @@ def test_learning_rates_are_refused_where_they_choose_nothing(tmp_path, capsys):
     assert exit.value.code == 2 and "--lrs: expected positive numbers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="learning rates must be positive"):
         plan_peers((0,), 3, ["dan"], lrs=(0.0,))
+
+
+def test_peers_stand_beside_the_colour_table_on_its_backbones_and_tasks(tmp_path, capsys, monkeypatch):
+    from madda_rs.experiments.reproduce import COLOUR_COLUMNS
+
+    runs = plan_peers((0,), peers.PEER_TABLES["colour"], ["mcc"], COLOUR_COLUMNS)
+    assert len(runs) == len(COLOUR_COLUMNS) and peers.PEER_TABLES["colour"] == 40 + 15
+    effnet = [r for r in runs if r.config.backbone == "efficientnet-lite0"]
+    assert len(effnet) == 3 and all(r.config.weights == "imagenet" and r.config.image_size == (64, 64) for r in effnet)
+    assert all("-efficientnet-lite0-skada-mcc-" in r.name for r in effnet)
+    synth = [r for r in runs if r.config.src == "synth-digits"]
+    assert {(r.epochs, r.config.channels) for r in synth} == {(5, 3)}  # a tenth of the epochs, drawn in colour
+    assert len({r.name for r in runs}) == len(runs) and all(r.config.resize_to_target for r in runs)
+    _fake_peer_run(tmp_path, runs[0], 0.6)
+    adda = next(r for r in plan("colour", (0,)) if r.config.method == "adda" and r.config.backbone == "resnet-cifar"
+                and r.config.src == "mnist")
+    folder = tmp_path / "runs" / adda.slug
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(adda.config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"target_accuracy": 0.3, "wall_seconds": 2.0, "history": {}}))
+    monkeypatch.setattr(peers, "check_runnable", lambda runs, out: [])
+    assert main(["reproduce", "peers", "--beside", "colour", "--out", str(tmp_path), "--seeds", "0", "--methods", "mcc",
+                 "--no-run", "--no-figures"]) == 0
+    markdown = (tmp_path / "peers-colour.md").read_text()
+    assert not (tmp_path / "peers.md").exists()  # Table 1's peers table is left alone
+    assert "beside Colour domains" in markdown and "carried to these backbones unchanged" in markdown
+    lines = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
+    assert lines["| MCC"].count(" | 0.600 (0) | ") == 1 and "MNIST → MNIST-M, resnet-cifar" in markdown
+    assert lines["| ADDA"].startswith("| ADDA | madda_rs | dev (40+15) | none | 0.300 (0) |")
+    assert "| M-ADDA, preset improved (ours) |" not in markdown  # not a row of the colour table
+    assert main(["reproduce", "peers-dev", "--beside", "colour", "--out", str(tmp_path), "--no-run"]) == 1
+    assert "--beside is for 'reproduce peers'" in capsys.readouterr().err

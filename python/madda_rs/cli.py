@@ -195,7 +195,10 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help="peers only: epochs of every skada method [default: 110, the improved preset's passes; "
-                        "peers-dev: 30]")
+                        "55 beside the colour table; peers-dev: 30]")
+    p.add_argument("--beside", choices=("table1", "colour"), default="table1",
+                   help="peers only: the table whose tasks, backbones and madda_rs rows the peers stand beside; "
+                        "'colour' writes OUT/peers-colour.md [default: table1]")
     p.add_argument("--lrs", type=_positive_floats, default=None,
                    help="peers-dev only: comma-separated learning rates to choose among [default: 1e-4,1e-3]")
     p.add_argument("--splits", default="standard,pooled", type=_usps_splits,
@@ -453,15 +456,18 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
     dev = args.table == "peers-dev"
     if args.lrs is not None and not dev:
         raise ValueError("--lrs is for 'reproduce peers-dev'; 'reproduce peers' trains each method at its chosen rate")
+    if dev and args.beside != "table1":
+        raise ValueError("--beside is for 'reproduce peers'; 'reproduce peers-dev' runs on the development tasks")
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    epochs = 1 if args.quick else args.epochs or (peers.DEV_EPOCHS if dev else peers.DEFAULT_EPOCHS)
+    epochs = 1 if args.quick else args.epochs or (peers.DEV_EPOCHS if dev else peers.PEER_TABLES[args.beside])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     settings = {"data_dir": args.data_dir, "threads": args.threads}
     if dev:
         runs = peers.plan_peers_dev(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
     else:
-        columns = [c for c in TABLES["table1"].columns if c.usps_split in args.splits]
+        columns = [c for c in TABLES[args.beside].columns
+                   if "usps" not in (c.src, c.tgt) or c.usps_split in args.splits]
         runs = peers.plan_peers(seeds, epochs, methods, columns, **settings)
     check_runnable, run_peers = peers.check_runnable, peers.run_peers
     if not args.no_run:
@@ -475,7 +481,7 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
             run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
     finally:  # an interrupted reproduce still writes what is complete
         written = (peers.write_peers_dev(runs, out) if dev
-                   else peers.write_peers(runs, out, seeds, figure=not args.no_figures))
+                   else peers.write_peers(runs, out, seeds, figure=not args.no_figures, table=args.beside))
     print(written[0].read_text())
     print(f"written: {', '.join(map(str, written))}")
     return 0

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import PRESET_TARGET_LABELS, PRESETS, TrainConfig
+from ..config import PRESETS, TrainConfig
 from ..data.run_data import RunData, prepare_data
 from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts
@@ -60,7 +60,17 @@ from ..scores.label_free import (
     mean_entropy,
     soft_neighbourhood_density,
 )
-from .reproduce import DEV_COLUMNS, LABELFREE_LABEL, SCHEDULES, TABLES, TUNED_LABEL, Column, cell_text, plan
+from .reproduce import (
+    DEV_COLUMNS,
+    LABELFREE_LABEL,
+    SCHEDULES,
+    TABLES,
+    TUNED_LABEL,
+    Column,
+    cell_text,
+    plan,
+    row_target_labels,
+)
 
 log = logging.getLogger("madda_rs")
 
@@ -70,6 +80,9 @@ FEATURE_LAYER = "encoder"  # EmbeddingNet's backbone: the features ADDA's discri
 # improved preset's passes over the data (its source + target epochs).
 LR, BETAS, BATCH_SIZE = PRESETS["paper"]["lr"], PRESETS["paper"]["betas"], PRESETS["paper"]["batch_size"]
 DEFAULT_EPOCHS = PRESETS["improved"]["epochs_source"] + PRESETS["improved"]["epochs_target"]
+# The tables a peers table stands beside, and its peers' default epochs: as many passes as the
+# M-ADDA rows there (the colour table's rows run at tune's 40 + 15).
+PEER_TABLES = {"table1": DEFAULT_EPOCHS, "colour": sum(SCHEDULES["adda"]["dev"][:2])}
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, -2  # skada's sample_domain convention: sources >= 0, targets < 0
 PEERS_DIR = Path("runs") / "peers"  # under OUT
 # Choosing each peer's learning rate on the development tasks (docs/label-free.md): the grid, and
@@ -131,9 +144,9 @@ PEERS: Tuple[Peer, ...] = (
 )
 PEER_NAMES = {p.slug: p for p in PEERS}
 
-# madda_rs's own rows, from Table 1's committed runs: (row label in reproduce.TABLES["table1"], schedule)
-MADDA_ROWS = (("ADDA", "short"), ("M-ADDA, preset paper", "short"), ("M-ADDA, preset improved (ours)", "improved"),
-              (LABELFREE_LABEL, "labelfree"), (TUNED_LABEL, "tuned-mnist-usps"))
+# madda_rs's own rows, from the committed runs of the table the peers stand beside (those of these
+# labels that table has)
+MADDA_ROWS = ("ADDA", "M-ADDA, preset paper", "M-ADDA, preset improved (ours)", LABELFREE_LABEL, TUNED_LABEL)
 
 
 def require_skada() -> Tuple[Any, Any]:
@@ -461,14 +474,16 @@ def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
     return list(rows.values())
 
 
-def _madda_rows(seeds: Sequence[int], out: Path) -> List[_Row]:
-    """ADDA and M-ADDA from Table 1's runs in OUT/runs (reproduce's plan names them)."""
-    planned = plan("table1", seeds, "short")
+def _madda_rows(table: str, seeds: Sequence[int], out: Path) -> List[_Row]:
+    """ADDA and M-ADDA from `table`'s runs in OUT/runs (reproduce's plan names them), each row at
+    the schedule its runs have (a table's default one: 'short')."""
+    planned = plan(table, seeds, "short")
+    spec = {r.label: r for r in TABLES[table].rows}
     rows = []
-    for label, schedule in MADDA_ROWS:
+    for label in (lab for lab in MADDA_ROWS if lab in spec):
+        schedule = spec[label].schedule or "short"
         es, et, _ = SCHEDULES["adda"][schedule]
-        preset = schedule if schedule in PRESETS else "paper"  # a preset's rows run at its own schedule
-        row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", PRESET_TARGET_LABELS[preset])
+        row = _Row(label, "madda_rs", f"{schedule} ({es}+{et})", row_target_labels(spec[label], schedule))
         for run in planned:
             folder = out / "runs" / run.slug
             for row_label, col_label in run.cells:
@@ -485,13 +500,14 @@ def unchosen_runs(runs: Sequence[PeerRun]) -> List[PeerRun]:
     return [replace(r, lr=LR, name=run_name(r.peer, r.config, r.epochs)) for r in runs if r.lr != LR]
 
 
-def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int]) -> Tuple[str, List[Dict[str, Any]]]:
+def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
+                      table: str = "table1") -> Tuple[str, List[Dict[str, Any]]]:
     """The markdown table and its CSV rows from the complete peer runs in `runs` (and, where
-    complete, their :func:`unchosen_runs`) and Table 1's madda_rs runs of `seeds` in OUT/runs."""
-    columns = list(TABLES["table1"].columns)
+    complete, their :func:`unchosen_runs`) and `table`'s madda_rs runs of `seeds` in OUT/runs."""
+    columns = list(TABLES[table].columns)
     order = list(PEER_NAMES)  # each method's unchosen row right below its chosen one
     peer_runs = sorted(list(runs) + unchosen_runs(runs), key=lambda r: order.index(r.peer.slug))
-    rows = _peer_rows(peer_runs, out) + _madda_rows(seeds, out)
+    rows = _peer_rows(peer_runs, out) + _madda_rows(table, seeds, out)
     header = (["method", "library", "training", "labelled target images that chose the settings"]
               + [c.label for c in columns] + ["mean wall time per run (s)"])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -519,14 +535,29 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int]) 
         lines.append(f"| {row.label} | {row.library} | {row.training} | {row.target_labels} | "
                      + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
     recorded = [m["versions"] for row in rows for got in row.got.values() for _, m in got if "versions" in m]
-    return "\n".join([_caption(runs, recorded[0] if recorded else _versions())] + [""] + lines), csv_rows
+    caption = _caption(runs, recorded[0] if recorded else _versions(), table)
+    return "\n".join([caption] + [""] + lines), csv_rows
 
 
-def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
+def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "table1") -> str:
     epochs = sorted({r.epochs for r in runs})
-    budget = ", ".join(map(str, epochs)) if epochs else str(DEFAULT_EPOCHS)
-    reduced = (f" **Reduced budget: {budget} epochs instead of {DEFAULT_EPOCHS}** (CPU time)."
-               if epochs and max(epochs) < DEFAULT_EPOCHS else "")
+    default = PEER_TABLES[table]
+    budget = ", ".join(map(str, epochs)) if epochs else str(default)
+    reduced = (f" **Reduced budget: {budget} epochs instead of {default}** (CPU time)."
+               if epochs and max(epochs) < default else "")
+    if table != "table1":
+        return (
+            f"**Peers through their own code (skada {versions['skada']}, skorch {versions['skorch']}) beside "
+            f"{TABLES[table].title}.** Final-epoch target test accuracy, mean ± sample std over seeds (seeds in "
+            "brackets). Each skada method trains the column's backbone (madda_rs.models.EmbeddingNet, one output per "
+            "class; skada's feature layer is the backbone's output), started from the weights a madda_rs run of the "
+            "same seed starts from, on the images that run trains and scores on, at skada's defaults, Adam with "
+            f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, {budget} epochs (the "
+            "M-ADDA rows' passes; a tenth for a synth-digits source), no validation split or early stopping, and the "
+            "learning rate its 'training' cell names, chosen on the development tasks with LeNet "
+            f"(results/peers-dev.md) and carried to these backbones unchanged.{reduced} The madda_rs rows are the "
+            "table's runs "
+            "(results/runs/).")
     lr = f"{LR:g}"
     can = CAN_NOTE if any(r.peer.factory == "CAN" for r in runs) else ""
     return (
@@ -548,11 +579,14 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str]) -> str:
     )
 
 
-def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure: bool = True) -> List[Path]:
-    """OUT/peers.md, OUT/peers.csv and (with `figure`) OUT/peers.png; returns the files written."""
-    markdown, rows = build_peers_table(runs, out, seeds)
+def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure: bool = True,
+                table: str = "table1") -> List[Path]:
+    """OUT/peers.md, OUT/peers.csv and (with `figure`) OUT/peers.png (peers-TABLE.* beside another
+    table than Table 1); returns the files written."""
+    markdown, rows = build_peers_table(runs, out, seeds, table)
     out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out / "peers.md", out / "peers.csv"
+    stem = "peers" if table == "table1" else f"peers-{table}"
+    md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
     md.write_text(markdown + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
@@ -562,7 +596,7 @@ def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure
     if figure:
         from .plots import peers_figure
 
-        png = peers_figure(rows, out / "peers.png")
+        png = peers_figure(rows, out / f"{stem}.png")
         written += [png] if png is not None else []
     return written
 
@@ -640,6 +674,7 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path) -> List[Path]:
 
 
 __all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
+           "PEER_TABLES",
            "CHOSEN_LR", "DEV_LRS", "DEV_EPOCHS", "require_skada", "plan_peers", "plan_peers_dev", "peer_state",
            "check_runnable", "run_peers", "train_peer", "build_net", "build_peers_table", "write_peers", "lr_choice",
            "write_peers_dev", "SkadaNet"]

@@ -424,7 +424,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 last5 = [v for v in (last_evaluations_mean(m) for _, m in got) if v is not None]
                 rows_csv.append({
                     "table": table, "method": row.label, "schedule": f"{sched} ({es}+{et})",
-                    "target_labels": _target_labels(row, row.schedule or sched), "task": col.label,
+                    "target_labels": row_target_labels(row, row.schedule or sched), "task": col.label,
                     "guarded_runs": guarded,
                     "seeds": " ".join(map(str, seeds)), "runs": len(vals),
                     "mean": round(float(np.mean(vals)), 4) if vals else "",
@@ -436,7 +436,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 continue
             es, et = _epochs(row, spec.columns[0], sched)
             paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper] if quoted else []
-            lines.append(f"| {row.label} | {sched} ({es}+{et}) | {_target_labels(row, row.schedule or sched)} | "
+            lines.append(f"| {row.label} | {sched} ({es}+{et}) | {row_target_labels(row, row.schedule or sched)} | "
                          + " | ".join(cells + paper) + " |")
     if guarded_cells:
         lines += ["", "† N: in N of the cell's runs the guard found that adaptation merged classes and the run's "
@@ -455,7 +455,7 @@ def _epochs(row: Row, col: Column, schedule: str) -> Tuple[int, int]:
 SHORT_SCHEDULE_LABELS = "held-out target train (the short schedule)"
 
 
-def _target_labels(row: Row, schedule: str = "") -> str:
+def row_target_labels(row: Row, schedule: str = "") -> str:
     """What labelled target data chose the row's settings (config.PRESET_TARGET_LABELS; ADDA and
     the paper's presets use none) and, at the short schedule, the schedule."""
     chose = PRESET_TARGET_LABELS[row.settings.get("preset", "paper")]
