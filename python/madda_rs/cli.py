@@ -469,16 +469,15 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
         columns = [c for c in TABLES[args.beside].columns
                    if "usps" not in (c.src, c.tgt) or c.usps_split in args.splits]
         runs = peers.plan_peers(seeds, epochs, methods, columns, **settings)
-    check_runnable, run_peers = peers.check_runnable, peers.run_peers
     if not args.no_run:
-        check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
+        peers.check_runnable(runs, out)  # a missing skada or a clashing folder: refused before any work
 
     def announce(i: int, run: Any, state: str) -> None:
         print(f"[{i + 1}/{len(runs)}] {run.name}: {'complete, skipped' if state == 'complete' else state}", flush=True)
 
     try:
         if not args.no_run:
-            run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
+            peers.run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
     finally:  # an interrupted reproduce still writes what is complete
         written = (peers.write_peers_dev(runs, out) if dev
                    else peers.write_peers(runs, out, seeds, figure=not args.no_figures, table=args.beside))

@@ -410,6 +410,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
     guarded_cells = 0
     for row in spec.rows:
         for sched in schedules:
+            labels = row_target_labels(row, row.schedule or sched)
             cells = []
             for col in spec.columns:
                 got = done.get((row.label, col.label, sched), [])
@@ -424,8 +425,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 last5 = [v for v in (last_evaluations_mean(m) for _, m in got) if v is not None]
                 rows_csv.append({
                     "table": table, "method": row.label, "schedule": f"{sched} ({es}+{et})",
-                    "target_labels": row_target_labels(row, row.schedule or sched), "task": col.label,
-                    "guarded_runs": guarded,
+                    "target_labels": labels, "task": col.label, "guarded_runs": guarded,
                     "seeds": " ".join(map(str, seeds)), "runs": len(vals),
                     "mean": round(float(np.mean(vals)), 4) if vals else "",
                     "std": round(float(np.std(vals, ddof=1)), 4) if len(vals) > 1 else "",
@@ -436,8 +436,7 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 continue
             es, et = _epochs(row, spec.columns[0], sched)
             paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper] if quoted else []
-            lines.append(f"| {row.label} | {sched} ({es}+{et}) | {row_target_labels(row, row.schedule or sched)} | "
-                         + " | ".join(cells + paper) + " |")
+            lines.append(f"| {row.label} | {sched} ({es}+{et}) | {labels} | " + " | ".join(cells + paper) + " |")
     if guarded_cells:
         lines += ["", "† N: in N of the cell's runs the guard found that adaptation merged classes and the run's "
                       "output is the source model (metrics.json 'guard')."]
