@@ -307,3 +307,46 @@ def test_knn_bf16_on_real_embeddings():
                "the float32 kernel."],
     )
     assert not failures, failures
+
+
+# The default kernel may be this much slower than the fastest other one before the bench says the
+# dispatch order (knn.rs's `Kernel::ALL`, measured on one Intel Xeon) is wrong for this CPU.
+DISPATCH_SLACK = 1.10
+
+
+@pytest.mark.bench
+def test_every_kernel_this_cpu_runs():
+    """Every kernel this CPU runs, on the same random inputs: identical answers, and the default
+    (the first of `knn_kernels()`) the fastest within DISPATCH_SLACK, so the run-time dispatch picks
+    the right path on Intel and AMD alike; writes results/knn-kernels.md."""
+    kernels = madda_rs._core.knn_kernels()
+    default = madda_rs.knn_kernel()
+    rows, failures = [], []
+    for n_src, n_tgt, d, k in QUICK_SIZES if QUICK else SIZES:
+        src, _, tgt = data(n_src, n_tgt, d)
+        repeats = 2 if n_src >= 60_000 else REPEATS_MID
+        times, answers = {}, {}
+        for kernel in kernels:
+            times[kernel], _, answers[kernel] = best_time(
+                lambda: madda_rs._core.knn_search(src, tgt, k, THREADS, kernel), repeats)
+        want_d, want_i = answers["portable"]
+        for kernel, (dist, idx) in answers.items():
+            if not ((idx == want_i).all() and (dist == want_d).all()):
+                failures.append(f"{n_src} x {n_tgt}: {kernel} differs from the portable kernel")
+        fastest = min(times, key=times.get)
+        forced = os.environ.get("MADDA_KNN_KERNEL", "").strip()  # then the default is the caller's choice
+        if times[default] > DISPATCH_SLACK * times[fastest] and not (QUICK or forced):
+            failures.append(f"{n_src} x {n_tgt}: the default {default} took {times[default]:.4g} s, "
+                            f"{fastest} {times[fastest]:.4g} s")
+        rows.append([f"{n_src} x {n_tgt} x {d}, k={k}", *(f"{times[kn]:.4g}" for kn in kernels),
+                     f"{times['portable'] / times[default]:.2f}"])
+    write_table(
+        "knn-kernels",
+        f"knn_search by kernel: every kernel this CPU runs (default: {default})",
+        ["n_src x n_tgt x d, k", *(f"{kn} (s)" for kn in kernels), "default vs portable"],
+        rows,
+        setting=f"{THREADS} threads",
+        notes=[f"Standard-normal inputs; best of {REPEATS_MID} calls (2 at 60,000 sources) after a warm-up; "
+               "every kernel's distances and indices equal the portable kernel's."],
+    )
+    assert not failures, failures
