@@ -288,6 +288,13 @@ def test_peers_stand_beside_the_colour_table_on_its_backbones_and_tasks(tmp_path
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(adda.config.to_dict()))
     (folder / "metrics.json").write_text(json.dumps({"target_accuracy": 0.3, "wall_seconds": 2.0, "history": {}}))
+    labelfree = next(r for r in plan("colour", (0,)) if r.config.preset == "labelfree"
+                     and r.config.backbone == "resnet-cifar" and r.config.src == "mnist")
+    folder = tmp_path / "runs" / labelfree.slug
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(labelfree.config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"target_accuracy": 0.2, "wall_seconds": 2.0, "history": {},
+                                                     "guard": "adaptation predicts 4 classes"}))
     monkeypatch.setattr(peers, "check_runnable", lambda runs, out: [])
     assert main(["reproduce", "peers", "--beside", "colour", "--out", str(tmp_path), "--seeds", "0", "--methods", "mcc",
                  "--no-run", "--no-figures"]) == 0
@@ -297,6 +304,9 @@ def test_peers_stand_beside_the_colour_table_on_its_backbones_and_tasks(tmp_path
     lines = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
     assert lines["| MCC"].count(" | 0.600 (0) | ") == 1 and "MNIST → MNIST-M, resnet-cifar" in markdown
     assert lines["| ADDA"].startswith("| ADDA | madda_rs | dev (40+15) | none | 0.300 (0) |")
+    # the guard's fallback is marked as in the colour table, and the caption gives the epochs once
+    assert " | 0.200 (0) †1 | " in lines["| M-ADDA, preset labelfree (ours; chosen on the development tasks)"]
+    assert "† N: in N of the cell's runs the guard" in markdown and "55 epochs (the M-ADDA rows' passes" in markdown
     assert "| M-ADDA, preset improved (ours) |" not in markdown  # not a row of the colour table
     assert main(["reproduce", "peers-dev", "--beside", "colour", "--out", str(tmp_path), "--no-run"]) == 1
     assert "--beside is for 'reproduce peers'" in capsys.readouterr().err

@@ -62,12 +62,14 @@ from ..scores.label_free import (
 )
 from .reproduce import (
     DEV_COLUMNS,
+    GUARD_NOTE,
     LABELFREE_LABEL,
     SCHEDULES,
     TABLES,
     TUNED_LABEL,
     Column,
     cell_text,
+    guard_mark,
     plan,
     row_target_labels,
 )
@@ -512,13 +514,16 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
               + [c.label for c in columns] + ["mean wall time per run (s)"])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     csv_rows: List[Dict[str, Any]] = []
+    guarded_cells = 0
     for row in rows:
         cells, walls = [], []
         for col in columns:
             got = sorted(row.got.get(col.label, []), key=lambda g: g[0])
             accs = [m["target_accuracy"] for _, m in got if m.get("target_accuracy") is not None]
             walls += [m["wall_seconds"] for _, m in got]
-            cells.append(f"{cell_text(accs)} ({','.join(str(s) for s, _ in got)})" if accs else "-")
+            mark = guard_mark([m for _, m in got])  # a madda_rs run whose guard returned the source model
+            guarded_cells += bool(mark)
+            cells.append(f"{cell_text(accs)} ({','.join(str(s) for s, _ in got)}){mark}" if accs else "-")
             lf = [m.get("label_free", {}) for _, m in got]
             csv_rows.append({
                 "method": row.label, "library": row.library, "training": row.training,
@@ -536,7 +541,7 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
                      + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
     recorded = [m["versions"] for row in rows for got in row.got.values() for _, m in got if "versions" in m]
     caption = _caption(runs, recorded[0] if recorded else _versions(), table)
-    return "\n".join([caption] + [""] + lines), csv_rows
+    return "\n".join([caption] + [""] + lines + (["", GUARD_NOTE] if guarded_cells else [])), csv_rows
 
 
 def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "table1") -> str:
@@ -552,8 +557,9 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "ta
             "brackets). Each skada method trains the column's backbone (madda_rs.models.EmbeddingNet, one output per "
             "class; skada's feature layer is the backbone's output), started from the weights a madda_rs run of the "
             "same seed starts from, on the images that run trains and scores on, at skada's defaults, Adam with "
-            f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, {budget} epochs (the "
-            "M-ADDA rows' passes; a tenth for a synth-digits source), no validation split or early stopping, and the "
+            f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, {max(epochs or [default])} "
+            "epochs (the M-ADDA rows' passes; a tenth of them for a synth-digits source), no validation split or early "
+            "stopping, and the "
             "learning rate its 'training' cell names, chosen on the development tasks with LeNet "
             f"(results/peers-dev.md) and carried to these backbones unchanged.{reduced} The madda_rs rows are the "
             "table's runs "

@@ -418,9 +418,9 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
                 seeds = [r.config.seed for r, _ in got]
                 es, et = _epochs(row, col, sched)
                 # the guard's fallback made the run's output the source model's (not a source-only row's concern)
-                guarded = sum(1 for _, m in got if m.get("guard")) if row.metric == "target_accuracy" else 0
+                mark = guard_mark([m for _, m in got]) if row.metric == "target_accuracy" else ""
+                guarded = int(mark[2:] or 0)
                 guarded_cells += bool(guarded)
-                mark = f" †{guarded}" if guarded else ""
                 cells.append(f"{cell_text(vals)} ({','.join(map(str, seeds))}){mark}" if vals else "-")
                 last5 = [v for v in (last_evaluations_mean(m) for _, m in got) if v is not None]
                 rows_csv.append({
@@ -438,9 +438,18 @@ def build_table(table: str, runs: Sequence[PlannedRun], out: Path) -> Tuple[str,
             paper = [f"{p:.3f}" if p is not None else "-" for p in row.paper] if quoted else []
             lines.append(f"| {row.label} | {sched} ({es}+{et}) | {labels} | " + " | ".join(cells + paper) + " |")
     if guarded_cells:
-        lines += ["", "† N: in N of the cell's runs the guard found that adaptation merged classes and the run's "
-                      "output is the source model (metrics.json 'guard')."]
+        lines += ["", GUARD_NOTE]
     return "\n".join(lines), rows_csv
+
+
+GUARD_NOTE = ("† N: in N of the cell's runs the guard found that adaptation merged classes and the run's output is "
+              "the source model (metrics.json 'guard').")
+
+
+def guard_mark(metrics: Sequence[Dict[str, Any]]) -> str:
+    """' †N' where N of a cell's runs fell back to the source model (GUARD_NOTE), else ''."""
+    guarded = sum(1 for m in metrics if m.get("guard"))
+    return f" †{guarded}" if guarded else ""
 
 
 def _epochs(row: Row, col: Column, schedule: str) -> Tuple[int, int]:
