@@ -213,12 +213,9 @@ def _column_run(col: Column, epochs: int) -> Tuple[Dict[str, Any], int]:
     """A column's data settings and the epochs a peer trains on it: a column that scales the source
     epochs (a synth-digits source, ten times the images) scales the peer's the same way; other
     epoch settings are madda_rs's schedule, not a peer's."""
-    settings: Dict[str, Any] = {}
-    for name, value in col.settings:
-        if name == "epochs_source" and callable(value):
-            epochs = value(epochs)
-        elif name not in ("epochs_source", "epochs_target"):
-            settings[name] = value
+    settings = col.apply({"epochs_source": epochs})
+    epochs = settings.pop("epochs_source")
+    settings.pop("epochs_target", None)
     return settings, epochs
 
 

@@ -64,6 +64,14 @@ class Column:
         size = f" at {settings['image_size'][0]}x{settings['image_size'][1]}" if "image_size" in settings else ""
         return f"{self.src.upper()} → {self.tgt.upper()}{split}{backbone}{size}"
 
+    def apply(self, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """`settings` with the column's on top: a callable value maps the setting's value (a
+        synth-digits source scales the source epochs), any other replaces it."""
+        out = dict(settings)
+        for key, value in self.settings:
+            out[key] = value(out[key]) if callable(value) else value
+        return out
+
     @property
     def folder(self) -> str:
         """Its figures' folder name."""
@@ -337,9 +345,7 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
                     continue
                 for seed in sched_seeds:
                     es, et, every = SCHEDULES[col.protocol][sched]
-                    settings = {"epochs_source": es, "epochs_target": et, **row.settings}
-                    for key, value in col.settings:
-                        settings[key] = value(settings[key]) if callable(value) else value
+                    settings = col.apply({"epochs_source": es, "epochs_target": et, **row.settings})
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
                                          seed=seed, eval_every=every, checkpoint_every=max(every, 5), **settings,
                                          **run_settings)
