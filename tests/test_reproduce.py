@@ -152,3 +152,23 @@ def test_tables_say_which_labels_chose_each_row_and_mark_the_guards_fallbacks(tm
     at_paper = build_table("table1", plan("table1", (0,), "paper"), tmp_path)[1]
     assert {r["target_labels"] for r in at_paper if r["method"] == "M-ADDA, preset paper"} == {"none"}
     assert sum(r["guarded_runs"] for r in rows) == 1
+
+
+def test_the_pretrained_development_task_rates_one_change_at_a_time_on_fashion_labels_only(tmp_path):
+    runs = plan("devtasks-pretrained", (0,))
+    assert {(r.config.src, r.config.tgt, r.config.backbone, r.config.weights) for r in runs} == \
+        {("fashion-mnist", "fashion-m", "efficientnet-lite0", "imagenet")}  # no MNIST or USPS label rates a row
+    colour = {r.slug: r.config for r in plan("colour", (0,))}
+    shared = [r for r in runs if r.slug in colour]
+    assert {r.config.method + "-" + r.config.preset for r in shared} == {"adda-paper", "madda-paper", "madda-labelfree"}
+    assert all(colour[r.slug] == r.config for r in shared)  # the colour table's own runs, not copies
+    paper = next(r.config for r in shared if r.config.method == "madda" and r.config.preset == "paper")
+    for run in runs:
+        if run.slug not in colour:  # a candidate: the paper's recipe with exactly one setting changed
+            changed = [k for k, v in run.config.to_dict().items() if paper.to_dict()[k] != v and k != "overridden"]
+            assert len(changed) == 1, (run.slug, changed)
+    assert len(runs) == 6 and len({r.slug for r in runs}) == 6
+    # its table builds from what is complete, into a folder that does not exist yet
+    assert main(["reproduce", "devtasks-pretrained", "--seeds", "0", "--no-run", "--no-figures",
+                 "--out", str(tmp_path / "new")]) == 0
+    assert "fashion-m's labels" in (tmp_path / "new" / "devtasks-pretrained.md").read_text()
