@@ -312,6 +312,8 @@ TABLES["devtasks-pretrained"] = Table(
         _colour("ADDA", _ADDA),
         _colour("M-ADDA, preset paper", _PAPER),
         _colour("paper − magnet (adversarial only)", {**_PAPER, "magnet": False}),
+        # information maximisation's balance term spreads the targets over the centres
+        _colour("paper + information maximisation", {**_PAPER, "im_weight": 1.0}),
         _colour("paper, cluster-label magnet", {**_PAPER, "magnet_labels": "clusters"}),
         _colour("paper, magnet on the fully connected layers only", {**_PAPER, "magnet_scope": "fc"}),
         _colour(LABELFREE_LABEL, {"method": "madda", "preset": "labelfree"}),
