@@ -172,3 +172,22 @@ def test_the_pretrained_development_task_rates_one_change_at_a_time_on_fashion_l
     assert main(["reproduce", "devtasks-pretrained", "--seeds", "0", "--no-run", "--no-figures",
                  "--out", str(tmp_path / "new")]) == 0
     assert "fashion-m's labels" in (tmp_path / "new" / "devtasks-pretrained.md").read_text()
+
+
+def test_the_recipe_chosen_on_the_pretrained_task_runs_on_pretrained_columns_and_says_what_chose_it(tmp_path):
+    from madda_rs.experiments.reproduce import PRETRAINED_CHOICE_LABEL, build_table
+
+    row = next(r for r in TABLES["colour"].rows if r.label == PRETRAINED_CHOICE_LABEL)
+    runs = [r for r in plan("colour", (0,)) if (PRETRAINED_CHOICE_LABEL, r.cells[0][1]) in r.cells]
+    assert len(runs) == 3 and all(r.config.weights == "imagenet" for r in runs)  # no resnet-cifar cell
+    dev = {r.slug for r in plan("devtasks-pretrained", (0,))}
+    assert sum(r.slug in dev for r in runs) == 1  # its fashion cell is the run that chose it
+    run = next(r for r in runs if r.config.src == "mnist")
+    folder = tmp_path / "runs" / run.slug
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"target_accuracy": 0.5, "wall_seconds": 1.0, "history": {}}))
+    markdown, _ = build_table("colour", plan("colour", (0,)), tmp_path)
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {row.label} |"))
+    assert "| fashion-m test (the dev task), 10,000 |" in line and line.count(" | 0.500 (0)") == 1
+    assert line.split(" | ")[3:6] == ["-", "-", "-"]  # the resnet-cifar columns
