@@ -178,3 +178,18 @@ def test_collapse_and_a_winning_discriminator_are_reported(generated_data_dir, t
     assert "warning: target epoch 2: collapse: every target prediction is one class" in out
     warnings = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
     assert any("discriminator wins outright" in w for w in warnings)
+
+
+def test_labelfree_from_imagenet_weights_is_warned_about_and_the_warning_recorded(generated_data_dir, tmp_path,
+                                                                                  monkeypatch):
+    from madda_rs.config import TrainConfig
+    from madda_rs.training import settings_advice
+
+    pretrained = dict(backbone="resnet18", weights="imagenet")
+    assert "--im-weight 1" in settings_advice(TrainConfig(preset="labelfree", **pretrained))[0]
+    assert settings_advice(TrainConfig(preset="labelfree")) == []  # from scratch: what it was chosen for
+    assert settings_advice(TrainConfig(preset="paper", **pretrained)) == []
+    # what the advice says is logged and lands in metrics.json's warnings, once
+    monkeypatch.setattr(madda_rs.training, "settings_advice", lambda config: ["measured advice"])
+    assert main(_argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "1")) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"].count("measured advice") == 1

@@ -147,6 +147,17 @@ def train(
     return result
 
 
+def settings_advice(config: TrainConfig) -> List[str]:
+    """What the measurements say about these settings together, where they went wrong before
+    (recorded in metrics.json's warnings, and logged)."""
+    if config.method == "madda" and config.preset == "labelfree" and config.weights == "imagenet":
+        return ["--preset labelfree was chosen on LeNet trained from scratch; from ImageNet weights it merged the "
+                "target's classes on both tasks measured (mnist-m, fashion-m) and its guard returned the source "
+                "model. --preset paper --im-weight 1 was chosen on a pretrained development task "
+                "(docs/label-free.md, 'A development task on a pretrained backbone')"]
+    return []
+
+
 def _device(config: TrainConfig) -> torch.device:
     device = resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
@@ -191,6 +202,10 @@ class _Run:
         self.writer = folder if parallel.is_main else None  # rank 0 alone writes
         self.history: Dict[str, List[Dict[str, Any]]] = saved["history"] if saved else {"source": [], "target": []}
         self.warnings: List[str] = saved["warnings"] if saved else []
+        if not saved:
+            for advice in settings_advice(config):
+                self.warnings.append(advice)
+                log.warning("%s", advice)
         self.stages: Dict[str, Any] = {}
         self.selection = _Selection(config, self.history["target"], folder)
         # wall time since the run began, data loading included; a resumed run adds its earlier time
