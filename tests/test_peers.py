@@ -307,6 +307,8 @@ def test_peers_stand_beside_the_colour_table_on_its_backbones_and_tasks(tmp_path
     # the guard's fallback is marked as in the colour table, and the caption gives the epochs once
     assert " | 0.200 (0) †1 | " in lines["| M-ADDA, preset labelfree (ours; chosen on the development tasks)"]
     assert "† N: in N of the cell's runs the guard" in markdown and "55 epochs (the M-ADDA rows' passes" in markdown
+    # the fake runs record no machine: the caption says wall times compare within a CPU, and how many name theirs
+    assert "Wall times are each run's own (the CPU recorded for 0 of the 3 runs)" in markdown
     assert "| M-ADDA, preset improved (ours) |" not in markdown  # not a row of the colour table
     assert main(["reproduce", "peers-dev", "--beside", "colour", "--out", str(tmp_path), "--no-run"]) == 1
     assert "--beside is for 'reproduce peers'" in capsys.readouterr().err

@@ -50,7 +50,7 @@ from ..config import PRESETS, TrainConfig
 from ..data.run_data import RunData, prepare_data
 from ..models import EmbeddingNet
 from ..run.folder import CONFIG_FILE, METRICS_FILE, load_run, resume_conflicts
-from ..run.processes import configure_threads, resolve_device
+from ..run.processes import configure_threads, machine_record, resolve_device
 from ..run.streams import numpy_rng, seeded_init, stream_seed
 from ..scores.label_free import (
     batch_nuclear_norm,
@@ -381,6 +381,7 @@ def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None
                    "target_test": len(data.tgt_test)},
         "versions": _versions(),
         "device": str(device), "threads": used_threads,
+        "machine": machine_record(device),  # wall times compare within one CPU only
     }
 
 
@@ -539,8 +540,20 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
         lines.append(f"| {row.label} | {row.library} | {row.training} | {row.target_labels} | "
                      + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
     recorded = [m["versions"] for row in rows for got in row.got.values() for _, m in got if "versions" in m]
-    caption = _caption(runs, recorded[0] if recorded else _versions(), table)
+    caption = _caption(runs, recorded[0] if recorded else _versions(), table) + _machines(rows)
     return "\n".join([caption] + [""] + lines + (["", GUARD_NOTE] if guarded_cells else [])), csv_rows
+
+
+def _machines(rows: Sequence[_Row]) -> str:
+    """The caption's last sentence: which CPUs the wall times come from (runs record theirs)."""
+    metrics = [m for row in rows for got in row.got.values() for _, m in got]
+    cpus = sorted({m["machine"]["cpu"] for m in metrics if "machine" in m})
+    unrecorded = sum("machine" not in m for m in metrics)
+    if not metrics:
+        return ""
+    named = f", on {'; '.join(cpus)}" if cpus else ""
+    share = f" (the CPU recorded for {len(metrics) - unrecorded} of the {len(metrics)} runs)" if unrecorded else ""
+    return f" Wall times are each run's own{named}{share}: compare them within one CPU only."
 
 
 def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "table1") -> str:
