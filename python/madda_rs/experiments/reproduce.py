@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -261,8 +261,9 @@ TABLES["devtasks"] = Table(
         _dev("improved − IM, random negatives", "improved", {"im_weight": 0.0, "negatives": "random"}),
         _dev("improved − IM, nearest-centre magnet", "improved", {"im_weight": 0.0, "magnet_labels": "nearest"}),
         # the labelfree preset's values (its runs are this row's: the same settings, preset aside)
-        _dev("improved − IM at 80 + 30 epochs (= labelfree)", "improved",
-             {"im_weight": 0.0, "epochs_source": 80, "epochs_target": 30}),
+        replace(_dev("improved − IM at 80 + 30 epochs (= labelfree)", "improved",
+                     {"im_weight": 0.0, "epochs_source": 80, "epochs_target": 30}),
+                chose=PRESET_TARGET_LABELS["labelfree"]),
     ),
     DEV_COLUMNS,
 )
