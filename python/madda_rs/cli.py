@@ -6,7 +6,8 @@ paper's tables.
     madda-rs eval --run runs/DIR [--k K]
     madda-rs tune --src S --tgt T --out DIR [--budget MINUTES]   # settings chosen with no target label
     madda-rs report runs/* [--by-epoch | --selection]
-    madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|colour|devtasks-pretrained [--out results] [--seeds 0,1,2] [--quick]
+    madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|colour|devtasks-pretrained
+                       [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
     madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3]  # their learning rates, chosen off MNIST/USPS
     madda-rs plot runs/DIR... [--out DIR]

@@ -569,13 +569,11 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "ta
             "brackets). Each skada method trains the column's backbone (madda_rs.models.EmbeddingNet, one output per "
             "class; skada's feature layer is the backbone's output), started from the weights a madda_rs run of the "
             "same seed starts from, on the images that run trains and scores on, at skada's defaults, Adam with "
-            f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, {max(epochs or [default])} "
-            "epochs (the M-ADDA rows' passes; a tenth of them for a synth-digits source), no validation split or early "
-            "stopping, and the "
-            "learning rate its 'training' cell names, chosen on the development tasks with LeNet "
-            f"(results/peers-dev.md) and carried to these backbones unchanged.{reduced} The madda_rs rows are the "
-            "table's runs "
-            "(results/runs/).")
+            f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, "
+            f"{max(epochs or [default])} epochs (the M-ADDA rows' passes; a tenth of them for a synth-digits "
+            "source), no validation split or early stopping, and the learning rate its 'training' cell names, chosen "
+            "on the development tasks with LeNet (results/peers-dev.md) and carried to these backbones unchanged."
+            f"{reduced} The madda_rs rows are the table's runs (results/runs/).")
     lr = f"{LR:g}"
     can = CAN_NOTE if any(r.peer.factory == "CAN" for r in runs) else ""
     return (
