@@ -71,6 +71,7 @@ from .reproduce import (
     Column,
     cell_text,
     guard_mark,
+    guarded_runs,
     plan,
     row_target_labels,
 )
@@ -521,7 +522,7 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
             got = sorted(row.got.get(col.label, []), key=lambda g: g[0])
             accs = [m["target_accuracy"] for _, m in got if m.get("target_accuracy") is not None]
             walls += [m["wall_seconds"] for _, m in got]
-            mark = guard_mark([m for _, m in got])  # a madda_rs run whose guard returned the source model
+            mark = guard_mark(guarded_runs([m for _, m in got]))  # madda_rs runs whose guard returned the source model
             guarded_cells += bool(mark)
             cells.append(f"{cell_text(accs)} ({','.join(str(s) for s, _ in got)}){mark}" if accs else "-")
             lf = [m.get("label_free", {}) for _, m in got]
@@ -547,10 +548,10 @@ def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
 def _machines(rows: Sequence[_Row]) -> str:
     """The caption's last sentence: which CPUs the wall times come from (runs record theirs)."""
     metrics = [m for row in rows for got in row.got.values() for _, m in got]
-    cpus = sorted({m["machine"]["cpu"] for m in metrics if "machine" in m})
-    unrecorded = sum("machine" not in m for m in metrics)
     if not metrics:
         return ""
+    cpus = sorted({m["machine"]["cpu"] for m in metrics if "machine" in m})
+    unrecorded = sum("machine" not in m for m in metrics)
     named = f", on {'; '.join(cpus)}" if cpus else ""
     share = f" (the CPU recorded for {len(metrics) - unrecorded} of the {len(metrics)} runs)" if unrecorded else ""
     return f" Wall times are each run's own{named}{share}: compare them within one CPU only."
