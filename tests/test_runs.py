@@ -113,6 +113,26 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_pat
     assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
 
 
+def test_ctrl_c_in_a_softmax_source_stage_resumes_its_head_too(generated_data_dir, tmp_path, monkeypatch):
+    # the softmax head lives beside the model only in stage 1: its weights and Adam state must
+    # travel in the checkpoint, or the resumed stage restarts the head from scratch
+    flags = ("--source-ce-weight", "1", "--epochs-source", "3", "--epochs-target", "1")
+    assert main(_argv(generated_data_dir, tmp_path / "whole", *flags)) == 0
+    real = madda_stage.TripletSourceStage.run_epoch
+
+    def interrupted_in_epoch_2(stage, epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(stage, epoch)
+
+    monkeypatch.setattr(madda_stage.TripletSourceStage, "run_epoch", interrupted_in_epoch_2)
+    assert main(_argv(generated_data_dir, tmp_path / "cut", *flags)) == 130
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["stage"] == "source"
+    monkeypatch.setattr(madda_stage.TripletSourceStage, "run_epoch", real)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(generated_data_dir, tmp_path,
                                                                     magnet_nan_in_target_epoch_2, capsys):
     code = main(_argv(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "3"))

@@ -140,6 +140,25 @@ def test_paper_preset_values_reach_the_code(generated_data_dir, tmp_path, monkey
     assert c["adam"] == [(1e-4, (0.5, 0.9))] * 3
 
 
+def test_a_softmax_head_trains_beside_the_triplets_and_is_dropped_after_stage_1(generated_data_dir, tmp_path,
+                                                                                monkeypatch):
+    spy = Spy(monkeypatch)
+    assert _cli(generated_data_dir, tmp_path / "plain", "--epochs-source", "2", "--epochs-target", "1") == 0
+    assert _cli(generated_data_dir, tmp_path / "softmax", "--epochs-source", "2", "--epochs-target", "1",
+                "--source-ce-weight", "1", "--embedding-dim", "32") == 0
+    plain, softmax = (json.loads((tmp_path / run / "metrics.json").read_text())["history"]["source"]
+                      for run in ("plain", "softmax"))
+    assert "ce_loss" not in plain[0]
+    assert softmax[1]["ce_loss"] < softmax[0]["ce_loss"] and softmax[1]["train_accuracy"] > 0.2  # chance: 0.1
+    assert len(spy.calls["triplet_loss"]) > 0  # the triplet loss still trains
+    # the head trains in the source stage's one optimiser, and no model saved keeps it
+    assert len(spy.calls["adam"]) == 2 * 3
+    for name in ("source.pt", "target.pt"):
+        assert load_model(tmp_path / "softmax" / name).head[1].out_features == 32
+    with pytest.raises(SystemExit):
+        _cli(generated_data_dir, tmp_path / "bad", "--source-ce-weight", "-1")
+
+
 def test_source_only_and_ablations_from_the_command_line(generated_data_dir, tmp_path):
     def run(name, *flags):
         assert _cli(generated_data_dir, tmp_path / name, "--epochs-source", "1", "--epochs-target", "1", *flags) == 0

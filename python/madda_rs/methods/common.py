@@ -163,7 +163,10 @@ class SourceStage:
     shown: Tuple[str, ...] = ("loss",)  # the figures a progress bar shows
 
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device, parallel: Parallel,
-                 out_dim: int) -> None:
+                 out_dim: int, auxiliary: Optional[torch.nn.Module] = None) -> None:
+        """`auxiliary`: a module trained beside the model in this stage alone (M-ADDA's softmax
+        head over the embedding), sharing its optimiser, gradients and checkpoints; the stage's
+        output is the model without it."""
         assert source.labels is not None
         self.config, self.source, self.device, self.parallel = config, source, device, parallel
         self.epochs = config.epochs_source
@@ -176,8 +179,17 @@ class SourceStage:
         self.model = model.to(device, memory_format=torch.channels_last)
         self.augmentation = config.augmentation or model.encoder.augmentation
         parallel.broadcast(self.model)
-        self.optimizer = adam(self.model.parameters(), config, config.lr)
+        self.auxiliary = auxiliary
+        if auxiliary is not None:
+            auxiliary.to(device)
+            parallel.broadcast(auxiliary)
+        self.optimizer = adam(self.parameters(), config, config.lr)
         self.precision = Precision(config.precision, device)
+
+    def parameters(self) -> List[torch.nn.Parameter]:
+        """What the stage's optimiser trains: the model's parameters, then the auxiliary module's."""
+        extra = list(self.auxiliary.parameters()) if self.auxiliary is not None else []
+        return list(self.model.parameters()) + extra
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's float32 output on a batch, computed in the run's precision."""
@@ -205,17 +217,22 @@ class SourceStage:
             loss, step_figures = result
             zero_grad(self.optimizer, config)
             self.precision.backward(loss, self.optimizer)
-            parallel.sync_grads(self.model.parameters(), share)
+            parallel.sync_grads(self.parameters(), share)
             self.precision.step(self.optimizer)
             for key, value in step_figures.items():
                 figures[key].append(value)
         return parallel.mean({key: mean(values) for key, values in figures.items()})
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.auxiliary is not None:
+            state["auxiliary"] = self.auxiliary.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.auxiliary is not None:
+            self.auxiliary.load_state_dict(state["auxiliary"])
         self.optimizer.load_state_dict(state["optimizer"])
 
 

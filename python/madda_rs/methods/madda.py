@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import native
 from ..config import TrainConfig, setting
@@ -30,7 +31,7 @@ from ..losses import (
 )
 from ..models import EmbeddingNet
 from ..run.processes import Parallel
-from ..run.streams import stream_seed, torch_generator
+from ..run.streams import seeded_init, stream_seed, torch_generator
 from ..scores.label_free import class_means, class_spread
 from ..scores.predictors import KnnPredictor, embed
 from . import Method, register_method
@@ -73,6 +74,9 @@ class MaddaSettings(AdversarialSettings):
                                  choices=MAGNET_LABELS)
     im_weight: float = setting(0.0, "weight of information maximisation on soft assignments to the centres: "
                                "confident per image, balanced over the batch (0: off)", type=float)
+    source_ce_weight: float = setting(0.0, "weight of cross-entropy from a linear softmax head over the embedding, "
+                                      "trained beside the triplet loss in stage 1 and dropped after it (0: the "
+                                      "paper's triplet loss alone)", type=float)
     ema_decay: float = setting(0.0, "a mean-teacher (EMA) copy of the target model with this decay per step "
                                "labels the clusters and is the model scored and saved (0: off)", type=float)
     guard: bool = setting(False, "label-free safeguard: fall back to the source model when adaptation merged "
@@ -111,6 +115,8 @@ class MaddaSettings(AdversarialSettings):
             raise ValueError(f"margin must be > 0, got {self.margin}")
         if not self.im_weight >= 0:
             raise ValueError(f"im_weight must be >= 0, got {self.im_weight}")
+        if not self.source_ce_weight >= 0:
+            raise ValueError(f"source_ce_weight must be >= 0, got {self.source_ce_weight}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -142,16 +148,25 @@ def magnet_centres(config: TrainConfig, emb: np.ndarray, labels: np.ndarray, epo
 
 class TripletSourceStage(SourceStage):
     """Stage 1 (Algorithm 1): triplets enumerated per batch by the native core
-    (:func:`madda_rs.triplets`), one per same-label pair, negatives drawn as the config says."""
+    (:func:`madda_rs.triplets`), one per same-label pair, negatives drawn as the config says;
+    with `source_ce_weight`, plus cross-entropy from a linear softmax head over the embedding
+    (a softmax-trained source transferred better from ImageNet weights than a triplet-trained
+    one: docs/presets.md)."""
 
     shown = ("loss", "active_triplets")
 
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
                  parallel: Parallel = Parallel()) -> None:
-        super().__init__(config, source, device, parallel, config.embedding_dim)
         assert source.labels is not None
         # labels stay on the CPU (triplets are enumerated there): a GPU run never syncs to read them
         self.labels = source.labels.cpu().numpy()
+        head = None
+        if config.source_ce_weight > 0:
+            classes, targets = np.unique(self.labels, return_inverse=True)
+            self.targets = torch.from_numpy(targets.astype(np.int64)).to(device)  # class indices 0..C-1
+            with seeded_init(config.seed, "init_source_head"):
+                head = torch.nn.Linear(config.embedding_dim, len(classes))
+        super().__init__(config, source, device, parallel, config.embedding_dim, auxiliary=head)
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
         config, parallel = self.config, self.parallel
@@ -166,13 +181,21 @@ class TripletSourceStage(SourceStage):
             self.labels[rows.numpy()], seed=stream_seed(config.seed, "triplets", epoch, step, *rank),
             negatives=config.negatives, sq_dists=sq, margin=config.margin, threads=config.threads,
         )
-        if not parallel.any(len(trip) > 0):
+        softmax = self.auxiliary is not None
+        if not softmax and not parallel.any(len(trip) > 0):
             return None  # no same-label pair anywhere in the batch
         if len(trip):
             loss, n_active = triplet_loss(emb, torch.from_numpy(trip).to(self.device), config.margin)
-        else:  # other ranks have triplets: take part in the step with a zero gradient
+        else:  # no triplets here, but a step elsewhere or a softmax loss: take part with a zero gradient
             loss, n_active = emb.sum() * 0.0, torch.zeros((), dtype=torch.int64)
-        return loss, {"loss": loss.detach(), "active_triplets": n_active.float()}
+        figures = {"loss": loss.detach(), "active_triplets": n_active.float()}
+        if softmax:
+            targets = self.targets[rows.to(self.device)]
+            logits = self.auxiliary(emb)
+            ce = F.cross_entropy(logits, targets)
+            loss = loss + config.source_ce_weight * ce
+            figures.update(ce_loss=ce.detach(), train_accuracy=(logits.argmax(1) == targets).float().mean())
+        return loss, figures
 
 
 class MaddaTargetStage(AdversarialTargetStage):

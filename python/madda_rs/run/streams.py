@@ -33,6 +33,7 @@ SEED_STREAMS = {
     "seven_segment": 14,  # every knob of each seven-segment digit (data.seven_segment), per split and image
     "hand": 15,  # every knob of each hand-digits image (data.hand), per split and image
     "mixval": 16,  # which target images MixVal mixes in pairs (scores.evaluate.target_mixval)
+    "init_source_head": 17,  # the source stage's softmax head over the embedding (TrainConfig.source_ce_weight)
 }
 # Apart from the run's seed: the pooled USPS re-split (data.domains.pooled_usps) is drawn from
 # --usps-split-seed alone, so every run of a table scores on one test set (usps_split_rng).
