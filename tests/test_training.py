@@ -159,6 +159,29 @@ def test_a_softmax_head_trains_beside_the_triplets_and_is_dropped_after_stage_1(
         _cli(generated_data_dir, tmp_path / "bad", "--source-ce-weight", "-1")
 
 
+def test_the_source_magnet_pulls_labelled_source_images_through_the_target_model(generated_data_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    pulled = []
+    real = madda_stage.labelled_magnet_loss
+
+    def spy(emb, centers, assign, keep):
+        out = real(emb, centers, assign, keep)
+        pulled.append((len(emb), bool(keep.all())))
+        return out
+
+    monkeypatch.setattr(madda_stage, "labelled_magnet_loss", spy)
+    # adversarial only plus the source magnet: the target model's only pull is on source images
+    assert _cli(generated_data_dir, tmp_path / "run", "--epochs-source", "1", "--epochs-target", "2", "--no-magnet",
+                "--source-magnet-weight", "1") == 0
+    hist = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]["target"]
+    assert all("source_magnet_loss" in h and "magnet_loss" not in h for h in hist)
+    # one source batch (64 images, every one kept) beside each of the 600 // 50 target batches
+    assert pulled == [(64, True)] * 2 * (600 // 50)
+    with pytest.raises(SystemExit):
+        _cli(generated_data_dir, tmp_path / "bad", "--source-magnet-weight", "1", "--centers", "kmeans")
+    assert "--source-magnet-weight" in capsys.readouterr().err
+
+
 def test_source_only_and_ablations_from_the_command_line(generated_data_dir, tmp_path):
     def run(name, *flags):
         assert _cli(generated_data_dir, tmp_path / name, "--epochs-source", "1", "--epochs-target", "1", *flags) == 0

@@ -12,7 +12,7 @@ stage's output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,6 +77,10 @@ class MaddaSettings(AdversarialSettings):
     source_ce_weight: float = setting(0.0, "weight of cross-entropy from a linear softmax head over the embedding, "
                                       "trained beside the triplet loss in stage 1 and dropped after it (0: the "
                                       "paper's triplet loss alone)", type=float)
+    source_magnet_weight: float = setting(0.0, "weight of the center magnet on labelled source images through the "
+                                          "target model in stage 2, each pulled to its own class's centre: the "
+                                          "target model keeps the source classes where the kNN vote reads them "
+                                          "(0: the paper; needs class-mean centres)", type=float)
     ema_decay: float = setting(0.0, "a mean-teacher (EMA) copy of the target model with this decay per step "
                                "labels the clusters and is the model scored and saved (0: off)", type=float)
     guard: bool = setting(False, "label-free safeguard: fall back to the source model when adaptation merged "
@@ -108,6 +112,9 @@ class MaddaSettings(AdversarialSettings):
     def check(self, run: TrainConfig) -> None:
         if not run.source_only and not (self.magnet or self.adversarial):
             raise ValueError("--no-magnet and --no-adversarial together leave nothing to train; use --source-only")
+        if self.source_magnet_weight > 0 and self.centers != "class_means":
+            raise ValueError("--source-magnet-weight pulls source images to their own class's centre, so it needs "
+                             f"--centers class_means (KMeans centres carry no class), got --centers {self.centers}")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +122,8 @@ class MaddaSettings(AdversarialSettings):
             raise ValueError(f"margin must be > 0, got {self.margin}")
         if not self.im_weight >= 0:
             raise ValueError(f"im_weight must be >= 0, got {self.im_weight}")
+        if not self.source_magnet_weight >= 0:
+            raise ValueError(f"source_magnet_weight must be >= 0, got {self.source_magnet_weight}")
         if not self.source_ce_weight >= 0:
             raise ValueError(f"source_ce_weight must be >= 0, got {self.source_ce_weight}")
         if not 0 <= self.ema_decay < 1:
@@ -222,7 +231,7 @@ class MaddaTargetStage(AdversarialTargetStage):
         rec: Dict[str, Any] = {}
         if config.adversarial:
             rec.update(self.adversarial_epoch(gen, warp))
-        if config.magnet or config.im_weight > 0:
+        if config.magnet or config.im_weight > 0 or config.source_magnet_weight > 0:
             rec.update(self.magnet_epoch(gen, warp, epoch))
         return self.parallel.mean(rec)
 
@@ -248,8 +257,9 @@ class MaddaTargetStage(AdversarialTargetStage):
         return assign, agree
 
     def magnet_epoch(self, gen: torch.Generator, warp: Optional[torch.Generator], epoch: int) -> Dict[str, float]:
-        """One pass over the target batches: the center magnet (Eq. 4, or its cluster-label form) and
-        information maximisation, as the config asks."""
+        """One pass over the target batches: the center magnet (Eq. 4, or its cluster-label form),
+        information maximisation and the source magnet (a source batch beside each target batch), as
+        the config asks."""
         config, tgt = self.config, self.data.tgt_train
         centers_np = self.centers(epoch)
         centers = torch.from_numpy(centers_np).to(self.device)
@@ -260,7 +270,10 @@ class MaddaTargetStage(AdversarialTargetStage):
             rec["magnet_kept"] = float(agree_np.mean())
         losses: List[torch.Tensor] = []
         im_losses: List[torch.Tensor] = []
+        source_losses: List[torch.Tensor] = []
         shards = [self.parallel.shard(batch) for batch in epoch_batches(len(tgt), config.target_batch_size, gen)]
+        # the source batches are drawn after the target ones, so the target order is the paper's either way
+        source_images = self.source_batches(len(shards), gen) if config.source_magnet_weight > 0 else None
         for (ti, share), images in zip(shards, tgt.stream([rows for rows, _ in shards], self.device)):
             rows = ti.to(self.device)
             x = self.warp(images, warp)
@@ -278,6 +291,12 @@ class MaddaTargetStage(AdversarialTargetStage):
                 im = information_maximisation_loss(emb, centers, self.spread)
                 loss = loss + config.im_weight * im
                 im_losses.append(im.detach())
+            if source_images is not None:
+                x_src, src_class = next(source_images)
+                emb_src = self.precision.forward(self.target, self.warp(x_src, warp))
+                pulled = labelled_magnet_loss(emb_src, centers, src_class, torch.ones_like(src_class))
+                loss = loss + config.source_magnet_weight * pulled
+                source_losses.append(pulled.detach())
             zero_grad(self.opt_t, config)
             self.backward_target(loss)
             self.parallel.sync_grads(self.target.parameters(), share)
@@ -286,7 +305,20 @@ class MaddaTargetStage(AdversarialTargetStage):
             rec["magnet_loss"] = mean(losses)
         if im_losses:
             rec["im_loss"] = mean(im_losses)
+        if source_losses:
+            rec["source_magnet_loss"] = mean(source_losses)
         return rec
+
+    def source_batches(self, steps: int, gen: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """`steps` source batches (this rank's share of each) in an order drawn from `gen`, cycling
+        when the source has fewer, with each image's class as an index into the centres."""
+        config, src = self.config, self.data.src_train
+        assert src.labels is not None and config.centers == "class_means"  # class_means: centre j is class j
+        batches = epoch_batches(len(src), config.batch_size, gen)
+        rows = [self.parallel.shard(batches[i % len(batches)])[0] for i in range(steps)]
+        classes = torch.from_numpy(np.searchsorted(self.classes, src.labels.cpu().numpy())).to(self.device)
+        for r, images in zip(rows, src.stream(rows, self.device)):
+            yield images, classes[r.to(self.device)]
 
 
 @register_method("madda")
