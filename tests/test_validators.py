@@ -1,6 +1,8 @@
 """The label-free validators (IM, BNM, entropy, ClassAMI, DEV, reverse accuracy): against skada's
 scorers where skada computes the same score, and against values known by construction."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,18 @@ def test_dev_is_lower_for_the_better_source_predictions():
     good, bad = _one_hot(y) * 0.9 + 0.025, np.full((len(y), C), 1 / C)
     assert deep_embedded_validation(src[::2], src[1::2], good[1::2], y[1::2], tgt) < \
         deep_embedded_validation(src[::2], src[1::2], bad[1::2], y[1::2], tgt)
+
+
+def test_dev_keeps_the_stopped_fits_warning_out_of_the_training_log():
+    # embeddings far from unit scale (as trained ones are) stop lbfgs at 100 iterations
+    src, y = _blobs(seed=3)
+    tgt, _ = _blobs(seed=4, shift=0.5)
+    rng = np.random.default_rng(5)
+    src, tgt = src * 300 + rng.normal(size=src.shape) * 50, tgt * 300 + rng.normal(size=tgt.shape) * 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score = deep_embedded_validation(src[::2], src[1::2], _one_hot(y)[1::2] * 0.9 + 0.01, y[1::2], tgt)
+    assert np.isfinite(score)
 
 
 class _FixedModel:

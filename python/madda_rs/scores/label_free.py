@@ -126,10 +126,18 @@ def deep_embedded_validation(src_train: np.ndarray, src_val: np.ndarray, val_pro
     cross-entropy of each source validation image's prediction (`val_proba` over the classes
     0..C-1, true class `val_labels`), and a control variate on the weights cuts the variance.
     Lower is better."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    domain = LogisticRegression().fit(np.concatenate([src_train, tgt]),
-                                      np.r_[np.ones(len(src_train)), np.zeros(len(tgt))])
+    # skada's fit, at scikit-learn's defaults: on embeddings far from unit scale lbfgs stops at its
+    # 100 iterations, and that stopped fit is what defines the score (every record so far used it),
+    # so its warning would only print a page of advice in the middle of a training log
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        domain = LogisticRegression().fit(np.concatenate([src_train, tgt]),
+                                          np.r_[np.ones(len(src_train)), np.zeros(len(tgt))])
     odds = domain.predict_proba(src_val)
     weights = (len(src_train) / len(tgt)) * odds[:, :1] / odds[:, 1:]
     p_true = np.clip(val_proba[np.arange(len(val_labels)), val_labels], 1e-15, 1 - 1e-15)
