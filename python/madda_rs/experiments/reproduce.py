@@ -327,7 +327,8 @@ _PRETRAINED_DEV_COLUMNS = tuple(c for c in COLOUR_COLUMNS
 TABLES["devtasks-pretrained"] = Table(
     "Development task on a pretrained backbone: candidate M-ADDA recipes, fashion-mnist → fashion-m, "
     "EfficientNet-Lite0 from its ImageNet weights at 64 x 64",
-    "Every row at tune's 40 + 15 schedule, float32; the rows are the paper's recipe with one change each. "
+    "Every row at tune's 40 + 15 schedule unless it names another, float32; each row is the paper's recipe, or the chosen paper + "
+    "information maximisation, with one change. "
     "fashion-m's labels (Fashion-MNIST's test images composited onto photographs; neither MNIST nor USPS) rate "
     "them here, so a recipe chosen on this table may run on MNIST → mnist-m.",
     (
