@@ -182,6 +182,16 @@ def test_the_source_magnet_pulls_labelled_source_images_through_the_target_model
     assert "--source-magnet-weight" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["madda", "adda"])
+def test_stage_2_takes_its_own_learning_rate_when_given_one(generated_data_dir, tmp_path, monkeypatch, method):
+    spy = Spy(monkeypatch)
+    assert _cli(generated_data_dir, tmp_path / "run", "--method", method, "--epochs-source", "1",
+                "--epochs-target", "1", "--lr", "2e-4", "--lr-target", "3e-5") == 0
+    assert [lr for lr, _ in spy.calls["adam"]] == [2e-4, 3e-5, 1e-4]  # source, target, discriminator
+    with pytest.raises(SystemExit):
+        _cli(generated_data_dir, tmp_path / "bad", "--lr-target", "0")
+
+
 def test_source_only_and_ablations_from_the_command_line(generated_data_dir, tmp_path):
     def run(name, *flags):
         assert _cli(generated_data_dir, tmp_path / name, "--epochs-source", "1", "--epochs-target", "1", *flags) == 0

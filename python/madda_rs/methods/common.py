@@ -36,12 +36,16 @@ class AdversarialSettings(MethodSettings):
     adversarial_passes: int = setting(1, "adversarial passes over the batches per target epoch (Alg. 2: one)",
                                       type=int, minimum=0)
     lr_discriminator: float = setting(1e-4, "Adam learning rate of the discriminator", type=float)
+    lr_target: Optional[float] = setting(None, "Adam learning rate of the target model in stage 2 (default: --lr, "
+                                         "which then sets both stages)", type=float)
 
     presets = {"paper": {}, "official": dict(adversarial_passes=3)}  # the released code's three passes
 
     def __post_init__(self) -> None:
         if not self.lr_discriminator > 0:
             raise ValueError(f"lr_discriminator must be > 0, got {self.lr_discriminator}")
+        if self.lr_target is not None and not self.lr_target > 0:
+            raise ValueError(f"lr_target must be > 0, got {self.lr_target}")
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
@@ -257,7 +261,8 @@ class AdversarialTargetStage:
         with seeded_init(config.seed, "init_discriminator"):
             self.disc = Discriminator(source_model.encoder.feature_dim).to(device)
         parallel.broadcast(self.disc)
-        self.opt_t = adam(self.target.parameters(), config, config.lr)
+        lr_target = config.lr if config.lr_target is None else config.lr_target
+        self.opt_t = adam(self.target.parameters(), config, lr_target)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
         self.precision = Precision(config.precision, device)
         # the mean teacher: an exponential moving average of the target model's weights
