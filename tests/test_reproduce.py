@@ -176,11 +176,14 @@ def test_the_pretrained_development_task_rates_one_change_at_a_time_on_fashion_l
     assert "fashion-m's labels" in (tmp_path / "new" / "devtasks-pretrained.md").read_text()
 
 
-def test_the_recipe_chosen_on_the_pretrained_task_runs_on_pretrained_columns_and_says_what_chose_it(tmp_path):
-    from madda_rs.experiments.reproduce import PRETRAINED_CHOICE_LABEL, build_table
+@pytest.mark.parametrize("label", ["PRETRAINED_CHOICE_LABEL", "PRETRAINED_CHOICE_2_LABEL"])
+def test_the_recipe_chosen_on_the_pretrained_task_runs_on_pretrained_columns_and_says_what_chose_it(tmp_path, label):
+    from madda_rs.experiments import reproduce
+    from madda_rs.experiments.reproduce import build_table
 
-    row = next(r for r in TABLES["colour"].rows if r.label == PRETRAINED_CHOICE_LABEL)
-    runs = [r for r in plan("colour", (0,)) if (PRETRAINED_CHOICE_LABEL, r.cells[0][1]) in r.cells]
+    label = getattr(reproduce, label)
+    row = next(r for r in TABLES["colour"].rows if r.label == label)
+    runs = [r for r in plan("colour", (0,)) if (label, r.cells[0][1]) in r.cells]
     assert len(runs) == 3 and all(r.config.weights == "imagenet" for r in runs)  # no resnet-cifar cell
     dev = {r.slug for r in plan("devtasks-pretrained", (0,))}
     assert sum(r.slug in dev for r in runs) == 1  # its fashion cell is the run that chose it

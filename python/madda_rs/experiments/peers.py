@@ -64,6 +64,7 @@ from .reproduce import (
     DEV_COLUMNS,
     GUARD_NOTE,
     LABELFREE_LABEL,
+    PRETRAINED_CHOICE_2_LABEL,
     PRETRAINED_CHOICE_LABEL,
     SCHEDULES,
     TABLES,
@@ -151,7 +152,7 @@ PEER_NAMES = {p.slug: p for p in PEERS}
 # madda_rs's own rows, from the committed runs of the table the peers stand beside (those of these
 # labels that table has)
 MADDA_ROWS = ("ADDA", "M-ADDA, preset paper", "M-ADDA, preset improved (ours)", LABELFREE_LABEL, TUNED_LABEL,
-              PRETRAINED_CHOICE_LABEL)
+              PRETRAINED_CHOICE_LABEL, PRETRAINED_CHOICE_2_LABEL)
 
 
 def require_skada() -> Tuple[Any, Any]:

@@ -290,6 +290,11 @@ COLOUR_COLUMNS = tuple(Column(s, t, "standard", settings=(("resize_to_target", T
 PRETRAINED_CHOICE = {**_PAPER, "im_weight": 1.0}
 PRETRAINED_CHOICE_LABEL = ("M-ADDA, paper + information maximisation (ours; chosen on the pretrained "
                            "development task)")
+# The second round's winner by that rule: Adam lr 1e-3 in stage 1 (the best source model of any row),
+# the paper's 1e-4 in stage 2. Its row stands beside the first round's, whose runs stay on record.
+PRETRAINED_CHOICE_2 = {**PRETRAINED_CHOICE, "lr": 1e-3, "lr_target": 1e-4}
+PRETRAINED_CHOICE_2_LABEL = ("M-ADDA, paper + information maximisation, Adam lr 1e-3 in stage 1 (ours; chosen "
+                             "on the pretrained development task, second round)")
 
 
 def _colour(label: str, settings: Dict[str, Any], metric: str = "target_accuracy") -> Row:
@@ -315,6 +320,8 @@ TABLES["colour"] = Table(
         # the best candidate of the pretrained development task (devtasks-pretrained, below), on the
         # pretrained backbone's columns only
         Row(PRETRAINED_CHOICE_LABEL, PRETRAINED_CHOICE, schedule="dev", only=(("weights", "imagenet"),),
+            chose="fashion-m test (the dev task), 10,000"),
+        Row(PRETRAINED_CHOICE_2_LABEL, PRETRAINED_CHOICE_2, schedule="dev", only=(("weights", "imagenet"),),
             chose="fashion-m test (the dev task), 10,000"),
     ),
     COLOUR_COLUMNS,
@@ -361,8 +368,7 @@ TABLES["devtasks-pretrained"] = Table(
         _colour("paper + information maximisation, 30 target epochs", {**PRETRAINED_CHOICE, "epochs_target": 30}),
         # lr 1e-3 trained the best source model of any row (0.456 before adaptation) and then collapsed in
         # stage 2 (0.147): the larger rate for stage 1 alone
-        _colour("paper + information maximisation, Adam lr 1e-3 in stage 1, 1e-4 in stage 2",
-                {**PRETRAINED_CHOICE, "lr": 1e-3, "lr_target": 1e-4}),
+        _colour("paper + information maximisation, Adam lr 1e-3 in stage 1, 1e-4 in stage 2", PRETRAINED_CHOICE_2),
     ),
     _PRETRAINED_DEV_COLUMNS,
 )
