@@ -206,7 +206,8 @@ def test_labelfree_from_imagenet_weights_is_warned_about_and_the_warning_recorde
     from madda_rs.training import settings_advice
 
     pretrained = dict(backbone="resnet18", weights="imagenet")
-    assert "--im-weight 1" in settings_advice(TrainConfig(preset="labelfree", **pretrained))[0]
+    advice = settings_advice(TrainConfig(preset="labelfree", **pretrained))[0]
+    assert "--im-weight 1 --lr 1e-3 --lr-target 1e-4" in advice
     assert settings_advice(TrainConfig(preset="labelfree")) == []  # from scratch: what it was chosen for
     assert settings_advice(TrainConfig(preset="paper", **pretrained)) == []
     # what the advice says is logged and lands in metrics.json's warnings, once

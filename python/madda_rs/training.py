@@ -153,8 +153,8 @@ def settings_advice(config: TrainConfig) -> List[str]:
     if config.method == "madda" and config.preset == "labelfree" and config.weights == "imagenet":
         return ["--preset labelfree was chosen on LeNet trained from scratch; from ImageNet weights it merged the "
                 "target's classes on both tasks measured (mnist-m, fashion-m) and its guard returned the source "
-                "model. --preset paper --im-weight 1 was chosen on a pretrained development task "
-                "(docs/label-free.md, 'A development task on a pretrained backbone')"]
+                "model. --preset paper --im-weight 1 --lr 1e-3 --lr-target 1e-4 was chosen on a pretrained "
+                "development task (docs/label-free.md, 'A development task on a pretrained backbone')"]
     return []
 
 

@@ -308,7 +308,7 @@ TABLES["colour"] = Table(
     "sources are resized to the target's 3 x 32 x 32. The photographs are scikit-image's, not BSDS500's, so "
     "published MNIST → MNIST-M figures are anchors, not comparisons: DANN 0.767 (Ganin et al. 2016), DSN 0.832 "
     "(Bousmalis et al. 2016), PixelDA 0.982 (Bousmalis et al. 2017). No label of MNIST or mnist-m chose any "
-    "setting; the one row chosen on target labels names them (fashion-m's, the pretrained development task, "
+    "setting; the two rows chosen on target labels name them (fashion-m's, the pretrained development task, "
     "which is also this table's last column).",
     (
         _colour("Source only (softmax classifier)", _ADDA, "source_only_accuracy"),
