@@ -166,7 +166,8 @@ def test_the_source_magnet_pulls_labelled_source_images_through_the_target_model
 
     def spy(emb, centers, assign, keep):
         out = real(emb, centers, assign, keep)
-        pulled.append((len(emb), bool(keep.all())))
+        nearest = torch.cdist(emb.detach(), centers).argmin(1)
+        pulled.append((len(emb), bool(keep.all()), float((nearest == assign).float().mean())))
         return out
 
     monkeypatch.setattr(madda_stage, "labelled_magnet_loss", spy)
@@ -176,7 +177,10 @@ def test_the_source_magnet_pulls_labelled_source_images_through_the_target_model
     hist = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]["target"]
     assert all("source_magnet_loss" in h and "magnet_loss" not in h for h in hist)
     # one source batch (64 images, every one kept) beside each of the 600 // 50 target batches
-    assert pulled == [(64, True)] * 2 * (600 // 50)
+    assert [(n, kept) for n, kept, _ in pulled] == [(64, True)] * 2 * (600 // 50)
+    # each image is pulled to its own class's centre: the first batch goes through the target model as
+    # initialised, the source model, whose embedding of a source image lies nearest its class centre
+    assert pulled[0][2] > 0.8, pulled[0]
     with pytest.raises(SystemExit):
         _cli(generated_data_dir, tmp_path / "bad", "--source-magnet-weight", "1", "--centers", "kmeans")
     assert "--source-magnet-weight" in capsys.readouterr().err

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..data.images import ImageSet
@@ -20,7 +18,14 @@ from ..models import EmbeddingNet
 from ..run.processes import Parallel
 from ..scores.predictors import ClassifierPredictor, KnnPredictor
 from . import Method, register_method
-from .common import AdversarialSettings, AdversarialTargetStage, BatchResult, SourceStage
+from .common import (
+    AdversarialSettings,
+    AdversarialTargetStage,
+    BatchResult,
+    SourceStage,
+    class_indices,
+    cross_entropy,
+)
 
 # The k of ADDA's runs' label-free scores that vote by neighbours (reverse accuracy's kNN): the
 # paper preset's, as every ADDA run has used. ADDA's own labels come from its classifier.
@@ -33,15 +38,12 @@ class SoftmaxSourceStage(SourceStage):
     def __init__(self, config: TrainConfig, source: ImageSet, device: torch.device,
                  parallel: Parallel = Parallel()) -> None:
         assert source.labels is not None
-        classes, targets = np.unique(source.labels.cpu().numpy(), return_inverse=True)
-        super().__init__(config, source, device, parallel, len(classes))
-        self.targets = torch.from_numpy(targets.astype(np.int64)).to(device)  # class indices 0..C-1
+        n_classes, self.targets = class_indices(source.labels, device)
+        super().__init__(config, source, device, parallel, n_classes)
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
-        targets = self.targets[rows.to(self.device)]
-        logits = self.forward(images)
-        loss = F.cross_entropy(logits, targets)
-        return loss, {"loss": loss.detach(), "train_accuracy": (logits.argmax(1) == targets).float().mean()}
+        loss, accuracy = cross_entropy(self.forward(images), self.targets[rows.to(self.device)])
+        return loss, {"loss": loss.detach(), "train_accuracy": accuracy}
 
 
 class AddaTargetStage(AdversarialTargetStage):

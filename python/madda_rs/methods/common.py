@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -156,6 +157,18 @@ def guard_verdict(source_only: Dict[str, Any], final: Dict[str, Any]) -> Optiona
 
 
 BatchResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+
+
+def class_indices(labels: torch.Tensor, device: torch.device) -> Tuple[int, torch.Tensor]:
+    """The number of classes C and each label's index 0..C-1 among the sorted distinct labels
+    (on `device`): a softmax head's targets, and the index of class_means' centres."""
+    classes, index = np.unique(labels.cpu().numpy(), return_inverse=True)
+    return len(classes), torch.from_numpy(index.astype(np.int64)).to(device)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax cross-entropy and the batch's accuracy (detached, for the epoch's figures)."""
+    return F.cross_entropy(logits, targets), (logits.detach().argmax(1) == targets).float().mean()
 
 
 class SourceStage:

@@ -16,7 +16,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import native
 from ..config import TrainConfig, setting
@@ -40,6 +39,8 @@ from .common import (
     AdversarialTargetStage,
     BatchResult,
     SourceStage,
+    class_indices,
+    cross_entropy,
     epoch_batches,
     guard_verdict,
     mean,
@@ -171,10 +172,9 @@ class TripletSourceStage(SourceStage):
         self.labels = source.labels.cpu().numpy()
         head = None
         if config.source_ce_weight > 0:
-            classes, targets = np.unique(self.labels, return_inverse=True)
-            self.targets = torch.from_numpy(targets.astype(np.int64)).to(device)  # class indices 0..C-1
+            n_classes, self.targets = class_indices(source.labels, device)
             with seeded_init(config.seed, "init_source_head"):
-                head = torch.nn.Linear(config.embedding_dim, len(classes))
+                head = torch.nn.Linear(config.embedding_dim, n_classes)
         super().__init__(config, source, device, parallel, config.embedding_dim, auxiliary=head)
 
     def batch_loss(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, step: int) -> BatchResult:
@@ -199,11 +199,9 @@ class TripletSourceStage(SourceStage):
             loss, n_active = emb.sum() * 0.0, torch.zeros((), dtype=torch.int64)
         figures = {"loss": loss.detach(), "active_triplets": n_active.float()}
         if softmax:
-            targets = self.targets[rows.to(self.device)]
-            logits = self.auxiliary(emb)
-            ce = F.cross_entropy(logits, targets)
+            ce, accuracy = cross_entropy(self.auxiliary(emb), self.targets[rows.to(self.device)])
             loss = loss + config.source_ce_weight * ce
-            figures.update(ce_loss=ce.detach(), train_accuracy=(logits.argmax(1) == targets).float().mean())
+            figures.update(ce_loss=ce.detach(), train_accuracy=accuracy)
         return loss, figures
 
 
@@ -223,6 +221,10 @@ class MaddaTargetStage(AdversarialTargetStage):
             # soft assignments use distances in units of the source classes' own spread, so their
             # sharpness does not depend on the embedding's scale
             self.spread = class_spread(predictor.emb, predictor.labels)
+        if config.source_magnet_weight > 0:
+            # class_means' centre j is sorted class j: each source image's class index is its centre's
+            assert data.src_train.labels is not None and config.centers == "class_means"
+            self.source_classes = class_indices(data.src_train.labels, device)[1]
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
         config = self.config
@@ -313,12 +315,10 @@ class MaddaTargetStage(AdversarialTargetStage):
         """`steps` source batches (this rank's share of each) in an order drawn from `gen`, cycling
         when the source has fewer, with each image's class as an index into the centres."""
         config, src = self.config, self.data.src_train
-        assert src.labels is not None and config.centers == "class_means"  # class_means: centre j is class j
         batches = epoch_batches(len(src), config.batch_size, gen)
         rows = [self.parallel.shard(batches[i % len(batches)])[0] for i in range(steps)]
-        classes = torch.from_numpy(np.searchsorted(self.classes, src.labels.cpu().numpy())).to(self.device)
         for r, images in zip(rows, src.stream(rows, self.device)):
-            yield images, classes[r.to(self.device)]
+            yield images, self.source_classes[r.to(self.device)]
 
 
 @register_method("madda")
