@@ -1,5 +1,6 @@
 """Runs that stop: resume after SIGKILL and Ctrl-C, determinism, NaN losses, run folders, warnings."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -90,6 +91,47 @@ def test_deterministic_runs_are_identical(generated_data_dir, tmp_path):
     for model in ("source.pt", "target.pt"):
         a = torch.load(tmp_path / "a" / model, weights_only=True)["state_dict"]
         assert _same_tensors(a, torch.load(tmp_path / "b" / model, weights_only=True)["state_dict"])
+
+
+def test_a_run_adapting_another_runs_source_model_equals_the_run_that_trained_it(generated_data_dir, tmp_path,
+                                                                                   capsys, monkeypatch):
+    epochs = ("--epochs-source", "2", "--epochs-target", "2")
+    assert main(_argv(generated_data_dir, tmp_path / "whole", *epochs)) == 0
+
+    def no_stage_1(*args):
+        raise AssertionError("stage 1 trained")
+
+    monkeypatch.setattr(madda_stage.TripletSourceStage, "batch_loss", no_stage_1)
+    assert main(_argv(generated_data_dir, tmp_path / "adapted", *epochs, "--source-from", str(tmp_path / "whole"))) == 0
+    whole, adapted = _metrics(tmp_path / "whole"), _metrics(tmp_path / "adapted")
+    source_pt = (tmp_path / "whole" / "source.pt").read_bytes()
+    assert adapted.pop("source_from") == {"run": str(tmp_path / "whole"), "sha256": hashlib.sha256(source_pt).hexdigest()}
+    assert whole.pop("source_from") is None
+    assert adapted == whole  # stage 1's history copied, stage 2 drawn exactly as the whole run drew it
+    for model in ("source.pt", "target.pt"):
+        a = torch.load(tmp_path / "whole" / model, weights_only=True)["state_dict"]
+        assert _same_tensors(a, torch.load(tmp_path / "adapted" / model, weights_only=True)["state_dict"])
+    # stage 2's own settings may differ; a setting stage 1 reads may not, nor may the model's input
+    assert main(_argv(generated_data_dir, tmp_path / "im", "--epochs-source", "2", "--epochs-target", "1",
+                      "--im-weight", "1", "--lr-target", "3e-5", "--k", "5",
+                      "--source-from", str(tmp_path / "whole"))) == 0
+    assert json.loads((tmp_path / "im" / "config.json").read_text())["source_from"] == str(tmp_path / "whole")
+    capsys.readouterr()
+    for flags, says in [(("--epochs-source", "3"), "epochs_source 2 there, 3 here"),
+                        (("--margin", "0.5"), "margin 1.0 there, 0.5 here"),
+                        (("--seed", "1"), "seed 0 there, 1 here"),
+                        (("--method", "adda"), "method"),
+                        (("--source-from", str(tmp_path / "nowhere")), "no such folder"),
+                        (("--source-from", str(tmp_path)), "config.json is missing"),
+                        (("--source-from", str(tmp_path / "refused")), "is this run's own --out")]:
+        argv = _argv(generated_data_dir, tmp_path / "refused", "--epochs-target", "1", *flags)
+        if "--source-from" not in flags:
+            argv += ["--epochs-source", "2"] * ("--epochs-source" not in flags) + ["--source-from",
+                                                                                      str(tmp_path / "whole")]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "--source-from" in err and says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "refused").exists()
 
 
 def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_path, monkeypatch, capsys):

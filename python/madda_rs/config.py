@@ -119,6 +119,9 @@ class MethodSettings:
     ``__post_init__`` may check values together (a ValueError, one line)."""
 
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # Settings that stage 1 never reads (the adversarial stage's, the magnet's, the vote's): a run
+    # adapting another run's source model (--source-from) may differ from that run here alone.
+    stage_two: ClassVar[Tuple[str, ...]] = ()
     # Switches no preset sets (a method's variants, such as Table 3's ablations): never counted as
     # overriding the preset; the method's run names spell them (Method.variant).
     outside_presets: ClassVar[Tuple[str, ...]] = ()
@@ -265,6 +268,10 @@ class TrainConfig:
     select: Optional[str] = _setting(None, "also keep the target model this score picks among the evaluations "
                                      "(selected.pt; metrics.json 'selected'); the headline stays the final epoch",
                                      choices=tuple(SELECTION_SCORES))
+    source_from: Optional[str] = _setting(None, "adapt the source model of this finished run (its source.pt) "
+                                          "instead of training stage 1; every setting stage 1 reads must match "
+                                          "that run's (its stage-1 history is copied into this run's records)",
+                                          type=str)
     # The baseline.
     source_only: bool = _setting(False, "baseline: the source model's predictions, no adaptation")
     # The preset's settings: None means the preset's value.
@@ -325,6 +332,8 @@ class TrainConfig:
             raise ValueError("resize_to_source and resize_to_target contradict each other; give one")
         if self.src == self.tgt:
             raise ValueError(f"src and tgt must differ, got both {self.src!r}")
+        if self.source_from == "":
+            raise ValueError("source_from must name a run folder, got an empty string")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not all(0 <= b < 1 for b in self.betas):

@@ -15,6 +15,8 @@ here neither parse arguments nor print: progress goes through the optional ``pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -44,8 +46,10 @@ from .run.folder import (
     SOURCE_MODEL_FILE,
     TARGET_MODEL_FILE,
     RunFolder,
+    load_model,
     model_file,
     resume_conflicts,
+    source_conflicts,
 )
 from .run.loop import Interrupted, LoopSettings, ProgressFactory, TrainingDiverged, no_progress, run_stage
 from .run.precision import check_precision, resolve_precision
@@ -86,6 +90,8 @@ class RunResult:
     guard: Optional[str] = None
     # what ran it: CPU model and flags, versions, GPU (run.processes.machine_record)
     machine: Dict[str, Any] = field(default_factory=dict)
+    # with config.source_from: the run whose source model this one adapted, and that file's sha256
+    source_from: Optional[Dict[str, str]] = None
 
     def metrics(self) -> Dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "config"}
@@ -127,6 +133,9 @@ def train(
     # config.json records the precision trained in, the device's default included
     config = config.replace(precision=resolve_precision(config.precision, device))
     check_precision(config.precision, device)  # bf16 on a CPU without it: refused before any work
+    borrowed = _source_run(config, out_dir)  # --source-from: checked before any work
+    if borrowed is not None:
+        config = config.replace(source_from=str(borrowed.path))  # absolute: a resume from elsewhere finds it
     # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
     threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
@@ -139,7 +148,7 @@ def train(
     if folder is not None and saved is None and parallel.is_main:
         folder.create(overwrite)
         folder.write_json(CONFIG_FILE, {**config.to_dict(), "class_names": list(data.class_names)})
-    run = _Run(config, data, device, parallel, folder, saved, progress or no_progress, wall)
+    run = _Run(config, data, device, parallel, folder, saved, progress or no_progress, wall, borrowed)
     result = run.execute(threads)
     if run.writer is not None:
         run.writer.write_json(METRICS_FILE, result.metrics())
@@ -164,6 +173,60 @@ def _device(config: TrainConfig) -> torch.device:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return device
+
+
+@dataclass
+class _SourceRun:
+    """The finished stage 1 of another run that this one adapts (``--source-from``)."""
+
+    path: Path
+    history: List[Dict[str, Any]]
+    sha256: str
+
+    def model(self, config: TrainConfig, shape: Tuple[int, ...], device: torch.device) -> EmbeddingNet:
+        """Its source model, placed as stage 1 leaves one; refused when it reads other images."""
+        model = load_model(self.path / SOURCE_MODEL_FILE, device)
+        if tuple(model.spec.in_shape) != tuple(shape):
+            raise ValueError(f"--source-from {self.path}: its source model reads {_shape(model.spec.in_shape)} "
+                             f"images, this run's source images are {_shape(shape)}")
+        model.encoder.recompute_activations = config.recompute_activations
+        return model.to(memory_format=torch.channels_last)
+
+
+def _shape(shape: Any) -> str:
+    return " x ".join(map(str, shape))
+
+
+def _source_run(config: TrainConfig, out_dir: Optional[str]) -> Optional[_SourceRun]:
+    """The run ``config.source_from`` names, checked: its stage 1 finished (source.pt is written
+    then) with every setting stage 1 reads equal to this run's."""
+    if config.source_from is None:
+        return None
+    path = Path(config.source_from).resolve()
+    if out_dir is not None and Path(out_dir).resolve() == path:
+        raise ValueError(f"--source-from {config.source_from} is this run's own --out; give another run's folder")
+    if not path.is_dir():
+        raise ValueError(f"--source-from {config.source_from}: no such folder; expected a madda-rs train run's")
+    for name in (CONFIG_FILE, SOURCE_MODEL_FILE):
+        if not (path / name).is_file():
+            raise ValueError(f"--source-from {config.source_from}: {path / name} is missing; expected the folder "
+                             f"of a madda-rs train run whose stage 1 has finished")
+    saved = json.loads((path / CONFIG_FILE).read_text())
+    try:
+        conflicts = source_conflicts(saved, config)
+    except ValueError as exc:  # a config.json this version cannot read
+        raise ValueError(f"--source-from {config.source_from}: {path / CONFIG_FILE}: {exc}") from None
+    if conflicts:
+        own = config.to_dict()
+        differ = ", ".join(f"{k} {saved.get(k)!r} there, {own.get(k)!r} here" for k in conflicts)
+        raise ValueError(f"--source-from {config.source_from}: its stage 1 read other settings ({differ}); give "
+                         f"the same, or train stage 1 anew without --source-from")
+    if (path / METRICS_FILE).is_file():
+        history = json.loads((path / METRICS_FILE).read_text())["history"]["source"]
+    else:  # stopped in stage 2: its checkpoint holds the finished stage 1's history
+        history = RunFolder(path).load(CHECKPOINT_FILE)["history"]["source"]
+    digest = hashlib.sha256((path / SOURCE_MODEL_FILE).read_bytes()).hexdigest()
+    return _SourceRun(path, history, digest)
 
 
 def _open_folder(config: TrainConfig, out_dir: Optional[str], parallel: Parallel, *, resume: bool,
@@ -195,12 +258,15 @@ class _Run:
 
     def __init__(self, config: TrainConfig, data: RunData, device: torch.device, parallel: Parallel,
                  folder: Optional[RunFolder], saved: Optional[Dict[str, Any]], progress: ProgressFactory,
-                 wall: float) -> None:
+                 wall: float, borrowed: Optional[_SourceRun] = None) -> None:
         self.config, self.data, self.device, self.parallel = config, data, device, parallel
+        self.borrowed = borrowed
         self.method: Method = get_method(config.method)
         self.folder, self.saved, self.wall = folder, saved, wall
         self.writer = folder if parallel.is_main else None  # rank 0 alone writes
         self.history: Dict[str, List[Dict[str, Any]]] = saved["history"] if saved else {"source": [], "target": []}
+        if borrowed is not None and not saved:
+            self.history["source"] = list(borrowed.history)
         self.warnings: List[str] = saved["warnings"] if saved else []
         if not saved:
             for advice in settings_advice(config):
@@ -252,9 +318,12 @@ class _Run:
 
     def execute(self, threads: int) -> RunResult:
         config, data = self.config, self.data
-        source_stage = self.method.source_stage(config, data.src_train, self.device, self.parallel)
-        self._run("source", source_stage)
-        source_model = source_stage.model
+        if self.borrowed is not None:
+            source_model = self.borrowed.model(config, data.src_train.shape, self.device)
+        else:
+            source_stage = self.method.source_stage(config, data.src_train, self.device, self.parallel)
+            self._run("source", source_stage)
+            source_model = source_stage.model
         if self.writer is not None:
             self.writer.save_model(SOURCE_MODEL_FILE, source_model, config, config.epochs_source)
         predictor = self.method.predictor(source_model, data.src_train, config, self.parallel)
@@ -281,6 +350,8 @@ class _Run:
             out_dir=str(self.folder.path) if self.folder is not None else None, classes=matrix.get("classes"),
             confusion=matrix.get("confusion"), selected=self.selection.summary(), guard=guard,
             machine=machine_record(self.device),
+            source_from=({"run": str(self.borrowed.path), "sha256": self.borrowed.sha256}
+                         if self.borrowed is not None else None),
         )
 
     def _save_predictor(self, predictor: KnnPredictor) -> None:

@@ -41,6 +41,7 @@ class AdversarialSettings(MethodSettings):
                                          "which then sets both stages)", type=float)
 
     presets = {"paper": {}, "official": dict(adversarial_passes=3)}  # the released code's three passes
+    stage_two = ("adversarial_passes", "lr_discriminator", "lr_target")
 
     def __post_init__(self) -> None:
         if not self.lr_discriminator > 0:

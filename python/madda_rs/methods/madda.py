@@ -109,6 +109,9 @@ class MaddaSettings(AdversarialSettings):
     }
 
     outside_presets = ("magnet", "adversarial")  # Table 3's ablations: the run names say '-nomagnet', '-noadv'
+    stage_two = AdversarialSettings.stage_two + (
+        "magnet", "adversarial", "k", "centers", "magnet_scope", "magnet_labels", "im_weight", "source_magnet_weight",
+        "ema_decay", "guard")
 
     def check(self, run: TrainConfig) -> None:
         if not run.source_only and not (self.magnet or self.adversarial):

@@ -41,7 +41,7 @@ RUN_ONLY = ("device", "data_dir", "download", "threads", "eval_every", "checkpoi
 REPLICATES = ("seed", "subset_seed")
 # Kept on resume, yet not a different experiment: bitwise determinism, and which checkpoint a
 # score also keeps (the headline is the final epoch either way).
-SAME_EXPERIMENT = ("deterministic", "select", "overridden")
+SAME_EXPERIMENT = ("deterministic", "select", "overridden", "source_from")
 # Settings that never split a report's group: two runs differing only here are one experiment.
 NOT_GROUPED = frozenset(RUN_ONLY + REPLICATES + SAME_EXPERIMENT)
 
@@ -51,6 +51,23 @@ def resume_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> Lis
     saved with `saved` cannot be continued as `config` while any is left."""
     saved = TrainConfig.from_dict(dict(saved)).to_dict()  # settings added since it was saved take their default
     return sorted(k for k in set(saved) | set(config) if k not in RUN_ONLY and saved.get(k) != config.get(k))
+
+
+# Run settings that stage 1 never reads (beside each method's MethodSettings.stage_two): a run that
+# adapts another run's source model (--source-from) may differ from it in these, the run-only
+# settings and SAME_EXPERIMENT's; the preset counts by the values it gave.
+TARGET_ONLY = ("tgt", "tgt_test", "resize_to_source", "epochs_target", "target_batch_size", "source_only", "preset")
+
+
+def source_conflicts(source: Mapping[str, Any], config: TrainConfig) -> List[str]:
+    """The settings read by stage 1 (config dicts, as in config.json) in which `config` differs from
+    the run `source` whose source model it would adapt; empty when it may."""
+    if source.get("method", "madda") != config.method:
+        return ["method"]
+    saved = TrainConfig.from_dict(dict(source)).to_dict()  # settings added since take their default
+    own = config.to_dict()
+    free = set(RUN_ONLY) | set(SAME_EXPERIMENT) | set(TARGET_ONLY) | set(type(config.settings).stage_two)
+    return sorted(k for k in set(saved) | set(own) if k not in free and saved.get(k) != own.get(k))
 
 
 def with_run_settings(saved: TrainConfig, given: Mapping[str, Any]) -> TrainConfig:
@@ -189,5 +206,6 @@ class RunFolder:
                 np.save(f, array)
 
 
-__all__ = ["RunFolder", "RUN_FILES", "RUN_ONLY", "REPLICATES", "NOT_GROUPED", "resume_conflicts", "with_run_settings",
+__all__ = ["RunFolder", "RUN_FILES", "RUN_ONLY", "REPLICATES", "NOT_GROUPED", "TARGET_ONLY", "resume_conflicts",
+           "source_conflicts", "with_run_settings",
            "experiment_key", "saved_method_settings", "load_run", "model_file", "load_model"]
