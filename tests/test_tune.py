@@ -72,6 +72,12 @@ def test_tune_chooses_the_same_run_whatever_the_target_labels_say(generated_data
     a, b = (json.loads((tmp_path / d / "tune.json").read_text()) for d in "ab")
     rungs = [len(c["rungs"]) for c in a["candidates"]]
     assert sorted(rungs) == [1, 1, 1, 3]  # 4 at a ninth, the best 1 at a third, then the full schedule
+    # at a ninth both schedules train 1 source epoch: one stage 1, which the other three adapt
+    first = a["candidates"][0]["index"]
+    assert [c["rungs"][0]["source_model_of"] for c in a["candidates"]] == [None, first, first, first]
+    shared = json.loads((tmp_path / "a" / "candidates" / f"c{a['candidates'][1]['index']:02d}-rung0" /
+                         "config.json").read_text())
+    assert shared["source_from"] == str(tmp_path / "a" / "candidates" / f"c{first:02d}-rung0")
     strip = ("data_dir",)
     assert {k: v for k, v in a["chosen"].items() if k not in strip} == \
         {k: v for k, v in b["chosen"].items() if k not in strip}
@@ -189,3 +195,27 @@ def test_the_budget_estimate_is_seconds_per_epoch_not_per_run(tmp_path, monkeypa
     record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / "t"), budget_minutes=100 / 60,
                               candidates=3)
     assert [len(c["rungs"]) >= 1 for c in record["candidates"]] == [True, True, True]
+
+
+def test_candidates_share_a_stage_1_only_where_it_reads_the_same_settings(tmp_path, monkeypatch):
+    import madda_rs.training as training
+
+    trained = []
+
+    def train(config, out_dir, overwrite=False):
+        trained.append((config.negatives, config.im_weight, config.source_from))
+        return _fake_train(lambda c: c.im_weight, lambda c: 0.5)(config, out_dir, overwrite)
+
+    monkeypatch.setattr(get_method("madda"), "search_space",
+                        {"schedule": ((9, 9),), "negatives": ("random", "semihard"), "im_weight": (0.0, 1.0)})
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.setattr(tune_module, "candidate_predictions", lambda run_dir, base, cache: CONSENSUS)
+    record = tune_module.tune(TrainConfig(src="mnist", tgt="usps"), str(tmp_path / "t"), candidates=4)
+    rung0 = {(c["settings"]["negatives"], c["settings"]["im_weight"]): c for c in record["candidates"]}
+    assert len(rung0) == 4 and len(trained) >= 4
+    for negatives in ("random", "semihard"):
+        donor, sharer = (rung0[negatives, 0.0], rung0[negatives, 1.0])
+        first, second = sorted((donor, sharer), key=lambda c: record["candidates"].index(c))
+        assert first["rungs"][0]["source_model_of"] is None
+        assert second["rungs"][0]["source_model_of"] == first["index"]  # same negatives: one stage 1
+    assert sum(source is None for _, _, source in trained[:4]) == 2  # two stage-1 settings, two stage 1s

@@ -3,8 +3,9 @@
 Successive halving (Jamieson & Talwalkar 2016) over the method's :func:`search_space`: every candidate trains
 at a ninth of its epochs, the best third by the validators' vote go on at a third, the best third
 of those at the full schedule, and the best of the last rung is the chosen run. Within a rung,
-candidates are ranked by EnsV (Hu et al. 2024): how often each one's predictions on the target
-training images agree with the majority of the rung's candidates. Nothing here reads a target
+candidates whose stage 1 reads the same settings share one (``--source-from``), and candidates
+are ranked by EnsV (Hu et al. 2024): how often each one's predictions on the target training
+images agree with the majority of the rung's candidates. Nothing here reads a target
 label (the candidates' test accuracies are copied into tune.json after the choice, for checking
 only). docs/label-free.md states the space and the vote, and how the vote was chosen.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from .config import DERIVED, TrainConfig
 from .methods import get_method
-from .run.folder import RunFolder
+from .run.folder import RunFolder, source_conflicts
 from .run.precision import resolve_precision
 from .run.processes import resolve_device
 from .run.streams import numpy_rng
@@ -147,15 +148,23 @@ def tune(base: TrainConfig, out_dir: str, *, budget_minutes: float = DEFAULT_BUD
     data_cache: Dict[str, Any] = {}
     pool = [_Candidate(i, s) for i, s in enumerate(candidate_settings(base, candidates, base.seed))]
     alive, notes = list(pool), []
-    epoch_seconds: List[float] = []  # seconds per epoch (source and target epochs alike) so far
+    epoch_seconds: List[float] = []  # seconds per epoch trained (source and target epochs alike) so far
     for rung in range(RUNGS):
         fraction = float(ETA ** (rung - RUNGS + 1))
         if rung > 0:
             keep = max(1, len(alive) // ETA)
             alive = [alive[i] for i in ensv_order(alive)[:keep]]
+        # the rung's candidates that trained a stage 1: a later one whose stage 1 would read the same
+        # settings adapts that source model (--source-from), so candidates differing in stage 2 alone
+        # are compared on one source model and their stage 1 is trained once
+        donors: List[Tuple[Dict[str, Any], _Candidate]] = []
         for i, cand in enumerate(alive):
             config = candidate_config(base, cand.settings, fraction)
-            cost = (config.epochs_source + config.epochs_target) * (np.mean(epoch_seconds) if epoch_seconds else 0)
+            donor = next((d for saved, d in donors if not source_conflicts(saved, config)), None)
+            if donor is not None:
+                config = config.replace(source_from=donor.run_dirs[-1])
+            epochs = config.epochs_target + (config.epochs_source if donor is None else 0)
+            cost = epochs * (np.mean(epoch_seconds) if epoch_seconds else 0)
             spent = time.perf_counter() - start
             if i > 0 and spent + cost > budget_minutes * 60:
                 notes.append(f"rung {rung}: the budget held {i} of {len(alive)} candidates")
@@ -163,12 +172,15 @@ def tune(base: TrainConfig, out_dir: str, *, budget_minutes: float = DEFAULT_BUD
                 break
             run_dir = out / CANDIDATES_DIR / f"c{cand.index:02d}-rung{rung}"
             result = train(config, str(run_dir), overwrite=overwrite)
-            epoch_seconds.append(result.wall_seconds / (config.epochs_source + config.epochs_target))
+            epoch_seconds.append(result.wall_seconds / epochs)
             final = result.history["target"][-1] if result.history.get("target") else {}
             cand.rungs.append({"rung": rung, "epochs_source": config.epochs_source,
                                "epochs_target": config.epochs_target, "seconds": round(result.wall_seconds, 1),
+                               "source_model_of": None if donor is None else donor.index,
                                "scores": {k: final[k] for k in SELECTION_SCORES if k in final}})
             cand.run_dirs.append(str(run_dir))
+            if donor is None:
+                donors.append((config.to_dict(), cand))
             cand.predictions = candidate_predictions(str(run_dir), base, data_cache)
             cand.target_accuracy.append(result.target_accuracy)
             log(f"rung {rung} ({fraction:.2g} of the schedule): candidate {cand.index} {_show(cand.settings)} "
@@ -198,7 +210,7 @@ def _leave_chosen_run(chosen: _Candidate, config: TrainConfig, out: Path, overwr
     same = json.loads((done / "config.json").read_text())
     # what training fills in (the class names) and how often it evaluates do not make another run;
     # comparing them retrained every choice, and a rerun without --deterministic need not repeat it
-    ignore = ("eval_every",) + DERIVED
+    ignore = ("eval_every", "source_from") + DERIVED  # a shared stage 1 is the same run
     if {k: v for k, v in same.items() if k not in ignore} == \
             {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in ignore}:
         for path in done.iterdir():
