@@ -251,12 +251,49 @@ def test_the_peers_table_trains_each_method_at_its_chosen_rate_and_says_what_cho
     assert "| MCC, lr 0.0001 | skada | 110 epochs, lr 0.0001 | none | 0.700 (0) |" in markdown
 
 
+def test_pretrained_columns_take_the_rate_chosen_on_the_pretrained_development_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "CHOSEN_LR", {"dann-sigmoid": 1e-3, "mcc": 1e-3})
+    monkeypatch.setattr(peers, "CHOSEN_LR_PRETRAINED", {"dann-sigmoid": 1e-4})
+    # the choice's own runs: the colour table's pretrained fashion-m column, at the table's 55 epochs
+    dev = peers.plan_peers_dev_pretrained((0,), methods=["dann-sigmoid"])
+    assert [(r.config.tgt, r.config.backbone, r.config.weights, r.epochs, r.lr) for r in dev] == \
+        [("fashion-m", "efficientnet-lite0", "imagenet", 55, 1e-4), ("fashion-m", "efficientnet-lite0", "imagenet",
+                                                                      55, 1e-3)]
+    for run, acc in zip(dev, (0.8, 0.7)):
+        _fake_peer_run(tmp_path, run, acc)
+    assert main(["reproduce", "peers-dev-pretrained", "--out", str(tmp_path), "--seeds", "0", "--methods",
+                 "dann-sigmoid", "--no-run"]) == 0
+    choice = json.loads((tmp_path / "peers-dev-pretrained.json").read_text())
+    assert choice["methods"]["dann-sigmoid"]["chosen_lr"] == 1e-4 and choice["labels_read"]["total"] == 100
+    assert "pretrained development task" in (tmp_path / "peers-dev-pretrained.md").read_text()
+    assert not (tmp_path / "peers-dev.json").exists()
+    # beside the colour table: DANN at its pretrained choice on the pretrained columns alone, MCC (no
+    # pretrained choice) at its LeNet one everywhere
+    runs = plan_peers((0,), 55, ["dann-sigmoid", "mcc"], peers.TABLES["colour"].columns)
+    rates = {(r.peer.slug, peers.pretrained(r.column)): r.lr for r in runs}
+    assert rates == {("dann-sigmoid", True): 1e-4, ("dann-sigmoid", False): 1e-3, ("mcc", True): 1e-3,
+                     ("mcc", False): 1e-3}
+    done = [r for r in runs if r.peer.slug == "dann-sigmoid"][:1] + \
+        [r for r in runs if r.peer.slug == "dann-sigmoid" and peers.pretrained(r.column) and r.config.tgt == "mnist-m"]
+    for run in done:
+        _fake_peer_run(tmp_path, run, 0.9)
+    markdown, _ = peers.build_peers_table(runs, tmp_path, (0,), "colour")
+    dann = [line for line in markdown.splitlines() if line.startswith("| DANN, sigmoid domain classifier |")]
+    assert len(dann) == 2  # one row per choice, each naming the labels that made it
+    assert "| 55 epochs, lr 0.001 | dev targets only (the learning rate) |" in dann[0]
+    assert f"| 55 epochs, lr 0.0001 | {peers.PRETRAINED_CHOICE_LABELS} |" in dann[1]
+
+
 def test_the_chosen_learning_rates_are_the_committed_choice():
     record = REPO / "results" / "peers-dev.json"
     if not record.is_file():
         pytest.skip("no committed learning-rate choice in this checkout")
     chosen = {m: c["chosen_lr"] for m, c in json.loads(record.read_text())["methods"].items() if c["chosen_lr"]}
     assert peers.CHOSEN_LR == chosen
+    record = REPO / "results" / "peers-dev-pretrained.json"
+    chosen = ({m: c["chosen_lr"] for m, c in json.loads(record.read_text())["methods"].items() if c["chosen_lr"]}
+              if record.is_file() else {})
+    assert peers.CHOSEN_LR_PRETRAINED == chosen
 
 
 def test_learning_rates_are_refused_where_they_choose_nothing(tmp_path, capsys):

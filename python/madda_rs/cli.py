@@ -10,6 +10,7 @@ paper's tables.
                        [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
     madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3]  # their learning rates, chosen off MNIST/USPS
+    madda-rs reproduce peers-dev-pretrained [--methods dann-sigmoid]  # ... for pretrained backbones
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
     madda-rs export runs/DIR --out DIR              # a folder that predicts without the training code
@@ -183,9 +184,10 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
                        "needs, then write it (markdown, CSV)",
                        description="Runs one at a time under OUT/runs/, skipping complete runs and resuming "
                                    "interrupted ones; writes OUT/TABLE.md, OUT/TABLE.csv and OUT/figures/TABLE/.")
-    p.add_argument("table", choices=TABLE_NAMES + ("peers", "peers-dev"),
-                   help="a table, or 'peers': skada's deep methods on the same data (needs the peers extra), or "
-                        "'peers-dev': their learning rates chosen on the development tasks")
+    p.add_argument("table", choices=TABLE_NAMES + ("peers", "peers-dev", "peers-dev-pretrained"),
+                   help="a table, or 'peers': skada's deep methods on the same data (needs the peers extra), "
+                        "'peers-dev': their learning rates chosen on the development tasks, or "
+                        "'peers-dev-pretrained': chosen again for pretrained backbones on the pretrained one")
     p.add_argument("--out", default="results", help="[default: results]")
     p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma-separated [default: 0,1,2]")
     p.add_argument("--schedule", choices=("short", "paper"), default="short",
@@ -196,12 +198,13 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, the first seed only")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help="peers only: epochs of every skada method [default: 110, the improved preset's passes; "
-                        "55 beside the colour table; peers-dev: 30]")
+                        "55 beside the colour table and for peers-dev-pretrained; peers-dev: 30]")
     p.add_argument("--beside", choices=("table1", "colour"), default="table1",
                    help="peers only: the table whose tasks, backbones and madda_rs rows the peers stand beside; "
                         "'colour' writes OUT/peers-colour.md [default: table1]")
     p.add_argument("--lrs", type=_positive_floats, default=None,
-                   help="peers-dev only: comma-separated learning rates to choose among [default: 1e-4,1e-3]")
+                   help="peers-dev(-pretrained) only: comma-separated learning rates to choose among "
+                        "[default: 1e-4,1e-3]")
     p.add_argument("--splits", default="standard,pooled", type=_usps_splits,
                    help="comma-separated USPS splits whose columns to run (the other columns stay '-') "
                         "[default: standard,pooled]")
@@ -406,7 +409,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    if args.table in ("peers", "peers-dev"):
+    if args.table in ("peers", "peers-dev", "peers-dev-pretrained"):
         return _reproduce_peers(args)
     from tqdm import tqdm
 
@@ -454,17 +457,20 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
     from .experiments import peers
     from .experiments.reproduce import TABLES
 
-    dev = args.table == "peers-dev"
+    dev, pretrained = args.table.startswith("peers-dev"), args.table == "peers-dev-pretrained"
     if args.lrs is not None and not dev:
         raise ValueError("--lrs is for 'reproduce peers-dev'; 'reproduce peers' trains each method at its chosen rate")
     if dev and args.beside != "table1":
-        raise ValueError("--beside is for 'reproduce peers'; 'reproduce peers-dev' runs on the development tasks")
+        raise ValueError(f"--beside is for 'reproduce peers'; 'reproduce {args.table}' runs on development tasks")
     out = Path(args.out)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    epochs = 1 if args.quick else args.epochs or (peers.DEV_EPOCHS if dev else peers.PEER_TABLES[args.beside])
+    default_epochs = peers.PEER_TABLES["colour" if pretrained else args.beside]
+    epochs = 1 if args.quick else args.epochs or (peers.DEV_EPOCHS if dev and not pretrained else default_epochs)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     settings = {"data_dir": args.data_dir, "threads": args.threads}
-    if dev:
+    if pretrained:
+        runs = peers.plan_peers_dev_pretrained(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
+    elif dev:
         runs = peers.plan_peers_dev(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
     else:
         columns = [c for c in TABLES[args.beside].columns
@@ -480,7 +486,7 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
         if not args.no_run:
             peers.run_peers(runs, out, device=args.device, threads=args.threads, on_run=announce)
     finally:  # an interrupted reproduce still writes what is complete
-        written = (peers.write_peers_dev(runs, out) if dev
+        written = (peers.write_peers_dev(runs, out, pretrained) if dev
                    else peers.write_peers(runs, out, seeds, figure=not args.no_figures, table=args.beside))
     print(written[0].read_text())
     print(f"written: {', '.join(map(str, written))}")

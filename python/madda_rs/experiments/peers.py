@@ -66,6 +66,7 @@ from .reproduce import (
     LABELFREE_LABEL,
     PRETRAINED_CHOICE_2_LABEL,
     PRETRAINED_CHOICE_LABEL,
+    PRETRAINED_DEV_COLUMNS,
     SCHEDULES,
     TABLES,
     TUNED_LABEL,
@@ -100,6 +101,12 @@ DEV_EPOCHS = 30
 # through the choice yet (CPU time; its loss is broken in skada 0.6.0, CAN_NOTE).
 CHOSEN_LR: Dict[str, float] = {"sourceonly": 1e-3, "mcc": 1e-3, "cdan-sigmoid": 1e-3, "dan": 1e-3, "spa-sigmoid": 1e-4,
                               "dann-sigmoid": 1e-3, "deepcoral": 1e-3, "deepjdot": 1e-3, "mdd": 1e-3}
+# What `madda-rs reproduce peers-dev-pretrained --out results` chose on the pretrained development
+# task (fashion-mnist -> fashion-m, EfficientNet-Lite0 from ImageNet weights, the task that chose
+# M-ADDA's pretrained recipe; results/peers-dev-pretrained.json), for the columns that start from
+# pretrained weights. A method not here carries its CHOSEN_LR (chosen with LeNet) to them.
+CHOSEN_LR_PRETRAINED: Dict[str, float] = {}
+PRETRAINED_CHOICE_LABELS = "fashion-m test (the pretrained dev task), 10,000 (the learning rate)"
 # tests/test_peers.py pins the defect this names
 CAN_NOTE = (" skada 0.6.0's CAN loss (contrastive domain discrepancy) is large and positive between identical "
             "domains, where it should be at most 0 (class masks along one axis of its within-domain kernels), so "
@@ -223,12 +230,35 @@ def _column_run(col: Column, epochs: int) -> Tuple[Dict[str, Any], int]:
     return settings, epochs
 
 
+def pretrained(column: Column) -> bool:
+    """Whether a column's backbone starts from pretrained weights."""
+    return dict(column.settings).get("weights") is not None
+
+
+def chosen_lr(slug: str, column: Column) -> Optional[float]:
+    """The learning rate chosen for a method on a column: on the pretrained development task for
+    a pretrained backbone where that choice was made, else on the development tasks (LeNet)."""
+    if pretrained(column) and slug in CHOSEN_LR_PRETRAINED:
+        return CHOSEN_LR_PRETRAINED[slug]
+    return CHOSEN_LR.get(slug)
+
+
+def chosen_by(slug: str, column: Column, lr: float) -> str:
+    """Which labelled target images chose a method's rate `lr` on a column ('none': no one chose it)."""
+    if lr != chosen_lr(slug, column):
+        return "none"
+    if pretrained(column) and slug in CHOSEN_LR_PRETRAINED:
+        return PRETRAINED_CHOICE_LABELS
+    return "dev targets only (the learning rate)"
+
+
 def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Optional[Sequence[str]] = None,
                columns: Optional[Sequence[Column]] = None, lrs: Optional[Sequence[float]] = None,
                **run_settings: Any) -> List[PeerRun]:
     """Every peer run of a table: method x column (task, USPS split) x seed, at each method's
-    :data:`CHOSEN_LR` (else LR) or, given `lrs`, at each of them. `methods` are :data:`PEER_NAMES`
-    keys (default: all); `run_settings` (device, data_dir, threads) go into every data config."""
+    chosen rate for the column (:func:`chosen_lr`; else LR) or, given `lrs`, at each of them.
+    `methods` are :data:`PEER_NAMES` keys (default: all); `run_settings` (device, data_dir,
+    threads) go into every data config."""
     if not seeds:
         raise ValueError("give at least one seed")
     if epochs < 1:
@@ -241,8 +271,8 @@ def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Opti
     peers = [PEER_NAMES[m] for m in methods] if methods else list(PEERS)
     runs = []
     for peer in peers:
-        for lr in lrs if lrs is not None else (CHOSEN_LR.get(peer.slug, LR),):
-            for col in columns or TABLES["table1"].columns:
+        for col in columns or TABLES["table1"].columns:
+            for lr in lrs if lrs is not None else (chosen_lr(peer.slug, col) or LR,):
                 settings, col_epochs = _column_run(col, epochs)
                 for seed in seeds:
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split,
@@ -257,6 +287,14 @@ def plan_peers_dev(seeds: Sequence[int], epochs: int = DEV_EPOCHS, methods: Opti
     """The learning-rate choice's runs: each method at each of `lrs` on the development tasks, with
     their data as the devtasks table has it (target images resized to the source's shape)."""
     return plan_peers(seeds, epochs, methods, DEV_COLUMNS, lrs, resize_to_source=True, **run_settings)
+
+
+def plan_peers_dev_pretrained(seeds: Sequence[int], epochs: int = PEER_TABLES["colour"],
+                              methods: Optional[Sequence[str]] = None, lrs: Sequence[float] = DEV_LRS,
+                              **run_settings: Any) -> List[PeerRun]:
+    """The learning-rate choice for pretrained backbones: each method at each of `lrs` on the
+    pretrained development task, at the colour table's epochs (the runs its rows use)."""
+    return plan_peers(seeds, epochs, methods, PRETRAINED_DEV_COLUMNS, lrs, **run_settings)
 
 
 def peer_state(folder: Path, run: PeerRun) -> str:
@@ -460,18 +498,18 @@ class _Row:
 
 
 def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
-    rows: Dict[Tuple[str, float], _Row] = {}
+    rows: Dict[Tuple[str, float, str], _Row] = {}
     for run in runs:
-        chosen = run.peer.slug in CHOSEN_LR and run.lr == CHOSEN_LR[run.peer.slug]
-        unchosen = run.peer.slug in CHOSEN_LR and not chosen
+        chose = chosen_by(run.peer.slug, run.column, run.lr)
+        unchosen = chosen_lr(run.peer.slug, run.column) is not None and chose == "none"
         folder = out / PEERS_DIR / run.name
         done = (folder / METRICS_FILE).is_file()
         if unchosen and not done:
             continue
-        # a method's runs at a rate it was not chosen at (the presets' 1e-4, before the choice) get their own row
+        # a method's runs at a rate it was not chosen at (the presets' 1e-4, before the choice) get their own
+        # row, as do those whose rate another choice made (on the pretrained development task)
         label = f"{run.peer.label}, lr {run.lr:g}" if unchosen else run.peer.label
-        chose = "dev targets only (the learning rate)" if chosen else "none"
-        row = rows.setdefault((run.peer.label, run.lr),
+        row = rows.setdefault((run.peer.label, run.lr, chose),
                               _Row(label, "skada", f"{run.epochs} epochs, lr {run.lr:g}", chose))
         if done:
             row.got.setdefault(run.column.label, []).append((run.config.seed, load_run(str(folder))[1]))
@@ -574,7 +612,9 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "ta
             f"betas ({BETAS[0]}, {BETAS[1]}), batches of {BATCH_SIZE} + {BATCH_SIZE} images, "
             f"{max(epochs or [default])} epochs (the M-ADDA rows' passes; a tenth of them for a synth-digits "
             "source), no validation split or early stopping, and the learning rate its 'training' cell names, chosen "
-            "on the development tasks with LeNet (results/peers-dev.md) and carried to these backbones unchanged."
+            "on the development tasks with LeNet (results/peers-dev.md) and carried to these backbones unchanged, "
+            "or, where the labels cell names the pretrained development task, chosen there for the pretrained "
+            "columns (results/peers-dev-pretrained.md)."
             f"{reduced} The madda_rs rows are the table's runs (results/runs/).")
     lr = f"{LR:g}"
     can = CAN_NOTE if any(r.peer.factory == "CAN" for r in runs) else ""
@@ -663,20 +703,30 @@ def lr_choice(runs: Sequence[PeerRun], out: Path) -> Dict[str, Any]:
     }
 
 
-def write_peers_dev(runs: Sequence[PeerRun], out: Path) -> List[Path]:
-    """OUT/peers-dev.md and OUT/peers-dev.json: the learning-rate choice and its evidence."""
+def write_peers_dev(runs: Sequence[PeerRun], out: Path, pretrained: bool = False) -> List[Path]:
+    """OUT/peers-dev.md and OUT/peers-dev.json (with `pretrained`, peers-dev-pretrained.*): the
+    learning-rate choice and its evidence."""
     choice = lr_choice(runs, out)
     tasks = choice["tasks"]
     header = ["method", "lr"] + tasks + ["mean", "worst", "chosen"]
-    lines = [
-        f"**Each peer's learning rate, chosen on the development tasks** (`madda-rs reproduce peers-dev`; seeds "
-        f"{', '.join(map(str, choice['seeds']))}; {max(choice['epochs'], default=0)} epochs, "
-        f"{min(choice['epochs'], default=0)} for a synth-digits source (ten times the images); Adam, betas and "
-        "batches as in the peers table). Final-epoch target test accuracy; "
-        f"{choice['labels_read']['total']:,} labelled development-target test images rated the choices, no MNIST "
-        "or USPS label. The chosen rate has the best mean over the tasks.",
-        "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|",
-    ]
+    seeds = ", ".join(map(str, choice["seeds"]))
+    rated = (f"Final-epoch target test accuracy; {choice['labels_read']['total']:,} labelled development-target "
+             "test images rated the choices, no MNIST or USPS label.")
+    if pretrained:
+        caption = (
+            "**Each peer's learning rate for pretrained backbones, chosen on the pretrained development task** "
+            f"(`madda-rs reproduce peers-dev-pretrained`; seeds {seeds}; {max(choice['epochs'], default=0)} epochs, "
+            "the colour table's runs: fashion-mnist → fashion-m, EfficientNet-Lite0 from its ImageNet weights at "
+            "64 x 64, the task that chose M-ADDA's pretrained recipe; Adam, betas and batches as in the peers "
+            f"table). {rated} The chosen rate has the best accuracy; it trains the peer on the colour table's "
+            "pretrained columns.")
+    else:
+        caption = (
+            f"**Each peer's learning rate, chosen on the development tasks** (`madda-rs reproduce peers-dev`; seeds "
+            f"{seeds}; {max(choice['epochs'], default=0)} epochs, {min(choice['epochs'], default=0)} for a "
+            "synth-digits source (ten times the images); Adam, betas and batches as in the peers table). "
+            f"{rated} The chosen rate has the best mean over the tasks.")
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for slug, method in choice["methods"].items():
         for lr, rate in method["rates"].items():
             cells = [f"{rate['per_task'][t]:.3f}" if t in rate["per_task"] else "-" for t in tasks]
@@ -685,14 +735,15 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path) -> List[Path]:
             chosen = "**chosen**" if method["chosen_lr"] is not None and float(lr) == method["chosen_lr"] else ""
             lines.append(f"| {method['method']} | {lr} | " + " | ".join(cells) + f" | {mean} | {worst} | {chosen} |")
     out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "peers-dev.md", out / "peers-dev.json"
+    stem = "peers-dev-pretrained" if pretrained else "peers-dev"
+    md, js = out / f"{stem}.md", out / f"{stem}.json"
     md.write_text("\n".join(lines) + "\n")
     _write_json(js, choice)
     return [md, js]
 
 
 __all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
-           "PEER_TABLES",
-           "CHOSEN_LR", "DEV_LRS", "DEV_EPOCHS", "require_skada", "plan_peers", "plan_peers_dev", "peer_state",
+           "PEER_TABLES", "CHOSEN_LR", "CHOSEN_LR_PRETRAINED", "DEV_LRS", "DEV_EPOCHS", "require_skada", "plan_peers",
+           "plan_peers_dev", "plan_peers_dev_pretrained", "chosen_lr", "chosen_by", "peer_state",
            "check_runnable", "run_peers", "train_peer", "build_net", "build_peers_table", "write_peers", "lr_choice",
            "write_peers_dev", "SkadaNet"]

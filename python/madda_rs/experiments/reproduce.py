@@ -332,8 +332,8 @@ TABLES["colour"] = Table(
 # chosen on the LeNet development tasks collapsed on EfficientNet-Lite0, so candidates for a
 # pretrained backbone are rated here, on fashion-m's labels (Fashion-MNIST's, never MNIST's), before
 # any of them runs on MNIST -> mnist-m. ADDA, paper and labelfree share the colour table's runs.
-_PRETRAINED_DEV_COLUMNS = tuple(c for c in COLOUR_COLUMNS
-                                if dict(c.settings).get("weights") == "imagenet" and c.tgt == "fashion-m")
+PRETRAINED_DEV_COLUMNS = tuple(c for c in COLOUR_COLUMNS
+                               if dict(c.settings).get("weights") == "imagenet" and c.tgt == "fashion-m")
 TABLES["devtasks-pretrained"] = Table(
     "Development task on a pretrained backbone: candidate M-ADDA recipes, fashion-mnist → fashion-m, "
     "EfficientNet-Lite0 from its ImageNet weights at 64 x 64",
@@ -370,7 +370,7 @@ TABLES["devtasks-pretrained"] = Table(
         # stage 2 (0.147): the larger rate for stage 1 alone
         _colour("paper + information maximisation, Adam lr 1e-3 in stage 1, 1e-4 in stage 2", PRETRAINED_CHOICE_2),
     ),
-    _PRETRAINED_DEV_COLUMNS,
+    PRETRAINED_DEV_COLUMNS,
 )
 
 
