@@ -105,7 +105,7 @@ CHOSEN_LR: Dict[str, float] = {"sourceonly": 1e-3, "mcc": 1e-3, "cdan-sigmoid": 
 # task (fashion-mnist -> fashion-m, EfficientNet-Lite0 from ImageNet weights, the task that chose
 # M-ADDA's pretrained recipe; results/peers-dev-pretrained.json), for the columns that start from
 # pretrained weights. A method not here carries its CHOSEN_LR (chosen with LeNet) to them.
-CHOSEN_LR_PRETRAINED: Dict[str, float] = {}
+CHOSEN_LR_PRETRAINED: Dict[str, float] = {"dann-sigmoid": 1e-3}
 PRETRAINED_CHOICE_LABELS = "fashion-m test (the pretrained dev task), 10,000 (the learning rate)"
 # tests/test_peers.py pins the defect this names
 CAN_NOTE = (" skada 0.6.0's CAN loss (contrastive domain discrepancy) is large and positive between identical "
