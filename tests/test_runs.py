@@ -102,12 +102,19 @@ def test_a_run_adapting_another_runs_source_model_equals_the_run_that_trained_it
         raise AssertionError("stage 1 trained")
 
     monkeypatch.setattr(madda_stage.TripletSourceStage, "batch_loss", no_stage_1)
+    # the borrowed stage 1 keeps its own times; they are not this run's (a day, written in to tell them apart)
+    record = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    for epoch in record["history"]["source"]:
+        epoch["wall_seconds"] += 86400
+    (tmp_path / "whole" / "metrics.json").write_text(json.dumps(record))
     assert main(_argv(generated_data_dir, tmp_path / "adapted", *epochs, "--source-from", str(tmp_path / "whole"))) == 0
     whole, adapted = _metrics(tmp_path / "whole"), _metrics(tmp_path / "adapted")
     source_pt = (tmp_path / "whole" / "source.pt").read_bytes()
     assert adapted.pop("source_from") == {"run": str(tmp_path / "whole"), "sha256": hashlib.sha256(source_pt).hexdigest()}
     assert whole.pop("source_from") is None
     assert adapted == whole  # stage 1's history copied, stage 2 drawn exactly as the whole run drew it
+    timed = json.loads((tmp_path / "adapted" / "metrics.json").read_text())
+    assert timed["history"]["source"][0]["wall_seconds"] > 86400 and timed["wall_seconds"] < 86400
     for model in ("source.pt", "target.pt"):
         a = torch.load(tmp_path / "whole" / model, weights_only=True)["state_dict"]
         assert _same_tensors(a, torch.load(tmp_path / "adapted" / model, weights_only=True)["state_dict"])

@@ -274,8 +274,10 @@ class _Run:
                 log.warning("%s", advice)
         self.stages: Dict[str, Any] = {}
         self.selection = _Selection(config, self.history["target"], folder)
-        # wall time since the run began, data loading included; a resumed run adds its earlier time
-        self.before = max((h.get("wall_seconds", 0.0) for part in self.history.values() for h in part), default=0.0)
+        # wall time since the run began, data loading included; a resumed run adds its earlier time (its own
+        # stages' alone: a borrowed stage 1's history keeps the times of the run that trained it)
+        own = [self.history["target"]] if borrowed is not None else self.history.values()
+        self.before = max((h.get("wall_seconds", 0.0) for part in own for h in part), default=0.0)
         self.settings = LoopSettings(config.eval_every, config.checkpoint_every, progress, None,
                                      self.checkpoint if folder is not None else None,
                                      str(folder.path) if folder is not None else "",
