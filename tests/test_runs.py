@@ -15,6 +15,10 @@ import torch
 import madda_rs
 import madda_rs.methods.madda as madda_stage
 from madda_rs.cli import main
+from madda_rs.config import TrainConfig
+from madda_rs.training import train
+
+from digits import bars
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_source_epoch", "seconds_per_target_epoch", "out_dir"}
 
@@ -139,6 +143,50 @@ def test_a_run_adapting_another_runs_source_model_equals_the_run_that_trained_it
         err = capsys.readouterr().err
         assert "--source-from" in err and says in err and err.count("\n") == 1, err
         assert not (tmp_path / "refused").exists()
+
+
+def test_a_source_from_run_resumes_on_its_own_copy_when_the_borrowed_run_has_gone(generated_data_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    epochs = ("--epochs-source", "1", "--epochs-target", "4")
+    assert main(_argv(generated_data_dir, tmp_path / "whole", *epochs)) == 0
+    real = madda_stage.MaddaTargetStage.run_epoch
+
+    def interrupted_in_epoch_2(stage, epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(stage, epoch)
+
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", interrupted_in_epoch_2)
+    for name in ("cut", "changed"):
+        assert main(_argv(generated_data_dir, tmp_path / name, *epochs, "--source-from", str(tmp_path / "whole"))) == 130
+    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", real)
+    sha = hashlib.sha256((tmp_path / "whole" / "source.pt").read_bytes()).hexdigest()
+    # a borrowed source.pt that changed under a stopped run is refused, not silently adapted from
+    shutil.copytree(tmp_path / "whole", tmp_path / "kept")
+    torch.save(torch.load(tmp_path / "whole" / "target.pt", weights_only=True), tmp_path / "whole" / "source.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "changed"), "--quiet"]) == 1
+    assert "source.pt changed since this run began" in capsys.readouterr().err
+    # gone: the run's own copy (checked against the checkpoint's record) stands in, and the result is the same
+    shutil.rmtree(tmp_path / "whole")
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    resumed = _metrics(tmp_path / "cut")
+    assert resumed.pop("source_from") == {"run": str(tmp_path / "whole"), "sha256": sha}
+    whole = _metrics(tmp_path / "kept")
+    whole.pop("source_from"), whole.pop("out_dir", None)
+    assert resumed == whole
+    # ... unless that copy is not the one the run saved
+    (tmp_path / "changed" / "source.pt").write_bytes(b"not a model")
+    assert main(["train", "--resume", str(tmp_path / "changed"), "--quiet"]) == 1
+    assert "is not the copy this run saved" in capsys.readouterr().err
+
+
+def test_a_source_model_for_other_images_is_refused(tmp_path):
+    config = TrainConfig(src="a", tgt="b", epochs_source=1, epochs_target=1, device="cpu", threads=1)
+    train(config, str(tmp_path / "small"), source=bars(40, 28, 0), target=bars(30, 28, 1)[0])
+    with pytest.raises(ValueError, match=r"reads 1 x 28 x 28 images, this run's source images are 1 x 32 x 32"):
+        train(config.replace(source_from=str(tmp_path / "small")), str(tmp_path / "large"),
+                       source=bars(40, 32, 0), target=bars(30, 32, 1)[0])
 
 
 def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_path, monkeypatch, capsys):

@@ -133,13 +133,16 @@ def train(
     # config.json records the precision trained in, the device's default included
     config = config.replace(precision=resolve_precision(config.precision, device))
     check_precision(config.precision, device)  # bf16 on a CPU without it: refused before any work
-    borrowed = _source_run(config, out_dir)  # --source-from: checked before any work
-    if borrowed is not None:
-        config = config.replace(source_from=str(borrowed.path))  # absolute: a resume from elsewhere finds it
+    if config.source_from is not None and out_dir is not None and Path(out_dir).resolve() == Path(
+            config.source_from).resolve():
+        raise ValueError(f"--source-from {config.source_from} is this run's own --out; give another run's folder")
     # threads and determinism before joining a torchrun group (Parallel.from_environment says why)
     threads = configure_threads(config.threads, config.deterministic, int(os.environ.get("WORLD_SIZE", "1")))
     parallel = Parallel.from_environment(device)
     folder, saved = _open_folder(config, out_dir, parallel, resume=resume, overwrite=overwrite)
+    borrowed = _source_run(config, folder, saved)  # --source-from: checked before any work
+    if borrowed is not None:
+        config = config.replace(source_from=str(borrowed.path))  # absolute: a resume from elsewhere finds it
     data = prepare_data(config, source=source, target=target, target_test=target_test,
                         source_test=source_test, progress=progress)  # first: a data error leaves no run folder
     check_input(get_backbone(config.backbone), data.src_train.shape, f"{config.src} images")
@@ -182,10 +185,15 @@ class _SourceRun:
     path: Path
     history: List[Dict[str, Any]]
     sha256: str
+    model_file: Path  # RUN's source.pt; on a resume whose RUN has gone, this run's own copy
+
+    def record(self) -> Dict[str, str]:
+        """What metrics.json and the checkpoint say about it."""
+        return {"run": str(self.path), "sha256": self.sha256}
 
     def model(self, config: TrainConfig, shape: Tuple[int, ...], device: torch.device) -> EmbeddingNet:
         """Its source model, placed as stage 1 leaves one; refused when it reads other images."""
-        model = load_model(self.path / SOURCE_MODEL_FILE, device)
+        model = load_model(self.model_file, device)
         if tuple(model.spec.in_shape) != tuple(shape):
             raise ValueError(f"--source-from {self.path}: its source model reads {_shape(model.spec.in_shape)} "
                              f"images, this run's source images are {_shape(shape)}")
@@ -197,36 +205,48 @@ def _shape(shape: Any) -> str:
     return " x ".join(map(str, shape))
 
 
-def _source_run(config: TrainConfig, out_dir: Optional[str]) -> Optional[_SourceRun]:
+def _source_run(config: TrainConfig, folder: Optional[RunFolder],
+                saved: Optional[Dict[str, Any]]) -> Optional[_SourceRun]:
     """The run ``config.source_from`` names, checked: its stage 1 finished (source.pt is written
-    then) with every setting stage 1 reads equal to this run's."""
+    then) with every setting stage 1 reads equal to this run's. On a resume (`saved`, the
+    checkpoint) its source.pt must be the one the run began from; where RUN has moved or gone,
+    the copy this run saved before stage 2 stands in for it."""
     if config.source_from is None:
         return None
     path = Path(config.source_from).resolve()
-    if out_dir is not None and Path(out_dir).resolve() == path:
-        raise ValueError(f"--source-from {config.source_from} is this run's own --out; give another run's folder")
+    began = saved.get("source_from") if saved else None  # {run, sha256} as the run began
+    if began is not None and not (path / SOURCE_MODEL_FILE).is_file():
+        assert folder is not None  # a checkpoint was read from it
+        own = folder.path / SOURCE_MODEL_FILE
+        if hashlib.sha256(own.read_bytes()).hexdigest() != began["own_sha256"]:
+            raise ValueError(f"--source-from {config.source_from} is gone and {own} is not the copy this run "
+                             f"saved of it; restore {path}, or train anew")
+        log.warning("--source-from %s is gone; resuming from this run's copy of its source model, %s", path, own)
+        return _SourceRun(path, saved["history"]["source"], began["sha256"], own)
     if not path.is_dir():
         raise ValueError(f"--source-from {config.source_from}: no such folder; expected a madda-rs train run's")
     for name in (CONFIG_FILE, SOURCE_MODEL_FILE):
         if not (path / name).is_file():
             raise ValueError(f"--source-from {config.source_from}: {path / name} is missing; expected the folder "
                              f"of a madda-rs train run whose stage 1 has finished")
-    saved = json.loads((path / CONFIG_FILE).read_text())
     try:
-        conflicts = source_conflicts(saved, config)
+        conflicts = source_conflicts(json.loads((path / CONFIG_FILE).read_text()), config)
     except ValueError as exc:  # a config.json this version cannot read
         raise ValueError(f"--source-from {config.source_from}: {path / CONFIG_FILE}: {exc}") from None
     if conflicts:
-        own = config.to_dict()
-        differ = ", ".join(f"{k} {saved.get(k)!r} there, {own.get(k)!r} here" for k in conflicts)
+        own_settings, theirs = config.to_dict(), json.loads((path / CONFIG_FILE).read_text())
+        differ = ", ".join(f"{k} {theirs.get(k)!r} there, {own_settings.get(k)!r} here" for k in conflicts)
         raise ValueError(f"--source-from {config.source_from}: its stage 1 read other settings ({differ}); give "
                          f"the same, or train stage 1 anew without --source-from")
+    digest = hashlib.sha256((path / SOURCE_MODEL_FILE).read_bytes()).hexdigest()
+    if began is not None and digest != began["sha256"]:
+        raise ValueError(f"--source-from {config.source_from}: its source.pt changed since this run began from it "
+                         f"(sha256 {began['sha256'][:12]}..., now {digest[:12]}...); restore it, or train anew")
     if (path / METRICS_FILE).is_file():
         history = json.loads((path / METRICS_FILE).read_text())["history"]["source"]
     else:  # stopped in stage 2: its checkpoint holds the finished stage 1's history
         history = RunFolder(path).load(CHECKPOINT_FILE)["history"]["source"]
-    digest = hashlib.sha256((path / SOURCE_MODEL_FILE).read_bytes()).hexdigest()
-    return _SourceRun(path, history, digest)
+    return _SourceRun(path, history, digest, path / SOURCE_MODEL_FILE)
 
 
 def _open_folder(config: TrainConfig, out_dir: Optional[str], parallel: Parallel, *, resume: bool,
@@ -261,6 +281,7 @@ class _Run:
                  wall: float, borrowed: Optional[_SourceRun] = None) -> None:
         self.config, self.data, self.device, self.parallel = config, data, device, parallel
         self.borrowed = borrowed
+        self.source_from: Optional[Dict[str, str]] = None  # the checkpoint's record of a borrowed stage 1
         self.method: Method = get_method(config.method)
         self.folder, self.saved, self.wall = folder, saved, wall
         self.writer = folder if parallel.is_main else None  # rank 0 alone writes
@@ -293,6 +314,7 @@ class _Run:
         self.folder.save(CHECKPOINT_FILE, {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "history": self.history,
             "warnings": self.warnings, "stages": {name: stage.state_dict() for name, stage in self.stages.items()},
+            "source_from": self.source_from,
         })
         self.folder.write_json(PROGRESS_FILE, {"stage": current, "epoch": len(self.history[current]),
                                                "epochs": self.stages[current].epochs})
@@ -328,6 +350,9 @@ class _Run:
             source_model = source_stage.model
         if self.writer is not None:
             self.writer.save_model(SOURCE_MODEL_FILE, source_model, config, config.epochs_source)
+            if self.borrowed is not None:  # the checkpoint names the copy, so a resume can stand on it
+                own = hashlib.sha256((self.writer.path / SOURCE_MODEL_FILE).read_bytes()).hexdigest()
+                self.source_from = {**self.borrowed.record(), "own_sha256": own}
         predictor = self.method.predictor(source_model, data.src_train, config, self.parallel)
         source_acc = predictor.accuracy(source_model, data.src_test) if data.src_test is not None else None
         source_only = target_scores(predictor, source_model, data, config.seed)
@@ -352,8 +377,7 @@ class _Run:
             out_dir=str(self.folder.path) if self.folder is not None else None, classes=matrix.get("classes"),
             confusion=matrix.get("confusion"), selected=self.selection.summary(), guard=guard,
             machine=machine_record(self.device),
-            source_from=({"run": str(self.borrowed.path), "sha256": self.borrowed.sha256}
-                         if self.borrowed is not None else None),
+            source_from=self.borrowed.record() if self.borrowed is not None else None,
         )
 
     def _save_predictor(self, predictor: KnnPredictor) -> None:
