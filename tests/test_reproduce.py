@@ -196,3 +196,33 @@ def test_the_recipe_chosen_on_the_pretrained_task_runs_on_pretrained_columns_and
     line = next(x for x in markdown.splitlines() if x.startswith(f"| {row.label} |"))
     assert "| fashion-m test (the dev task), 10,000 |" in line and line.count(" | 0.500 (0)") == 1
     assert line.split(" | ")[3:6] == ["-", "-", "-"]  # the resnet-cifar columns
+
+
+def test_stage_2_rows_adapt_the_source_model_of_their_source_row(generated_data_dir, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from madda_rs.experiments import reproduce
+
+    # devtasks-stage2's shape on generated digits: one source-only run per task, two rows adapting it
+    real = TABLES["devtasks-stage2"]
+    small = replace(real, rows=real.rows[:3], columns=TABLES["table1"].columns[:2])
+    monkeypatch.setitem(reproduce.TABLES, "devtasks-stage2", small)
+    runs = plan("devtasks-stage2", (0,))
+    source_runs = {r.slug for r in runs if r.config.source_only}
+    assert len(source_runs) == 2 and all(s.endswith("-sourceonly-e40+15-s0") for s in source_runs)
+    assert all(r.source_run in source_runs and r.slug.endswith("-sharedsource") for r in runs if r.source_run)
+    args = ["reproduce", "devtasks-stage2", "--quick", "--out", str(tmp_path), "--data-dir", generated_data_dir,
+            "--quiet", "--no-figures", "--device", "cpu", "--threads", "2"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.count(": new") == 6
+    for run in plan("devtasks-stage2", (0,), "quick"):
+        metrics = json.loads((tmp_path / "runs" / run.slug / "metrics.json").read_text())
+        if run.source_run is None:
+            assert metrics["source_from"] is None and not metrics["history"]["target"]
+            continue
+        source = json.loads((tmp_path / "runs" / run.source_run / "metrics.json").read_text())
+        assert metrics["source_from"]["run"] == str((tmp_path / "runs" / run.source_run).resolve())
+        assert metrics["source_only_accuracy"] == source["source_only_accuracy"]  # the same source model
+        assert metrics["history"]["source"] == source["history"]["source"]
+    assert "2 development tasks, 2 candidate runs each" in (tmp_path / "devtasks-stage2-votes.md").read_text()
+    assert main(args) == 0 and capsys.readouterr().out.count("complete, skipped") == 6

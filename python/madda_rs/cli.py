@@ -6,7 +6,7 @@ paper's tables.
     madda-rs eval --run runs/DIR [--k K]
     madda-rs tune --src S --tgt T --out DIR [--budget MINUTES]   # settings chosen with no target label
     madda-rs report runs/* [--by-epoch | --selection]
-    madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|colour|devtasks-pretrained
+    madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|devtasks-stage2|colour|devtasks-pretrained
                        [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
     madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3]  # their learning rates, chosen off MNIST/USPS
@@ -40,7 +40,8 @@ from .config import DEVICES, PRESET_FIELDS, PRESETS, TrainConfig, run_fields
 from .data.folders import FolderError
 
 # madda_rs.experiments.reproduce.TABLES's keys (that module imports torch, which the parser should not need)
-TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth", "devtasks", "colour", "devtasks-pretrained")
+TABLE_NAMES = ("table1", "table2", "table3", "ablation", "synth", "devtasks", "devtasks-stage2", "colour",
+               "devtasks-pretrained")
 
 # Flags of `train` that are not settings of the run. (Which settings a resume may change is
 # madda_rs.run.folder.RUN_ONLY.)
@@ -434,13 +435,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         md, csv_path = write_table(args.table, runs, out)
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
-    if args.table == "devtasks":  # rate the label-free votes on the development tasks' runs
+    if args.table in ("devtasks", "devtasks-stage2"):  # rate the label-free votes on the development tasks' runs
         from .experiments.votes import collect_predictions, votes_markdown
 
         done = [str(out / "runs" / r.slug) for r in runs if (out / "runs" / r.slug / "metrics.json").is_file()]
         # EnsV reads every candidate's predictions: kept in one .npz beside the table
-        predictions = collect_predictions(done, out / "devtasks-predictions.npz")
-        votes = out / "devtasks-votes.md"
+        predictions = collect_predictions(done, out / f"{args.table}-predictions.npz")
+        votes = out / f"{args.table}-votes.md"
         votes.write_text(votes_markdown(done, predictions))
         print(votes.read_text())
         print(f"written: {votes}")

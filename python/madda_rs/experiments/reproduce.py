@@ -90,6 +90,9 @@ class Row:
     # columns only; its other cells stay '-')
     only: Tuple[Tuple[str, Any], ...] = ()
     chose: Optional[str] = None  # what labelled target data chose the row's settings, where not its preset's
+    # the label of a row whose run (same column, same seed) trained the source model this row's run
+    # adapts (--source-from): its candidates then differ by their stage 2 alone, as tune's do
+    source_row: Optional[str] = None
 
     def runs_on(self, col: "Column") -> bool:
         settings = dict(col.settings)
@@ -269,6 +272,34 @@ TABLES["devtasks"] = Table(
 )
 
 
+# The stage-2 candidates of the table above, each adapting one source model per task and seed (its
+# improved row's stage 1, trained once by a source-only run), as tune's candidates now do: the votes
+# are rated here on candidates that differ by their stage 2 alone, not by source models that vary
+# as much as the candidates do between reruns of a seed.
+_SHARED_SOURCE = "Source model (improved's stage 1, kNN; every row below adapts it)"
+TABLES["devtasks-stage2"] = Table(
+    "Development tasks, one source model per task and seed: stage-2 candidates adapting it",
+    "The first row trains improved's stage 1 alone (a source-only run); every other row adapts that run's "
+    "source model (--source-from), so each task and seed's candidates differ by their stage 2 alone, as tune's "
+    "candidates within a rung do. tune's 40 + 15 schedule; the targets' labels rate the rows here and nowhere "
+    "else. Source epochs are a tenth for a synth-digits source (20,000 images); target images are resized to the "
+    "source's shape.",
+    (
+        _dev(_SHARED_SOURCE, "improved", {"source_only": True}, metric="source_only_accuracy"),
+        *(replace(_dev(label, "improved", changes), source_row=_SHARED_SOURCE) for label, changes in (
+            ("improved", None),
+            ("improved − mean teacher", {"ema_decay": 0.0}),
+            ("improved − information maximisation", {"im_weight": 0.0}),
+            ("improved − adversarial loss", {"adversarial": False}),
+            ("improved − IM − mean teacher", {"im_weight": 0.0, "ema_decay": 0.0}),
+            ("improved − IM, mean teacher 0.999", {"im_weight": 0.0, "ema_decay": 0.999}),
+            ("improved − IM, nearest-centre magnet", {"im_weight": 0.0, "magnet_labels": "nearest"}),
+        )),
+    ),
+    DEV_COLUMNS,
+)
+
+
 # Colour domains (issue 31): MNIST and synth-digits (drawn in colour) resized to mnist-m's 3 x 32 x 32,
 # fashion-mnist to fashion-m's; each task on a small ResNet from scratch and on EfficientNet-Lite0 from
 # its shipped ImageNet weights, every set at 64 x 64 for it (ImageNet features need more than 32
@@ -380,6 +411,13 @@ class PlannedRun:
     config: TrainConfig
     schedule: str
     cells: List[Tuple[str, str]] = field(default_factory=list)  # (row label, column label) it fills
+    source_run: Optional[str] = None  # the slug of the planned run whose source model it adapts
+
+    def resolved(self, out: Path) -> TrainConfig:
+        """Its config, with the source run's folder under `out` where it adapts one."""
+        if self.source_run is None:
+            return self.config
+        return self.config.replace(source_from=str((out / "runs" / self.source_run).resolve()))
 
 
 def slug(config: TrainConfig, schedule: str) -> str:
@@ -393,6 +431,7 @@ def slug(config: TrainConfig, schedule: str) -> str:
             variant += f"-{'' if value else 'no'}{flag}" if isinstance(value, bool) else f"-{flag}{value:g}" \
                 if isinstance(value, float) else f"-{flag}{value}"
     variant += method.variant(config)
+    variant += "-sourceonly" if config.source_only else ""  # stage 1 alone: not the adapted run of its settings
     quick = "-quick" if schedule == "quick" else ""
     backbone = f"-{config.backbone}" if config.backbone != "lenet" else ""  # LeNet's runs keep their names
     return (f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}{backbone}-{variant}-"
@@ -425,14 +464,27 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
                 if not row.runs_on(col):
                     continue
                 for seed in sched_seeds:
-                    es, et, every = SCHEDULES[col.protocol][sched]
-                    settings = col.apply({"epochs_source": es, "epochs_target": et, **row.settings})
-                    config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol,
-                                         seed=seed, eval_every=every, checkpoint_every=max(every, 5), **settings,
-                                         **run_settings)
-                    name = slug(config, sched)
-                    runs.setdefault(name, PlannedRun(name, config, sched)).cells.append((row.label, col.label))
+                    config, name = _planned(row, col, seed, sched, run_settings)
+                    source_run = None
+                    if row.source_row is not None:
+                        source = next(r for r in spec.rows if r.label == row.source_row)
+                        source_run = _planned(source, col, seed, sched, run_settings)[1]
+                        if source_run not in runs:
+                            raise ValueError(f"table {table}: row {row.label!r} adapts row {row.source_row!r}'s "
+                                             f"source model, which must come before it")
+                        name += "-sharedsource"  # not the run of the same settings that trained its own stage 1
+                    planned = runs.setdefault(name, PlannedRun(name, config, sched, source_run=source_run))
+                    planned.cells.append((row.label, col.label))
     return list(runs.values())
+
+
+def _planned(row: Row, col: Column, seed: int, sched: str, run_settings: Dict[str, Any]) -> Tuple[TrainConfig, str]:
+    """The config of `row`'s run in `col` at `seed`, and its folder name."""
+    es, et, every = SCHEDULES[col.protocol][sched]
+    settings = col.apply({"epochs_source": es, "epochs_target": et, **row.settings})
+    config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split, protocol=col.protocol, seed=seed,
+                         eval_every=every, checkpoint_every=max(every, 5), **settings, **run_settings)
+    return config, slug(config, sched)
 
 
 def run_state(folder: Path, config: TrainConfig) -> str:
@@ -455,16 +507,17 @@ def run_all(runs: Sequence[PlannedRun], out: Path, progress: Optional[Callable[.
 
     for i, run in enumerate(runs):
         folder = out / "runs" / run.slug
-        state = run_state(folder, run.config)
+        config = run.resolved(out)
+        state = run_state(folder, config)
         if on_run is not None:
             on_run(i, run, state)
         if state == "complete":
             continue
         if state == "resume":
             saved = TrainConfig.load(str(folder / CONFIG_FILE))  # its settings, with this call's run-only ones
-            train(with_run_settings(saved, run.config), str(folder), progress, resume=True)
+            train(with_run_settings(saved, config), str(folder), progress, resume=True)
         else:
-            train(run.config, str(folder), progress, overwrite=True)
+            train(config, str(folder), progress, overwrite=True)
 
 
 def cell_text(values: Sequence[float]) -> str:
