@@ -436,13 +436,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
     if args.table in ("devtasks", "devtasks-stage2"):  # rate the label-free votes on the development tasks' runs
-        from .experiments.votes import collect_predictions, votes_markdown
+        from .experiments.votes import devtasks_votes
 
-        done = [str(out / "runs" / r.slug) for r in runs if (out / "runs" / r.slug / "metrics.json").is_file()]
-        # EnsV reads every candidate's predictions: kept in one .npz beside the table
-        predictions = collect_predictions(done, out / f"{args.table}-predictions.npz")
         votes = out / f"{args.table}-votes.md"
-        votes.write_text(votes_markdown(done, predictions))
+        votes.write_text(devtasks_votes(args.table, runs, out, plan("devtasks", seeds, schedule, **settings)))
         print(votes.read_text())
         print(f"written: {votes}")
     if not args.no_figures:

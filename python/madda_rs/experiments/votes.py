@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import SELECTION_SCORES
 from ..run.folder import load_run
 from ..scores.label_free import ensemble_agreement
+
+if TYPE_CHECKING:
+    from .reproduce import PlannedRun
 
 # A run's final figures (label-free scores and, for rating only, target_accuracy).
 Final = Dict[str, float]
@@ -197,5 +200,27 @@ def votes_markdown(run_dirs: Sequence[str], predictions: Optional[Dict[str, np.n
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown",
+def devtasks_votes(table: str, runs: Sequence["PlannedRun"], out: Path,
+                   devtasks: Sequence["PlannedRun"] = ()) -> str:
+    """The votes rated on `table`'s finished candidate runs under `out` (EnsV reads every
+    candidate's predictions: kept in one .npz beside the table). For ``devtasks-stage2``, also on
+    the same candidates in `devtasks` (the plan of ``devtasks``), each trained with its own stage 1:
+    what sharing the source model changes."""
+    done = _finished(runs, out)
+    text = votes_markdown(done, collect_predictions(done, out / f"{table}-predictions.npz"))
+    if table != "devtasks-stage2":
+        return text
+    from .reproduce import TABLES
+
+    labels = {row.label for row in TABLES[table].rows if row.source_row is not None}
+    own = _finished([r for r in devtasks if any(row in labels for row, _ in r.cells)], out)
+    return (text + "\n## The same candidates, each with its own stage 1 (devtasks)\n\n"
+            + votes_markdown(own, collect_predictions(own, out / "devtasks-predictions.npz")))
+
+
+def _finished(runs: Sequence["PlannedRun"], out: Path) -> List[str]:
+    return [str(out / "runs" / r.slug) for r in runs if (out / "runs" / r.slug / "metrics.json").is_file()]
+
+
+__all__ = ["devtasks_votes", "candidate_votes", "finals_by_task", "regrets", "leave_one_task_out", "votes_markdown",
            "ensemble_agreement", "collect_predictions", "with_ensemble_agreement", "with_mixval", "MIXVAL_KEY"]
