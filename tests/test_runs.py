@@ -60,6 +60,19 @@ def _cli_process(*argv):
                             text=True)
 
 
+def _ctrl_c_in_epoch_2(monkeypatch, stage_class):
+    """Ctrl-C in the middle of `stage_class`'s second epoch; returns what puts the real epoch back."""
+    real = stage_class.run_epoch
+
+    def interrupted_in_epoch_2(stage, epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-epoch
+        return real(stage, epoch)
+
+    monkeypatch.setattr(stage_class, "run_epoch", interrupted_in_epoch_2)
+    return lambda: monkeypatch.setattr(stage_class, "run_epoch", real)
+
+
 def test_resume_after_sigkill_in_stage_2_equals_an_uninterrupted_run(generated_data_dir, tmp_path):
     # official: its zeroed-grad Adam state is the easiest to lose in a checkpoint
     flags = ("--preset", "official", "--adversarial-passes", "1", "--epochs-source", "1", "--epochs-target", "6")
@@ -149,17 +162,10 @@ def test_a_source_from_run_resumes_on_its_own_copy_when_the_borrowed_run_has_gon
                                                                                   monkeypatch, capsys):
     epochs = ("--epochs-source", "1", "--epochs-target", "4")
     assert main(_argv(generated_data_dir, tmp_path / "whole", *epochs)) == 0
-    real = madda_stage.MaddaTargetStage.run_epoch
-
-    def interrupted_in_epoch_2(stage, epoch):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(stage, epoch)
-
-    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", interrupted_in_epoch_2)
+    restore = _ctrl_c_in_epoch_2(monkeypatch, madda_stage.MaddaTargetStage)
     for name in ("cut", "changed"):
         assert main(_argv(generated_data_dir, tmp_path / name, *epochs, "--source-from", str(tmp_path / "whole"))) == 130
-    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", real)
+    restore()
     sha = hashlib.sha256((tmp_path / "whole" / "source.pt").read_bytes()).hexdigest()
     # a borrowed source.pt that changed under a stopped run is refused, not silently adapted from
     shutil.copytree(tmp_path / "whole", tmp_path / "kept")
@@ -192,19 +198,12 @@ def test_a_source_model_for_other_images_is_refused(tmp_path):
 def test_ctrl_c_finishes_the_epoch_saves_and_resumes(generated_data_dir, tmp_path, monkeypatch, capsys):
     flags = ("--epochs-source", "1", "--epochs-target", "4")
     assert main(_argv(generated_data_dir, tmp_path / "whole", *flags)) == 0
-    real = madda_stage.MaddaTargetStage.run_epoch
-
-    def interrupted_in_epoch_2(stage, epoch):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-epoch
-        return real(stage, epoch)
-
-    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", interrupted_in_epoch_2)
+    restore = _ctrl_c_in_epoch_2(monkeypatch, madda_stage.MaddaTargetStage)
     assert main(_argv(generated_data_dir, tmp_path / "cut", *flags)) == 130
     err = capsys.readouterr().err
     assert f"madda-rs train --resume {tmp_path / 'cut'}" in err and "after epoch 2" in err
     assert json.loads((tmp_path / "cut" / "progress.json").read_text())["epoch"] == 2
-    monkeypatch.setattr(madda_stage.MaddaTargetStage, "run_epoch", real)
+    restore()
     shutil.copytree(generated_data_dir, tmp_path / "moved")  # the data may move between sessions
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--data-dir", str(tmp_path / "moved")]) == 0
     assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
@@ -215,17 +214,10 @@ def test_ctrl_c_in_a_softmax_source_stage_resumes_its_head_too(generated_data_di
     # travel in the checkpoint, or the resumed stage restarts the head from scratch
     flags = ("--source-ce-weight", "1", "--epochs-source", "3", "--epochs-target", "1")
     assert main(_argv(generated_data_dir, tmp_path / "whole", *flags)) == 0
-    real = madda_stage.TripletSourceStage.run_epoch
-
-    def interrupted_in_epoch_2(stage, epoch):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(stage, epoch)
-
-    monkeypatch.setattr(madda_stage.TripletSourceStage, "run_epoch", interrupted_in_epoch_2)
+    restore = _ctrl_c_in_epoch_2(monkeypatch, madda_stage.TripletSourceStage)
     assert main(_argv(generated_data_dir, tmp_path / "cut", *flags)) == 130
     assert json.loads((tmp_path / "cut" / "progress.json").read_text())["stage"] == "source"
-    monkeypatch.setattr(madda_stage.TripletSourceStage, "run_epoch", real)
+    restore()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
 
