@@ -229,12 +229,13 @@ def _source_run(config: TrainConfig, folder: Optional[RunFolder],
         if not (path / name).is_file():
             raise ValueError(f"--source-from {config.source_from}: {path / name} is missing; expected the folder "
                              f"of a madda-rs train run whose stage 1 has finished")
+    theirs = json.loads((path / CONFIG_FILE).read_text())
     try:
-        conflicts = source_conflicts(json.loads((path / CONFIG_FILE).read_text()), config)
+        conflicts = source_conflicts(theirs, config)
     except ValueError as exc:  # a config.json this version cannot read
         raise ValueError(f"--source-from {config.source_from}: {path / CONFIG_FILE}: {exc}") from None
     if conflicts:
-        own_settings, theirs = config.to_dict(), json.loads((path / CONFIG_FILE).read_text())
+        own_settings = config.to_dict()
         differ = ", ".join(f"{k} {theirs.get(k)!r} there, {own_settings.get(k)!r} here" for k in conflicts)
         raise ValueError(f"--source-from {config.source_from}: its stage 1 read other settings ({differ}); give "
                          f"the same, or train stage 1 anew without --source-from")
