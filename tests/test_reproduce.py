@@ -198,6 +198,29 @@ def test_the_recipe_chosen_on_the_pretrained_task_runs_on_pretrained_columns_and
     assert line.split(" | ")[3:6] == ["-", "-", "-"]  # the resnet-cifar columns
 
 
+def test_superseded_rows_stay_in_the_table_but_reproduce_runs_none_of_them(tmp_path, monkeypatch):
+    import madda_rs.training
+    from madda_rs.experiments import reproduce
+
+    trained = []
+    monkeypatch.setattr(madda_rs.training, "train", lambda config, folder, *a, **kw: trained.append(folder))
+    runs = plan("colour", (0, 1))
+    kept = [r for r in runs if r.on_record]
+    assert {label for r in kept for label, _ in r.cells} == {reproduce.TUNED_LABEL, reproduce.PRETRAINED_CHOICE_LABEL}
+    current = next(r for r in runs if r.config.method == "adda")
+    done = kept[0]  # a superseded run that finished: the table keeps showing it
+    (tmp_path / "runs" / done.slug).mkdir(parents=True)
+    (tmp_path / "runs" / done.slug / "config.json").write_text(json.dumps(done.config.to_dict()))
+    (tmp_path / "runs" / done.slug / "metrics.json").write_text(
+        json.dumps({"target_accuracy": 0.25, "wall_seconds": 1.0, "history": {}}))
+    states = []
+    reproduce.run_all(kept + [current], tmp_path, None, lambda i, run, state: states.append(state))
+    assert trained == [str(tmp_path / "runs" / current.slug)]
+    assert states == ["complete"] + ["on record only"] * (len(kept) - 1) + ["new"]
+    markdown, _ = reproduce.build_table("colour", runs, tmp_path)
+    assert "0.250 (0)" in next(x for x in markdown.splitlines() if x.startswith(f"| {done.cells[0][0]} |"))
+
+
 def test_stage_2_rows_adapt_the_source_model_of_their_source_row(generated_data_dir, tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 

@@ -93,6 +93,9 @@ class Row:
     # the label of a row whose run (same column, same seed) trained the source model this row's run
     # adapts (--source-from): its candidates then differ by their stage 2 alone, as tune's do
     source_row: Optional[str] = None
+    # a superseded choice kept on record: its finished runs stay in the table, and reproduce starts
+    # no new one (so a table's current rows can be completed without re-running old choices)
+    on_record: bool = False
 
     def runs_on(self, col: "Column") -> bool:
         settings = dict(col.settings)
@@ -340,18 +343,22 @@ TABLES["colour"] = Table(
     "published MNIST → MNIST-M figures are anchors, not comparisons: DANN 0.767 (Ganin et al. 2016), DSN 0.832 "
     "(Bousmalis et al. 2016), PixelDA 0.982 (Bousmalis et al. 2017). No label of MNIST or mnist-m chose any "
     "setting; the two rows chosen on target labels name them (fashion-m's, the pretrained development task, "
-    "which is also this table's last column).",
+    "which is also this table's last column). Two superseded choices stay on record at the seeds they ran "
+    "(the tuned-mnist-usps preset, labelfree's recipe before the development suite; the pretrained task's "
+    "first-round pick); reproduce runs no more of them.",
     (
         _colour("Source only (softmax classifier)", _ADDA, "source_only_accuracy"),
         _colour("Source only (triplet model, kNN)", _PAPER, "source_only_accuracy"),
         _colour("ADDA", _ADDA),
         _colour("M-ADDA, preset paper", _PAPER),
         _colour(LABELFREE_LABEL, {"method": "madda", "preset": "labelfree"}),
-        _colour(TUNED_LABEL, {"method": "madda", "preset": "tuned-mnist-usps"}),
+        # two superseded choices, on record at the seeds they ran: labelfree's recipe before the
+        # development suite, and the pretrained task's first-round pick
+        Row(TUNED_LABEL, {"method": "madda", "preset": "tuned-mnist-usps"}, schedule="dev", on_record=True),
         # the best candidate of the pretrained development task (devtasks-pretrained, below), on the
         # pretrained backbone's columns only
         Row(PRETRAINED_CHOICE_LABEL, PRETRAINED_CHOICE, schedule="dev", only=(("weights", "imagenet"),),
-            chose="fashion-m test (the dev task), 10,000"),
+            chose="fashion-m test (the dev task), 10,000", on_record=True),
         Row(PRETRAINED_CHOICE_2_LABEL, PRETRAINED_CHOICE_2, schedule="dev", only=(("weights", "imagenet"),),
             chose="fashion-m test (the dev task), 10,000"),
     ),
@@ -412,6 +419,7 @@ class PlannedRun:
     schedule: str
     cells: List[Tuple[str, str]] = field(default_factory=list)  # (row label, column label) it fills
     source_run: Optional[str] = None  # the slug of the planned run whose source model it adapts
+    on_record: bool = False  # every row it fills is kept on record only (Row.on_record): not to be run
 
     def resolved(self, out: Path) -> TrainConfig:
         """Its config, with the source run's folder under `out` where it adapts one."""
@@ -473,7 +481,9 @@ def plan(table: str, seeds: Sequence[int], schedule: str = "short", *, paper_see
                             raise ValueError(f"table {table}: row {row.label!r} adapts row {row.source_row!r}'s "
                                              f"source model, which must come before it")
                         name += "-sharedsource"  # not the run of the same settings that trained its own stage 1
-                    planned = runs.setdefault(name, PlannedRun(name, config, sched, source_run=source_run))
+                    planned = runs.setdefault(name, PlannedRun(name, config, sched, source_run=source_run,
+                                                               on_record=row.on_record))
+                    planned.on_record = planned.on_record and row.on_record  # a current row's run is run
                     planned.cells.append((row.label, col.label))
     return list(runs.values())
 
@@ -509,9 +519,11 @@ def run_all(runs: Sequence[PlannedRun], out: Path, progress: Optional[Callable[.
         folder = out / "runs" / run.slug
         config = run.resolved(out)
         state = run_state(folder, config)
+        if run.on_record and state != "complete":
+            state = "on record only"
         if on_run is not None:
             on_run(i, run, state)
-        if state == "complete":
+        if state in ("complete", "on record only"):
             continue
         if state == "resume":
             saved = TrainConfig.load(str(folder / CONFIG_FILE))  # its settings, with this call's run-only ones
