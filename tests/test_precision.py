@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import madda_rs.run.precision as precision
+from madda_rs.backbones import get_backbone
 from madda_rs.cli import main
 from madda_rs.config import TrainConfig
 from madda_rs.run.precision import Precision, check_precision, resolve_precision
@@ -94,6 +95,14 @@ def test_the_default_is_bf16_where_the_cpu_runs_it_and_fp32_elsewhere_and_the_ru
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
     assert resolve_precision(None, cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision(None, torch.device("cuda")) == "fp32"  # half precision on a GPU is asked for
+    # a backbone measured slower in bf16 (EfficientNet-Lite0's depthwise convolutions) stays fp32 unless asked
+    assert resolve_precision(None, cpu, get_backbone("efficientnet-lite0").cpu_bf16_default) == "fp32"
+    assert resolve_precision("bf16", cpu, get_backbone("efficientnet-lite0").cpu_bf16_default) == "bf16"
+    assert resolve_precision(None, cpu, get_backbone("resnet-cifar").cpu_bf16_default) == "bf16"
+    # train() asks the run's backbone: one that says fp32 trains, and records, fp32 on a bf16 CPU
+    monkeypatch.setattr(get_backbone("lenet"), "cpu_bf16_default", False)
+    assert main(_argv(generated_data_dir, tmp_path / "kept-fp32", "--epochs-target", "1")) == 0
+    assert json.loads((tmp_path / "kept-fp32" / "config.json").read_text())["precision"] == "fp32"
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert resolve_precision(None, cpu) == "fp32"
     assert main(_argv(generated_data_dir, tmp_path / "run", "--epochs-target", "1")) == 0

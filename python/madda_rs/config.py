@@ -253,8 +253,9 @@ class TrainConfig:
     precision: Optional[str] = _setting(None, "arithmetic of the training forward passes: 'bf16' or 'fp16' "
                                         "autocast them (losses, evaluation and saved models stay float32); a device "
                                         "refuses what it cannot run (default: bf16 on a CPU with AMX-BF16 or "
-                                        "AVX512-BF16, where it measured 1.2-1.4x faster at equal accuracy; else "
-                                        "fp32; docs/speed.md, 'Precision')", choices=PRECISIONS)
+                                        "AVX512-BF16, where LeNet and resnet-cifar measured 1.1-1.7x faster at "
+                                        "equal accuracy; else fp32, and fp32 for efficientnet-lite0, 2x slower in "
+                                        "bf16 there; docs/speed.md, 'Precision')", choices=PRECISIONS)
     recompute_activations: bool = _setting(False, "keep only the outputs of the backbone's stages for the backward "
                                            "pass and recompute the rest there (activation checkpointing): the "
                                            "same results for about a third more compute and a fraction of the "

@@ -131,7 +131,8 @@ def train(
     config = resolve_geometry(config, config.threads)  # config.json records a folder source's image geometry
     device = _device(config)
     # config.json records the precision trained in, the device's default included
-    config = config.replace(precision=resolve_precision(config.precision, device))
+    config = config.replace(precision=resolve_precision(config.precision, device,
+                                                           get_backbone(config.backbone).cpu_bf16_default))
     check_precision(config.precision, device)  # bf16 on a CPU without it: refused before any work
     if config.source_from is not None and out_dir is not None and Path(out_dir).resolve() == Path(
             config.source_from).resolve():

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .backbones import get_backbone
 from .config import DERIVED, TrainConfig
 from .methods import get_method
 from .run.folder import RunFolder, source_conflicts
@@ -144,7 +145,8 @@ def tune(base: TrainConfig, out_dir: str, *, budget_minutes: float = DEFAULT_BUD
         raise ValueError(f"candidates must be at least 1, got {candidates}")
     start = time.perf_counter()
     # one precision for every candidate and the chosen run: the device's default, resolved here
-    base = base.replace(precision=resolve_precision(base.precision, resolve_device(base.device)))
+    bf16_by_default = get_backbone(base.backbone).cpu_bf16_default
+    base = base.replace(precision=resolve_precision(base.precision, resolve_device(base.device), bf16_by_default))
     data_cache: Dict[str, Any] = {}
     pool = [_Candidate(i, s) for i, s in enumerate(candidate_settings(base, candidates, base.seed))]
     alive, notes = list(pool), []

@@ -76,6 +76,9 @@ class Backbone(nn.Module):
     size_free_weights: bool = True
     default_shape: Tuple[int, int, int] = (3, 224, 224)
     splits_trunk: bool = False  # its trunk runs through stages(): --recompute-activations applies
+    # whether bf16 autocast is its default on a CPU with native bf16 (where it measured faster at
+    # equal accuracy; docs/speed.md, 'Precision'); False keeps such a CPU on fp32 unless asked
+    cpu_bf16_default: bool = True
 
     def __init__(self, in_shape: Tuple[int, int, int]) -> None:
         super().__init__()

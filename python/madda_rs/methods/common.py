@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backbones import get_backbone
 from ..config import MethodSettings, TrainConfig, setting
 from ..data.images import ImageSet
 from ..data.run_data import RunData
@@ -202,7 +203,7 @@ class SourceStage:
             auxiliary.to(device)
             parallel.broadcast(auxiliary)
         self.optimizer = adam(self.parameters(), config, config.lr)
-        self.precision = Precision(config.precision, device)
+        self.precision = Precision(config.precision, device, get_backbone(config.backbone).cpu_bf16_default)
 
     def parameters(self) -> List[torch.nn.Parameter]:
         """What the stage's optimiser trains: the model's parameters, then the auxiliary module's."""
@@ -278,7 +279,7 @@ class AdversarialTargetStage:
         lr_target = config.lr if config.lr_target is None else config.lr_target
         self.opt_t = adam(self.target.parameters(), config, lr_target)
         self.opt_d = adam(self.disc.parameters(), config, config.lr_discriminator)
-        self.precision = Precision(config.precision, device)
+        self.precision = Precision(config.precision, device, get_backbone(config.backbone).cpu_bf16_default)
         # the mean teacher: an exponential moving average of the target model's weights
         self.teacher = copy.deepcopy(self.target).eval().requires_grad_(False) if ema_decay > 0 else None
 

@@ -36,13 +36,16 @@ def supported(device: torch.device) -> Tuple[str, ...]:
     return ("fp32", "bf16") if cpu_flags() & {"avx512_bf16", "amx_bf16"} else ("fp32",)
 
 
-def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+def resolve_precision(precision: Optional[str], device: torch.device, bf16_by_default: bool = True) -> str:
     """The precision a run trains in: the one asked for, else the device's default: bf16 on a CPU
-    that runs it natively (an `improved` run measured 1.2-1.4x faster there at equal accuracy,
-    docs/speed.md), fp32 elsewhere (CUDA's half precisions are asked for, not assumed)."""
+    that runs it natively when the backbone's ``cpu_bf16_default`` says so (LeNet and resnet-cifar
+    measured 1.1-1.7x faster at equal accuracy, on AMX and on AVX512-BF16; EfficientNet-Lite0 2x
+    slower on Zen 4; docs/speed.md), fp32 elsewhere (CUDA's half precisions are asked for, not assumed)."""
     if precision is not None:
         return precision
-    return "bf16" if device.type == "cpu" and "bf16" in supported(device) else "fp32"
+    if device.type != "cpu" or "bf16" not in supported(device):
+        return "fp32"
+    return "bf16" if bf16_by_default else "fp32"
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -63,8 +66,8 @@ class Precision:
     ``precision.backward(loss, optimizer)`` then ``precision.step(optimizer)``; in fp32 these are
     exactly ``module(x)``, ``loss.backward()`` and ``optimizer.step()``."""
 
-    def __init__(self, name: Optional[str], device: torch.device) -> None:
-        name = resolve_precision(name, device)  # None (a stage built outside train()): the device's default
+    def __init__(self, name: Optional[str], device: torch.device, bf16_by_default: bool = True) -> None:
+        name = resolve_precision(name, device, bf16_by_default)  # None (a stage built outside train()): the default
         self.name, self.device = name, device
         self.dtype = _DTYPES[name]
         # one scaler per optimiser: the discriminator's and the encoder's steps skip and rescale apart
