@@ -51,3 +51,16 @@ def test_the_readme_headline_matches_the_records_behind_it():
         assert f"{sum(m['target_accuracy'] for m in metrics) / 3:.3f}" == shown
         seconds += [m["wall_seconds"] for m in metrics]
     assert (int(took.group(1)), int(took.group(2))) == (int(min(seconds)), round(max(seconds)))
+
+
+def test_every_mean_and_std_the_pages_quote_is_in_a_results_table():
+    """A `mean ± std` in the README or a docs page that quotes the tables (not docs/results.md,
+    whose `madda-rs report` blocks and the section measured at an older commit are their own
+    records) is a cell of some table under results/: a quote goes stale when a seed lands."""
+    tables = "\n".join(p.read_text() for p in (ROOT / "results").rglob("*.md"))
+    pages = [ROOT / "README.md"] + [ROOT / "docs" / f"{name}.md" for name in
+                                    ("label-free", "presets", "synth-digits", "own-images", "speed")]
+    stale = [f"{page.name}:{page.read_text()[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+             for page in pages for m in re.finditer(r"\d\.\d{3} ± \d\.\d{3}", page.read_text())
+             if m.group(0) not in tables]
+    assert not stale, stale
