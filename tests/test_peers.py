@@ -35,6 +35,7 @@ def _fake_adda_run(out, accuracy=0.5):
 def test_peer_runs_are_recorded_skipped_when_done_and_tabled(generated_data_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("skada")
     monkeypatch.setattr(peers, "CHOSEN_LR", {})  # every method at the presets' rate (the choice has its own test)
+    monkeypatch.setattr(peers, "CHOSEN_REG", {})  # and skada's weights
     _fake_adda_run(tmp_path)
     args = ["reproduce", "peers", "--out", str(tmp_path), "--data-dir", generated_data_dir, "--seeds", "0",
             "--epochs", "1", "--methods", "sourceonly,dann", "--threads", "1", "--device", "cpu"]
@@ -201,7 +202,7 @@ def _fake_peer_run(out, run, accuracy):
 
 
 def test_peers_dev_chooses_each_methods_learning_rate_by_its_mean_over_the_development_tasks(tmp_path, capsys):
-    runs = peers.plan_peers_dev((0,), 30, ["mcc", "dan", "mdd"], (1e-4, 1e-3))
+    runs = peers.plan_peers_dev((0,), 30, ["mcc", "dan", "mdd"], (1e-4, 1e-3), regs=())
     assert len(runs) == 3 * 2 * len(DEV_COLUMNS)
     assert all(r.config.tgt not in ("mnist", "usps") and r.config.resize_to_source for r in runs)
     # a synth-digits source (ten times the images) trains a tenth of the epochs, as madda_rs's rows do
@@ -232,6 +233,59 @@ def test_peers_dev_chooses_each_methods_learning_rate_by_its_mean_over_the_devel
     assert "600 labelled development-target test images" in markdown
 
 
+def test_peers_dev_then_chooses_each_weight_at_the_chosen_rate_only_where_it_beats_skadas_default(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setattr(peers, "CHOSEN_LR", {"sourceonly": 1e-3, "mcc": 1e-3, "deepjdot": 1e-3})
+    runs = peers.plan_peers_dev((0,), 30, ["sourceonly", "mcc", "deepjdot"], (1e-4, 1e-3), (0.1, 1.0, 10.0))
+    weighted = [r for r in runs if r.reg is not None]
+    # the weight step: every method with a weight, at its chosen rate, each weight on every task; not source only
+    assert len(runs) == 3 * 2 * len(DEV_COLUMNS) + 2 * 3 * len(DEV_COLUMNS)
+    assert {(r.peer.slug, r.lr) for r in weighted} == {("mcc", 1e-3), ("deepjdot", 1e-3)}
+    assert len({r.name for r in runs}) == len(runs)
+    jdot = next(r for r in weighted if r.peer.slug == "deepjdot" and r.reg == 0.1)
+    assert jdot.name.endswith("-s0-lr0.001-reg0.1") and jdot.record()["method_args"] == {"reg_dist": 0.1}
+    assert "method_args" not in next(r for r in runs if r.reg is None).record()  # committed records unchanged
+    for run in runs:
+        task = DEV_COLUMNS.index(run.column)
+        if run.peer.slug == "mcc":  # 0.1 beats the default on the mean, though not on every task
+            acc = {None: 0.6, 0.1: 0.75 if task else 0.5, 1.0: 0.6, 10.0: 0.3}[run.reg] - (run.lr == 1e-4) * 0.1
+        elif run.peer.slug == "deepjdot":  # 0.1 beats the rate step's 0.4 but only ties the default run beside it
+            acc = {None: 0.4 if run.lr == 1e-3 else 0.3, 0.1: 0.5, 1.0: 0.5, 10.0: 0.2}[run.reg]
+        else:
+            acc = 0.4
+        _fake_peer_run(tmp_path, run, acc)
+    assert main(["reproduce", "peers-dev", "--out", str(tmp_path), "--seeds", "0", "--methods",
+                 "sourceonly,mcc,deepjdot", "--regs", "0.1,1,10", "--no-run"]) == 0
+    methods = json.loads((tmp_path / "peers-dev.json").read_text())["methods"]
+    assert {m: (c["chosen_lr"], c.get("chosen_reg")) for m, c in methods.items()} == \
+        {"sourceonly": (1e-4, None), "mcc": (1e-3, 0.1), "deepjdot": (1e-3, None)}
+    assert "weights" not in methods["sourceonly"] and methods["deepjdot"]["weight_argument"] == "reg_dist"
+    assert methods["mcc"]["weights"]["0.1"]["mean"] == pytest.approx((0.5 + 5 * 0.75) / 6, abs=1e-4)
+    markdown = (tmp_path / "peers-dev.md").read_text()
+    chosen = [line for line in markdown.splitlines() if "**chosen**" in line]
+    assert len(chosen) == 3 and any(line.startswith("| MCC | 0.001 | reg 0.1 |") for line in chosen)
+    # with the weight step incomplete, a method keeps its rate and chooses no weight
+    mcc_weighted = next(r for r in weighted if r.peer.slug == "mcc" and r.reg == 10.0)
+    (tmp_path / "runs" / "peers" / mcc_weighted.name / "metrics.json").unlink()
+    main(["reproduce", "peers-dev", "--out", str(tmp_path), "--seeds", "0", "--methods", "mcc", "--regs", "0.1,1,10",
+          "--no-run"])
+    mcc = json.loads((tmp_path / "peers-dev.json").read_text())["methods"]["mcc"]
+    assert (mcc["chosen_lr"], mcc["chosen_reg"]) == (1e-3, None)
+
+
+def test_a_weight_reaches_skadas_loss_under_the_methods_own_argument():
+    pytest.importorskip("skada")
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(class_names=[str(i) for i in range(10)], src_train=SimpleNamespace(shape=(1, 28, 28)))
+    net = peers.build_net(peers.PEER_NAMES["deepjdot"], data, 1, 0, torch.device("cpu"), reg=0.1)
+    assert net.get_params()["criterion__adapt_criterion"].reg_dist == 0.1
+    net = peers.build_net(peers.PEER_NAMES["mcc"], data, 1, 0, torch.device("cpu"), reg=10.0)
+    assert net.get_params()["criterion__reg"] == 10.0
+    with pytest.raises(ValueError, match="has no adaptation weight"):
+        peers.build_net(peers.PEER_NAMES["sourceonly"], data, 1, 0, torch.device("cpu"), reg=0.1)
+
+
 def test_the_peers_table_trains_each_method_at_its_chosen_rate_and_says_what_chose_it(tmp_path, monkeypatch):
     monkeypatch.setattr(peers, "CHOSEN_LR", {"mcc": 1e-3})
     mcc, dan = plan_peers((0,), 110, ["mcc"])[0], plan_peers((0,), 110, ["dan"])[0]
@@ -249,6 +303,22 @@ def test_the_peers_table_trains_each_method_at_its_chosen_rate_and_says_what_cho
     rows = [line.split(" | ")[0] for line in markdown.splitlines() if "| skada |" in line]
     assert rows == ["| MCC", "| MCC, lr 0.0001", "| DAN"]
     assert "| MCC, lr 0.0001 | skada | 110 epochs, lr 0.0001 | none | 0.700 (0) |" in markdown
+
+
+def test_the_peers_table_trains_a_chosen_weight_on_lenet_columns_and_keeps_the_default_run_as_its_own_row(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "CHOSEN_LR", {"mcc": 1e-3})
+    monkeypatch.setattr(peers, "CHOSEN_REG", {"mcc": 0.1})
+    mcc = plan_peers((0,), 110, ["mcc"])[0]
+    assert (mcc.reg, mcc.name) == (0.1, "mnist2usps-standard-adda-skada-mcc-e110-s0-lr0.001-reg0.1")
+    # chosen with LeNet: the colour table's backbones keep skada's default weight
+    assert {r.reg for r in plan_peers((0,), 55, ["mcc"], peers.TABLES["colour"].columns)} == {None}
+    _fake_peer_run(tmp_path, mcc, 0.9)
+    _fake_peer_run(tmp_path, plan_peers((0,), 110, ["mcc"], regs=(None,))[0], 0.8)  # before the weight was chosen
+    markdown, _ = peers.build_peers_table([mcc], tmp_path, (0,))
+    assert "| MCC | skada | 110 epochs, lr 0.001, reg 0.1 | dev targets only (the learning rate and weight) | 0.900 (0) |" \
+        in markdown
+    assert "| MCC, lr 0.001, reg 1 | skada | 110 epochs, lr 0.001 | none | 0.800 (0) |" in markdown
 
 
 def test_pretrained_columns_take_the_rate_chosen_on_the_pretrained_development_task(tmp_path, monkeypatch):
@@ -288,8 +358,9 @@ def test_the_chosen_learning_rates_are_the_committed_choice():
     record = REPO / "results" / "peers-dev.json"
     if not record.is_file():
         pytest.skip("no committed learning-rate choice in this checkout")
-    chosen = {m: c["chosen_lr"] for m, c in json.loads(record.read_text())["methods"].items() if c["chosen_lr"]}
-    assert peers.CHOSEN_LR == chosen
+    methods = json.loads(record.read_text())["methods"]
+    assert peers.CHOSEN_LR == {m: c["chosen_lr"] for m, c in methods.items() if c["chosen_lr"]}
+    assert peers.CHOSEN_REG == {m: c["chosen_reg"] for m, c in methods.items() if c.get("chosen_reg")}
     record = REPO / "results" / "peers-dev-pretrained.json"
     chosen = ({m: c["chosen_lr"] for m, c in json.loads(record.read_text())["methods"].items() if c["chosen_lr"]}
               if record.is_file() else {})
@@ -305,6 +376,13 @@ def test_learning_rates_are_refused_where_they_choose_nothing(tmp_path, capsys):
     assert exit.value.code == 2 and "--lrs: expected positive numbers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="learning rates must be positive"):
         plan_peers((0,), 3, ["dan"], lrs=(0.0,))
+    # the adaptation weights likewise: chosen on the development tasks, never given to a table
+    for table in ("peers", "peers-dev-pretrained"):
+        assert main(["reproduce", table, "--out", str(tmp_path), "--regs", "0.1", "--no-run", "--no-figures"]) == 1
+        err = capsys.readouterr().err
+        assert "--regs is for 'reproduce peers-dev'" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="adaptation weights must be positive"):
+        plan_peers((0,), 3, ["dan"], regs=(float("nan"),))
 
 
 def test_peers_stand_beside_the_colour_table_on_its_backbones_and_tasks(tmp_path, capsys, monkeypatch):

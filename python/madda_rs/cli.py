@@ -9,7 +9,7 @@ paper's tables.
     madda-rs reproduce table1|table2|table3|ablation|synth|devtasks|devtasks-stage2|colour|devtasks-pretrained
                        [--out results] [--seeds 0,1,2] [--quick]
     madda-rs reproduce peers [--out results] [--methods dann,...] [--splits standard]  # skada's methods
-    madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3]  # their learning rates, chosen off MNIST/USPS
+    madda-rs reproduce peers-dev [--out results] [--lrs 1e-4,1e-3] [--regs 0.1,10]  # their settings, off MNIST/USPS
     madda-rs reproduce peers-dev-pretrained [--methods dann-sigmoid]  # ... for pretrained backbones
     madda-rs plot runs/DIR... [--out DIR]
     madda-rs predict runs/DIR INPUT... --out FILE   # labels for new images: files, folders, .npz
@@ -206,6 +206,9 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     p.add_argument("--lrs", type=_positive_floats, default=None,
                    help="peers-dev(-pretrained) only: comma-separated learning rates to choose among "
                         "[default: 1e-4,1e-3]")
+    p.add_argument("--regs", type=_positive_floats, default=None,
+                   help="peers-dev only: comma-separated adaptation weights (skada's reg) each method then tries at "
+                        "its chosen rate [default: 0.1,10]")
     p.add_argument("--splits", default="standard,pooled", type=_usps_splits,
                    help="comma-separated USPS splits whose columns to run (the other columns stay '-') "
                         "[default: standard,pooled]")
@@ -458,6 +461,9 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
     dev, pretrained = args.table.startswith("peers-dev"), args.table == "peers-dev-pretrained"
     if args.lrs is not None and not dev:
         raise ValueError("--lrs is for 'reproduce peers-dev'; 'reproduce peers' trains each method at its chosen rate")
+    if args.regs is not None and (not dev or pretrained):
+        raise ValueError("--regs is for 'reproduce peers-dev'; 'reproduce peers' trains each method at its chosen "
+                         "weight")
     if dev and args.beside != "table1":
         raise ValueError(f"--beside is for 'reproduce peers'; 'reproduce {args.table}' runs on development tasks")
     out = Path(args.out)
@@ -469,7 +475,8 @@ def _reproduce_peers(args: argparse.Namespace) -> int:
     if pretrained:
         runs = peers.plan_peers_dev_pretrained(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
     elif dev:
-        runs = peers.plan_peers_dev(seeds, epochs, methods, args.lrs or peers.DEV_LRS, **settings)
+        runs = peers.plan_peers_dev(seeds, epochs, methods, args.lrs or peers.DEV_LRS, args.regs or peers.DEV_REGS,
+                                    **settings)
     else:
         columns = [c for c in TABLES[args.beside].columns
                    if "usps" not in (c.src, c.tgt) or c.usps_split in args.splits]

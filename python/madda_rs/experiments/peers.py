@@ -31,6 +31,7 @@ until a run starts.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import random
@@ -94,6 +95,10 @@ PEERS_DIR = Path("runs") / "peers"  # under OUT
 # Choosing each peer's learning rate on the development tasks (docs/label-free.md): the grid, and
 # the epochs of the choice (fewer than the table's 110: the grid x methods x six tasks must fit a CPU).
 DEV_LRS = (1e-4, 1e-3)
+# ... and then each method's adaptation weight (Peer.reg_arg), a decade either side of skada's
+# default 1, at the method's chosen rate: a second step of the same choice, against the rate step's
+# run at the default (`--regs 0.1,1,10` runs the default again beside them, on one machine)
+DEV_REGS = (0.1, 10.0)
 DEV_EPOCHS = 30
 # What `madda-rs reproduce peers-dev --out results` chose (results/peers-dev.json holds the evidence;
 # a test keeps the two in step): the learning rate with the best mean target accuracy over the
@@ -106,6 +111,10 @@ CHOSEN_LR: Dict[str, float] = {"sourceonly": 1e-3, "mcc": 1e-3, "cdan-sigmoid": 
 # M-ADDA's pretrained recipe; results/peers-dev-pretrained.json), for the columns that start from
 # pretrained weights. A method not here carries its CHOSEN_LR (chosen with LeNet) to them.
 CHOSEN_LR_PRETRAINED: Dict[str, float] = {"dann-sigmoid": 1e-3}
+# The adaptation weight `reproduce peers-dev` chose at the chosen rate (results/peers-dev.json), where
+# it beat skada's default of 1; a method not here keeps the default. Chosen with LeNet, it trains the
+# LeNet columns only: the colour table's backbones keep skada's default (their runs predate it).
+CHOSEN_REG: Dict[str, float] = {}
 PRETRAINED_CHOICE_LABELS = "fashion-m test (the pretrained dev task), 10,000 (the learning rate)"
 # tests/test_peers.py pins the defect this names
 CAN_NOTE = (" skada 0.6.0's CAN loss (contrastive domain discrepancy) is large and positive between identical "
@@ -122,13 +131,16 @@ class MissingExtraError(ImportError, RuntimeError):
 class Peer:
     """One skada method: its row label, the factory in ``skada.deep`` and the sizes it must be told
     (``features``: pass num_features; ``classes``: pass n_classes). ``sigmoid_domain_classifier``
-    passes a domain classifier ending in a sigmoid (see :class:`SigmoidDomainClassifier`)."""
+    passes a domain classifier ending in a sigmoid (see :class:`SigmoidDomainClassifier`).
+    ``reg_arg`` names the factory's weight of the adaptation loss against the classification loss
+    (skada documents it as each method's regularisation; default 1), None where there is none."""
 
     label: str
     factory: str
     features: bool = False
     classes: bool = False
     sigmoid_domain_classifier: bool = False
+    reg_arg: Optional[str] = "reg"
 
     @property
     def slug(self) -> str:
@@ -136,15 +148,15 @@ class Peer:
 
 
 PEERS: Tuple[Peer, ...] = (
-    Peer("Source only (skada SourceOnly)", "SourceOnly"),
+    Peer("Source only (skada SourceOnly)", "SourceOnly", reg_arg=None),
     Peer("DANN", "DANN", features=True),
     Peer("CDAN", "CDAN", features=True, classes=True),
     Peer("MDD", "MDD", features=True, classes=True),
     Peer("MCC", "MCC"),
     Peer("DeepCORAL", "DeepCoral"),
     Peer("DAN", "DAN"),
-    Peer("DeepJDOT", "DeepJDOT"),
-    Peer("SPA", "SPA", features=True),
+    Peer("DeepJDOT", "DeepJDOT", reg_arg="reg_dist"),  # the optimal-transport term's weight
+    Peer("SPA", "SPA", features=True, reg_arg="reg_adv"),  # the adversarial term's weight
     Peer("CAN", "CAN"),
     # skada 0.6.0's default domain classifier ends in a softmax over its single output, so it
     # outputs 1 whatever the input and its loss has no gradient: DANN and CDAN at defaults train as
@@ -152,7 +164,7 @@ PEERS: Tuple[Peer, ...] = (
     # a sigmoid instead.
     Peer("DANN, sigmoid domain classifier", "DANN", features=True, sigmoid_domain_classifier=True),
     Peer("CDAN, sigmoid domain classifier", "CDAN", features=True, classes=True, sigmoid_domain_classifier=True),
-    Peer("SPA, sigmoid domain classifier", "SPA", features=True, sigmoid_domain_classifier=True),
+    Peer("SPA, sigmoid domain classifier", "SPA", features=True, sigmoid_domain_classifier=True, reg_arg="reg_adv"),
 )
 PEER_NAMES = {p.slug: p for p in PEERS}
 
@@ -198,10 +210,13 @@ class PeerRun:
     epochs: int
     column: Column
     lr: float = LR
+    reg: Optional[float] = None  # the peer's adaptation weight (Peer.reg_arg); None: skada's default
 
     def record(self) -> Dict[str, Any]:
-        """config.json: what the run computes (run-only settings inside ``data`` aside)."""
-        return {
+        """config.json: what the run computes (run-only settings inside ``data`` aside); the
+        adaptation weight appears only where it is set, so runs at skada's default keep their records."""
+        weight = {} if self.reg is None else {"method_args": {self.peer.reg_arg: self.reg}}
+        return {**weight,
             "method": self.peer.label, "library": "skada", "factory": f"skada.deep.{self.peer.factory}",
             "sigmoid_domain_classifier": self.peer.sigmoid_domain_classifier,
             "src": self.config.src, "tgt": self.config.tgt, "usps_split": self.config.usps_split,
@@ -213,11 +228,12 @@ class PeerRun:
         }
 
 
-def run_name(peer: Peer, config: TrainConfig, epochs: int, lr: float = LR) -> str:
+def run_name(peer: Peer, config: TrainConfig, epochs: int, lr: float = LR, reg: Optional[float] = None) -> str:
     backbone = f"-{config.backbone}" if config.backbone != "lenet" else ""
     rate = f"-lr{lr:g}" if lr != LR else ""  # runs at the presets' lr keep their names
+    weight = f"-reg{reg:g}" if reg is not None else ""  # and those at skada's default weight
     return (f"{config.src}2{config.tgt}-{config.usps_split}-{config.protocol}{backbone}-skada-{peer.slug}-e{epochs}"
-            f"-s{config.seed}{rate}")
+            f"-s{config.seed}{rate}{weight}")
 
 
 def _column_run(col: Column, epochs: int) -> Tuple[Dict[str, Any], int]:
@@ -243,20 +259,28 @@ def chosen_lr(slug: str, column: Column) -> Optional[float]:
     return CHOSEN_LR.get(slug)
 
 
-def chosen_by(slug: str, column: Column, lr: float) -> str:
-    """Which labelled target images chose a method's rate `lr` on a column ('none': no one chose it)."""
-    if lr != chosen_lr(slug, column):
+def chosen_reg(slug: str, column: Column) -> Optional[float]:
+    """The adaptation weight chosen for a method on a column: the development tasks' choice on a
+    LeNet column (the backbone they chose it with), else None (skada's default)."""
+    return CHOSEN_REG.get(slug) if dict(column.settings).get("backbone", "lenet") == "lenet" else None
+
+
+def chosen_by(slug: str, column: Column, lr: float, reg: Optional[float] = None) -> str:
+    """Which labelled target images chose a method's rate `lr` and weight `reg` on a column
+    ('none': no one chose them)."""
+    if lr != chosen_lr(slug, column) or reg != chosen_reg(slug, column):
         return "none"
     if pretrained(column) and slug in CHOSEN_LR_PRETRAINED:
         return PRETRAINED_CHOICE_LABELS
-    return "dev targets only (the learning rate)"
+    return f"dev targets only (the learning rate{' and weight' if slug in CHOSEN_REG else ''})"
 
 
 def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Optional[Sequence[str]] = None,
                columns: Optional[Sequence[Column]] = None, lrs: Optional[Sequence[float]] = None,
-               **run_settings: Any) -> List[PeerRun]:
+               regs: Optional[Sequence[Optional[float]]] = None, **run_settings: Any) -> List[PeerRun]:
     """Every peer run of a table: method x column (task, USPS split) x seed, at each method's
-    chosen rate for the column (:func:`chosen_lr`; else LR) or, given `lrs`, at each of them.
+    chosen rate and weight for the column (:func:`chosen_lr`, else LR; :func:`chosen_reg`) or,
+    given `lrs` and `regs`, at each of them (a method without a weight runs at None alone).
     `methods` are :data:`PEER_NAMES` keys (default: all); `run_settings` (device, data_dir,
     threads) go into every data config."""
     if not seeds:
@@ -265,6 +289,8 @@ def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Opti
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if lrs is not None and (not lrs or not all(np.isfinite(lr) and lr > 0 for lr in lrs)):
         raise ValueError(f"learning rates must be positive numbers, got {', '.join(map(str, lrs)) or 'none'}")
+    if regs is not None and not all(w is None or (np.isfinite(w) and w > 0) for w in regs):
+        raise ValueError(f"adaptation weights must be positive numbers, got {', '.join(map(str, regs))}")
     unknown = [m for m in methods or () if m not in PEER_NAMES]
     if unknown:
         raise ValueError(f"unknown peer methods {', '.join(unknown)}; expected some of {', '.join(PEER_NAMES)}")
@@ -272,21 +298,32 @@ def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Opti
     runs = []
     for peer in peers:
         for col in columns or TABLES["table1"].columns:
-            for lr in lrs if lrs is not None else (chosen_lr(peer.slug, col) or LR,):
+            weights = regs if regs is not None else (chosen_reg(peer.slug, col),)
+            weights = weights if peer.reg_arg is not None else (None,)
+            for lr, reg in itertools.product(lrs if lrs is not None else (chosen_lr(peer.slug, col) or LR,),
+                                             dict.fromkeys(weights)):
                 settings, col_epochs = _column_run(col, epochs)
                 for seed in seeds:
                     config = TrainConfig(src=col.src, tgt=col.tgt, usps_split=col.usps_split,
                                          protocol=col.protocol, method="adda", seed=seed,
                                          **{**settings, **run_settings})
-                    runs.append(PeerRun(run_name(peer, config, col_epochs, lr), peer, config, col_epochs, col, lr))
+                    runs.append(PeerRun(run_name(peer, config, col_epochs, lr, reg), peer, config, col_epochs, col,
+                                        lr, reg))
     return runs
 
 
 def plan_peers_dev(seeds: Sequence[int], epochs: int = DEV_EPOCHS, methods: Optional[Sequence[str]] = None,
-                   lrs: Sequence[float] = DEV_LRS, **run_settings: Any) -> List[PeerRun]:
-    """The learning-rate choice's runs: each method at each of `lrs` on the development tasks, with
-    their data as the devtasks table has it (target images resized to the source's shape)."""
-    return plan_peers(seeds, epochs, methods, DEV_COLUMNS, lrs, resize_to_source=True, **run_settings)
+                   lrs: Sequence[float] = DEV_LRS, regs: Sequence[float] = DEV_REGS,
+                   **run_settings: Any) -> List[PeerRun]:
+    """The choice's runs: each method at each of `lrs` (skada's default weight), then each method
+    with a chosen rate at that rate and each of `regs`, on the development tasks, with their data as
+    the devtasks table has it (target images resized to the source's shape)."""
+    runs = plan_peers(seeds, epochs, methods, DEV_COLUMNS, lrs, (None,), resize_to_source=True, **run_settings)
+    weighted = [m for m in dict.fromkeys(r.peer.slug for r in runs) if m in CHOSEN_LR and PEER_NAMES[m].reg_arg]
+    for slug in weighted if regs else ():
+        runs += plan_peers(seeds, epochs, [slug], DEV_COLUMNS, (CHOSEN_LR[slug],), regs, resize_to_source=True,
+                           **run_settings)
+    return runs
 
 
 def plan_peers_dev_pretrained(seeds: Sequence[int], epochs: int = PEER_TABLES["colour"],
@@ -332,9 +369,10 @@ def _seeded_globals(seed: int) -> Iterator[None]:
 
 
 def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.device, *, backbone: str = "lenet",
-              weights: Optional[str] = None, lr: float = LR) -> Any:
-    """The skada estimator of `peer`, built by skada's own factory with its defaults, around ADDA's
-    network (on `backbone`) started from the run's 'init_source' weights, or `weights` for the backbone."""
+              weights: Optional[str] = None, lr: float = LR, reg: Optional[float] = None) -> Any:
+    """The skada estimator of `peer`, built by skada's own factory with its defaults (its adaptation
+    weight `reg` where given), around ADDA's network (on `backbone`) started from the run's
+    'init_source' weights, or `weights` for the backbone."""
     deep, _ = require_skada()
     n_classes = len(data.class_names)
     with seeded_init(seed, "init_source"):
@@ -347,6 +385,10 @@ def build_net(peer: Peer, data: RunData, epochs: int, seed: int, device: torch.d
         kwargs["num_features"] = num_features
     if peer.classes:
         kwargs["n_classes"] = n_classes
+    if reg is not None:
+        if peer.reg_arg is None:
+            raise ValueError(f"{peer.label} has no adaptation weight to set (reg {reg:g})")
+        kwargs[peer.reg_arg] = reg
     if peer.factory == "SPA":
         kwargs["max_epochs"] = epochs  # SPA's own argument: it schedules its losses over the epochs
     with seeded_init(seed, "init_discriminator"):
@@ -384,7 +426,7 @@ def train_peer(run: PeerRun, device: torch.device, threads: Optional[int] = None
     x, y, domains = _merged(data)
     with _seeded_globals(run.config.seed):
         net = build_net(run.peer, data, run.epochs, run.config.seed, device, backbone=run.config.backbone,
-                        weights=run.config.weights, lr=run.lr)
+                        weights=run.config.weights, lr=run.lr, reg=run.reg)
         fit_start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # skorch's and torch's notes on skada's internals
@@ -498,19 +540,21 @@ class _Row:
 
 
 def _peer_rows(runs: Sequence[PeerRun], out: Path) -> List[_Row]:
-    rows: Dict[Tuple[str, float, str], _Row] = {}
+    rows: Dict[Tuple[str, float, Optional[float], str], _Row] = {}
     for run in runs:
-        chose = chosen_by(run.peer.slug, run.column, run.lr)
+        chose = chosen_by(run.peer.slug, run.column, run.lr, run.reg)
         unchosen = chosen_lr(run.peer.slug, run.column) is not None and chose == "none"
         folder = out / PEERS_DIR / run.name
         done = (folder / METRICS_FILE).is_file()
         if unchosen and not done:
             continue
-        # a method's runs at a rate it was not chosen at (the presets' 1e-4, before the choice) get their own
-        # row, as do those whose rate another choice made (on the pretrained development task)
-        label = f"{run.peer.label}, lr {run.lr:g}" if unchosen else run.peer.label
-        row = rows.setdefault((run.peer.label, run.lr, chose),
-                              _Row(label, "skada", f"{run.epochs} epochs, lr {run.lr:g}", chose))
+        # a method's runs at a rate or weight it was not chosen at (the presets' 1e-4 and skada's weight, before
+        # the choice) get their own row, as do those whose rate another choice made (the pretrained development task)
+        weight = f", {run.peer.reg_arg} {run.reg:g}" if run.reg is not None else ""
+        default_weight = f", {run.peer.reg_arg} 1" if run.reg is None and chosen_reg(run.peer.slug, run.column) else ""
+        label = f"{run.peer.label}, lr {run.lr:g}{weight or default_weight}" if unchosen else run.peer.label
+        row = rows.setdefault((run.peer.label, run.lr, run.reg, chose),
+                              _Row(label, "skada", f"{run.epochs} epochs, lr {run.lr:g}{weight}", chose))
         if done:
             row.got.setdefault(run.column.label, []).append((run.config.seed, load_run(str(folder))[1]))
     return list(rows.values())
@@ -537,9 +581,11 @@ def _madda_rows(table: str, seeds: Sequence[int], out: Path) -> List[_Row]:
 
 def unchosen_runs(runs: Sequence[PeerRun]) -> List[PeerRun]:
     """The same runs at the presets' learning rate, for each method the development tasks chose
-    another rate for: the table shows them beside the chosen rows where they are complete, and
-    never trains them."""
-    return [replace(r, lr=LR, name=run_name(r.peer, r.config, r.epochs)) for r in runs if r.lr != LR]
+    another rate for, and at skada's default weight where they chose another weight: the table
+    shows them beside the chosen rows where they are complete, and never trains them."""
+    before = [replace(r, lr=LR, reg=None, name=run_name(r.peer, r.config, r.epochs)) for r in runs if r.lr != LR]
+    return before + [replace(r, reg=None, name=run_name(r.peer, r.config, r.epochs, r.lr)) for r in runs
+                     if r.reg is not None]
 
 
 def build_peers_table(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int],
@@ -614,7 +660,8 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "ta
             "source), no validation split or early stopping, and the learning rate its 'training' cell names, chosen "
             "on the development tasks with LeNet (results/peers-dev.md) and carried to these backbones unchanged, "
             "or, where the labels cell names the pretrained development task, chosen there for the pretrained "
-            "columns (results/peers-dev-pretrained.md)."
+            "columns (results/peers-dev-pretrained.md); every adaptation weight (skada's reg) at skada's default, "
+            "its choice on the development tasks being LeNet's."
             f"{reduced} The madda_rs rows are the table's runs (results/runs/).")
     lr = f"{LR:g}"
     can = CAN_NOTE if any(r.peer.factory == "CAN" for r in runs) else ""
@@ -627,9 +674,10 @@ def _caption(runs: Sequence[PeerRun], versions: Dict[str, str], table: str = "ta
         f"skada's defaults, with one optimiser for all: Adam, betas ({BETAS[0]}, {BETAS[1]}) (the presets'), "
         f"batches of {BATCH_SIZE} source + {BATCH_SIZE} target images, {budget} epochs (the improved preset's "
         f"{PRESETS['improved']['epochs_source']} + {PRESETS['improved']['epochs_target']} passes), no validation "
-        f"split or early stopping, and the learning rate its 'training' cell names: chosen on the development "
-        f"tasks (none targets MNIST or USPS; results/peers-dev.md) where the next cell says so, else the presets' "
-        f"{lr}, which no one chose for them.{reduced} skada 0.6.0's default domain classifier ends in a softmax "
+        f"split or early stopping, and the learning rate (and, where named, the adaptation weight, skada's reg; "
+        f"else skada's 1) its 'training' cell names: chosen on the development tasks (none targets MNIST or USPS; "
+        f"results/peers-dev.md) where the next cell says so, else the presets' {lr}, which no one chose for "
+        f"them.{reduced} skada 0.6.0's default domain classifier ends in a softmax "
         "over one output (a constant 1, no gradient), so DANN and CDAN at defaults train as source only and SPA "
         "without its adversarial term; "
         f"the 'sigmoid domain classifier' rows pass the same classifier ending in a sigmoid.{can} The madda_rs rows "
@@ -665,38 +713,56 @@ def write_peers(runs: Sequence[PeerRun], out: Path, seeds: Sequence[int], figure
 def lr_choice(runs: Sequence[PeerRun], out: Path) -> Dict[str, Any]:
     """peers-dev.json's contents: per method, each learning rate's final-epoch target accuracy on
     every development task (mean over the seeds run), their mean and worst, and the chosen rate,
-    the best mean (ties keep the smaller rate). A method with any run still missing chooses nothing."""
+    the best mean (ties keep the smaller rate); then, at that rate, each adaptation weight's, and
+    the chosen weight where one beats skada's default (ties keep the default). A method with any
+    run of a step still missing chooses nothing in that step."""
     tasks = list(dict.fromkeys(r.column.label for r in runs))
-    got: Dict[str, Dict[float, Dict[str, List[float]]]] = {}
+    got: Dict[str, Dict[Tuple[float, Optional[float]], Dict[str, List[float]]]] = {}
     missing, labels_read = set(), {}
     for run in runs:
-        cell = got.setdefault(run.peer.slug, {}).setdefault(run.lr, {}).setdefault(run.column.label, [])
+        step = got.setdefault(run.peer.slug, {}).setdefault((run.lr, run.reg), {})
+        cell = step.setdefault(run.column.label, [])
         folder = out / PEERS_DIR / run.name
         if not (folder / METRICS_FILE).is_file():
-            missing.add(run.peer.slug)
+            missing.add((run.peer.slug, run.reg is None))
             continue
         metrics = load_run(str(folder))[1]
         cell.append(metrics["target_accuracy"])
         labels_read[run.column.label] = metrics["images"]["target_test"]
+
+    def rated(per_run: Dict[str, List[float]]) -> Dict[str, Any]:
+        per_task = {t: round(float(np.mean(a)), 4) for t, a in per_run.items() if a}
+        done = len(per_task) == len(tasks)
+        return {"per_task": per_task, "mean": round(float(np.mean(list(per_task.values()))), 4) if done else None,
+                "worst": min(per_task.values()) if done else None}
+
     methods: Dict[str, Any] = {}
-    for slug, by_lr in got.items():
-        rates = {}
-        for lr in sorted(by_lr):
-            per_task = {t: round(float(np.mean(a)), 4) for t, a in by_lr[lr].items() if a}
-            done = len(per_task) == len(tasks)
-            rates[f"{lr:g}"] = {"per_task": per_task, "mean": round(float(np.mean(list(per_task.values()))), 4)
-                                if done else None, "worst": min(per_task.values()) if done else None}
-        chosen = None
-        if slug not in missing:
+    for slug, by_setting in got.items():
+        rates = {f"{lr:g}": rated(by_setting[(lr, reg)]) for lr, reg in sorted(by_setting, key=lambda k: k[0])
+                 if reg is None}
+        weights = {f"{reg:g}": {"lr": lr, **rated(by_setting[(lr, reg)])}
+                   for lr, reg in sorted((k for k in by_setting if k[1] is not None), key=lambda k: k[1])}
+        chosen = chosen_weight = None
+        if (slug, True) not in missing and rates:
             best = max(rates.values(), key=lambda r: r["mean"])["mean"]
             chosen = float(next(lr for lr, r in rates.items() if r["mean"] == best))
+        at_chosen = {w: r for w, r in weights.items() if r["lr"] == chosen}
+        if chosen is not None and (slug, False) not in missing and at_chosen:
+            default = at_chosen.get("1", rates[f"{chosen:g}"])["mean"]  # skada's weight, run beside the others
+            w, best_weight = max(at_chosen.items(), key=lambda item: item[1]["mean"])
+            chosen_weight = float(w) if best_weight["mean"] > default and float(w) != 1.0 else None
         methods[slug] = {"method": PEER_NAMES[slug].label, "rates": rates, "chosen_lr": chosen}
+        if weights:
+            methods[slug].update({"weight_argument": PEER_NAMES[slug].reg_arg, "weights": weights,
+                                  "chosen_reg": chosen_weight})
     epochs = sorted({r.epochs for r in runs})
     return {
         "rule": "each method's learning rate: the best mean final-epoch target accuracy over the development "
-                "tasks (none targets MNIST or USPS); ties keep the smaller rate",
+                "tasks (none targets MNIST or USPS); ties keep the smaller rate. Then, at that rate, its "
+                "adaptation weight: one of the weights tried where its mean beats skada's default (1), the best "
+                "such; ties keep the default",
         "tasks": tasks, "epochs": epochs, "seeds": sorted({r.config.seed for r in runs}),
-        "lrs": sorted({r.lr for r in runs}),
+        "lrs": sorted({r.lr for r in runs}), "regs": sorted({r.reg for r in runs if r.reg is not None}),
         "labels_read": {"target test images per task": labels_read,
                         "total": int(sum(labels_read.values()))},
         "methods": methods,
@@ -708,7 +774,7 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path, pretrained: bool = False
     learning-rate choice and its evidence."""
     choice = lr_choice(runs, out)
     tasks = choice["tasks"]
-    header = ["method", "lr"] + tasks + ["mean", "worst", "chosen"]
+    header = ["method", "lr", "adaptation weight"] + tasks + ["mean", "worst", "chosen"]
     seeds = ", ".join(map(str, choice["seeds"]))
     rated = (f"Final-epoch target test accuracy; {choice['labels_read']['total']:,} labelled development-target "
              "test images rated the choices, no MNIST or USPS label.")
@@ -725,15 +791,24 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path, pretrained: bool = False
             f"**Each peer's learning rate, chosen on the development tasks** (`madda-rs reproduce peers-dev`; seeds "
             f"{seeds}; {max(choice['epochs'], default=0)} epochs, {min(choice['epochs'], default=0)} for a "
             "synth-digits source (ten times the images); Adam, betas and batches as in the peers table). "
-            f"{rated} The chosen rate has the best mean over the tasks.")
+            f"{rated} The chosen rate has the best mean over the tasks; then, at that rate, each method's "
+            "adaptation weight (skada's `reg`; DeepJDOT's `reg_dist`, SPA's `reg_adv`) a decade either side of "
+            "skada's default 1, chosen only where its mean beats the default's (the weight-1 row where one ran "
+            "beside them, else the rate's row).")
     lines = [caption, "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for slug, method in choice["methods"].items():
-        for lr, rate in method["rates"].items():
+        arg, chosen_weight = PEER_NAMES[slug].reg_arg, method.get("chosen_reg")
+        candidates = [(lr, f"{arg} 1 (default)" if arg else "-", rate, method["chosen_lr"] is not None
+                       and float(lr) == method["chosen_lr"] and chosen_weight is None)
+                      for lr, rate in method["rates"].items()]
+        candidates += [(f"{rate['lr']:g}", f"{arg} {w}", rate, chosen_weight is not None and float(w) == chosen_weight)
+                       for w, rate in method.get("weights", {}).items()]
+        for lr, weight, rate, chosen in candidates:
             cells = [f"{rate['per_task'][t]:.3f}" if t in rate["per_task"] else "-" for t in tasks]
             mean = "-" if rate["mean"] is None else f"{rate['mean']:.3f}"
             worst = "-" if rate["worst"] is None else f"{rate['worst']:.3f}"
-            chosen = "**chosen**" if method["chosen_lr"] is not None and float(lr) == method["chosen_lr"] else ""
-            lines.append(f"| {method['method']} | {lr} | " + " | ".join(cells) + f" | {mean} | {worst} | {chosen} |")
+            lines.append(f"| {method['method']} | {lr} | {weight} | " + " | ".join(cells)
+                         + f" | {mean} | {worst} | {'**chosen**' if chosen else ''} |")
     out.mkdir(parents=True, exist_ok=True)
     stem = "peers-dev-pretrained" if pretrained else "peers-dev"
     md, js = out / f"{stem}.md", out / f"{stem}.json"
@@ -743,7 +818,7 @@ def write_peers_dev(runs: Sequence[PeerRun], out: Path, pretrained: bool = False
 
 
 __all__ = ["PEERS", "PEER_NAMES", "Peer", "PeerRun", "MissingExtraError", "MISSING_EXTRA", "DEFAULT_EPOCHS",
-           "PEER_TABLES", "CHOSEN_LR", "CHOSEN_LR_PRETRAINED", "DEV_LRS", "DEV_EPOCHS", "require_skada", "plan_peers",
-           "plan_peers_dev", "plan_peers_dev_pretrained", "chosen_lr", "chosen_by", "peer_state",
-           "check_runnable", "run_peers", "train_peer", "build_net", "build_peers_table", "write_peers", "lr_choice",
-           "write_peers_dev", "SkadaNet"]
+           "PEER_TABLES", "CHOSEN_LR", "CHOSEN_LR_PRETRAINED", "CHOSEN_REG", "DEV_LRS", "DEV_REGS", "DEV_EPOCHS",
+           "require_skada", "plan_peers", "plan_peers_dev", "plan_peers_dev_pretrained", "chosen_lr", "chosen_reg",
+           "chosen_by", "peer_state", "check_runnable", "run_peers", "train_peer", "build_net", "build_peers_table",
+           "write_peers", "lr_choice", "write_peers_dev", "SkadaNet"]
