@@ -312,7 +312,9 @@ def test_the_peers_table_trains_a_chosen_weight_on_lenet_columns_and_keeps_the_d
     mcc = plan_peers((0,), 110, ["mcc"])[0]
     assert (mcc.reg, mcc.name) == (0.1, "mnist2usps-standard-adda-skada-mcc-e110-s0-lr0.001-reg0.1")
     # chosen with LeNet: the colour table's backbones keep skada's default weight
-    assert {r.reg for r in plan_peers((0,), 55, ["mcc"], peers.TABLES["colour"].columns)} == {None}
+    colour = plan_peers((0,), 55, ["mcc"], peers.TABLES["colour"].columns)
+    assert {r.reg for r in colour} == {None}
+    assert peers.chosen_by("mcc", colour[0].column, 1e-3) == "dev targets only (the learning rate)"
     _fake_peer_run(tmp_path, mcc, 0.9)
     _fake_peer_run(tmp_path, plan_peers((0,), 110, ["mcc"], regs=(None,))[0], 0.8)  # before the weight was chosen
     markdown, _ = peers.build_peers_table([mcc], tmp_path, (0,))

@@ -272,7 +272,7 @@ def chosen_by(slug: str, column: Column, lr: float, reg: Optional[float] = None)
         return "none"
     if pretrained(column) and slug in CHOSEN_LR_PRETRAINED:
         return PRETRAINED_CHOICE_LABELS
-    return f"dev targets only (the learning rate{' and weight' if slug in CHOSEN_REG else ''})"
+    return f"dev targets only (the learning rate{' and weight' if reg is not None else ''})"
 
 
 def plan_peers(seeds: Sequence[int], epochs: int = DEFAULT_EPOCHS, methods: Optional[Sequence[str]] = None,
@@ -724,7 +724,7 @@ def lr_choice(runs: Sequence[PeerRun], out: Path) -> Dict[str, Any]:
         cell = step.setdefault(run.column.label, [])
         folder = out / PEERS_DIR / run.name
         if not (folder / METRICS_FILE).is_file():
-            missing.add((run.peer.slug, run.reg is None))
+            missing.add((run.peer.slug, "rate" if run.reg is None else "weight"))  # the step it belongs to
             continue
         metrics = load_run(str(folder))[1]
         cell.append(metrics["target_accuracy"])
@@ -743,11 +743,11 @@ def lr_choice(runs: Sequence[PeerRun], out: Path) -> Dict[str, Any]:
         weights = {f"{reg:g}": {"lr": lr, **rated(by_setting[(lr, reg)])}
                    for lr, reg in sorted((k for k in by_setting if k[1] is not None), key=lambda k: k[1])}
         chosen = chosen_weight = None
-        if (slug, True) not in missing and rates:
+        if (slug, "rate") not in missing and rates:
             best = max(rates.values(), key=lambda r: r["mean"])["mean"]
             chosen = float(next(lr for lr, r in rates.items() if r["mean"] == best))
         at_chosen = {w: r for w, r in weights.items() if r["lr"] == chosen}
-        if chosen is not None and (slug, False) not in missing and at_chosen:
+        if chosen is not None and (slug, "weight") not in missing and at_chosen:
             default = at_chosen.get("1", rates[f"{chosen:g}"])["mean"]  # skada's weight, run beside the others
             w, best_weight = max(at_chosen.items(), key=lambda item: item[1]["mean"])
             chosen_weight = float(w) if best_weight["mean"] > default and float(w) != 1.0 else None
